@@ -1,0 +1,267 @@
+"""The registry of parallel backends: names mapped to ``Executor`` builders.
+
+The names mirror pytask-parallel's public API (``ParallelBackend``, ``WorkerType``,
+``ParallelBackendRegistry``, ``registry``) so a project moves over by changing one
+import. Unlike pytask-parallel, the registry is an instance with its own table, and it
+also accepts plain string names.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from concurrent.futures import Executor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
+from typing import Any
+
+from attrs import define
+from attrs import field
+from attrs import frozen
+
+from taskcloud.errors import BackendBuildError
+from taskcloud.errors import BackendNotFoundError
+from taskcloud.errors import InvalidOptionError
+
+__all__ = [
+    "Backend",
+    "ParallelBackend",
+    "ParallelBackendRegistry",
+    "WorkerType",
+    "registry",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+class ParallelBackend(Enum):
+    """The built-in backend names, as in pytask-parallel."""
+
+    NONE = "none"
+    CUSTOM = "custom"
+    DASK = "dask"
+    LOKY = "loky"
+    PROCESSES = "processes"
+    THREADS = "threads"
+
+
+class WorkerType(Enum):
+    """Whether a backend runs tasks in threads of this process or in other processes."""
+
+    THREADS = "threads"
+    PROCESSES = "processes"
+
+
+def backend_name(kind: ParallelBackend | str) -> str:
+    """Return the registry key for an enum member or a plain string name."""
+    if isinstance(kind, ParallelBackend):
+        return kind.value
+    if not isinstance(kind, str) or not _NAME.match(kind):
+        raise InvalidOptionError(
+            "parallel_backend",
+            kind,
+            "a ParallelBackend member or a name of letters, digits, '_', '-' or '.'",
+        )
+    return kind.lower()
+
+
+@frozen
+class Backend:
+    """One registered backend: how to build its executor and where it runs tasks."""
+
+    name: str
+    builder: Callable[..., Executor]
+    worker_type: WorkerType
+    remote: bool
+
+    def build(self, n_workers: int) -> Executor:
+        """Build the executor, turning every failure into a :class:`BackendBuildError`."""
+        try:
+            executor = self.builder(n_workers=n_workers)
+        except Exception as exc:
+            reason = f"its builder raised {type(exc).__name__}: {exc}"
+            raise BackendBuildError(self.name, reason) from exc
+        if not isinstance(executor, Executor):
+            reason = (
+                f"its builder returned {executor!r}, which is not a "
+                "concurrent.futures.Executor."
+            )
+            raise BackendBuildError(self.name, reason)
+        return executor
+
+
+@define
+class ParallelBackendRegistry:
+    """Maps backend names to executor builders.
+
+    Each instance owns its table; ``reset`` restores the built-in backends.
+    """
+
+    _backends: dict[str, Backend] = field(factory=dict, init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self.reset()
+
+    def register_parallel_backend(
+        self,
+        kind: ParallelBackend | str,
+        builder: Callable[..., Executor],
+        *,
+        worker_type: WorkerType | str = WorkerType.PROCESSES,
+        remote: bool = False,
+    ) -> None:
+        """Register ``builder(n_workers=...)`` under ``kind``, replacing any earlier one."""
+        name = backend_name(kind)
+        if name == ParallelBackend.NONE.value:
+            raise InvalidOptionError("kind", kind, "any backend name except 'none'")
+        if not callable(builder):
+            raise InvalidOptionError(
+                "builder", builder, "a callable that takes n_workers= and returns an "
+                "Executor"
+            )
+        try:
+            worker_type = WorkerType(worker_type)
+        except ValueError:
+            raise InvalidOptionError(
+                "worker_type", worker_type, "'threads' or 'processes'"
+            ) from None
+        self._backends[name] = Backend(name, builder, worker_type, bool(remote))
+
+    register = register_parallel_backend
+
+    def get(self, kind: ParallelBackend | str) -> Backend:
+        """Return the backend registered under ``kind``."""
+        name = backend_name(kind)
+        try:
+            return self._backends[name]
+        except KeyError:
+            raise BackendNotFoundError(name, self.names()) from None
+
+    def names(self) -> list[str]:
+        """Return the registered names, built-in ones first."""
+        builtin = [kind.value for kind in ParallelBackend if kind.value in self._backends]
+        return builtin + sorted(set(self._backends) - set(builtin))
+
+    def __contains__(self, kind: object) -> bool:
+        try:
+            return backend_name(kind) in self._backends  # type: ignore[arg-type]
+        except InvalidOptionError:
+            return False
+
+    def get_parallel_backend(
+        self, kind: ParallelBackend | str, n_workers: int
+    ) -> Executor:
+        """Build the executor of ``kind`` (pytask-parallel's name for it)."""
+        return self.get(kind).build(n_workers)
+
+    def reset(self) -> None:
+        """Forget every registration and register the built-in backends."""
+        self._backends.clear()
+        for kind, builder, worker_type in _BUILTIN:
+            self.register_parallel_backend(kind, builder, worker_type=worker_type)
+
+
+def build_loky_executor(n_workers: int) -> Executor:
+    """Return loky's reusable process pool (workers do not re-import ``__main__``)."""
+    from loky import get_reusable_executor
+
+    return get_reusable_executor(max_workers=n_workers, timeout=300)
+
+
+def build_process_executor(n_workers: int) -> Executor:
+    """Return the standard library's process pool."""
+    return ProcessPoolExecutor(max_workers=n_workers)
+
+
+def build_thread_executor(n_workers: int) -> Executor:
+    """Return a thread pool; tasks share this process."""
+    return ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="taskcloud")
+
+
+def build_dask_executor(n_workers: int) -> Executor:
+    """Return an executor on the current dask client, or on a new loopback cluster."""
+    from distributed import Client
+
+    try:
+        client = Client.current()
+    except ValueError:
+        return _OwnedDaskExecutor.start(n_workers)
+    return client.get_executor()
+
+
+@contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """Keep spawned workers from re-running ``__main__``, e.g. pytask's console script.
+
+    multiprocessing's spawn re-imports the parent's main script in every child, which
+    for ``pytask`` costs a second per worker. taskcloud sends all work cloudpickled by
+    value, so workers never need the main module.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+class _OwnedDaskExecutor(Executor):
+    """A dask client executor that also owns, and closes, its local cluster."""
+
+    def __init__(self, client: Any, cluster: Any) -> None:
+        self._client = client
+        self._cluster = cluster
+        self._executor = client.get_executor()
+
+    @classmethod
+    def start(cls, n_workers: int) -> _OwnedDaskExecutor:
+        from distributed import Client
+        from distributed import LocalCluster
+
+        with _main_module_hidden():
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                worker_dashboard_address=None,
+            )
+        return cls(Client(cluster, set_as_default=False), cluster)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        return self._executor.submit(fn, *args, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._executor.shutdown(wait=wait and not cancel_futures)
+        self._client.close()
+        self._cluster.close()
+
+    def kill(self) -> None:
+        """Stop the cluster's worker processes at once."""
+        self.shutdown(wait=False, cancel_futures=True)
+
+
+_BUILTIN: tuple[tuple[ParallelBackend, Callable[..., Executor], WorkerType], ...] = (
+    (ParallelBackend.LOKY, build_loky_executor, WorkerType.PROCESSES),
+    (ParallelBackend.PROCESSES, build_process_executor, WorkerType.PROCESSES),
+    (ParallelBackend.THREADS, build_thread_executor, WorkerType.THREADS),
+    (ParallelBackend.DASK, build_dask_executor, WorkerType.PROCESSES),
+)
+
+
+def default_n_workers() -> int:
+    """The value of ``-n auto``: the cores of this machine less one, at least one."""
+    return max((os.cpu_count() or 1) - 1, 1)
+
+
+registry = ParallelBackendRegistry()

@@ -1,0 +1,360 @@
+"""Runs a pytask session's tasks on a parallel backend.
+
+:class:`ParallelExecution` is registered only when parallel execution is on. It
+replaces pytask's serial ``pytask_execute_build``: ready tasks are set up in this
+process, shipped to the backend's executor and, as each future finishes (the loop
+waits on the first one to complete, it never polls), their outcomes are turned into
+pytask's reports.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import types
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED
+from concurrent.futures import CancelledError
+from concurrent.futures import Executor
+from concurrent.futures import Future
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import wait
+from contextlib import contextmanager
+from contextlib import suppress
+from typing import Any
+
+import cloudpickle
+from attrs import define
+from attrs import field
+from pytask import ExecutionError
+from pytask import ExecutionReport
+from pytask import PTask
+from pytask import Session
+from pytask import WarningReport
+from pytask import console
+from pytask import get_marks
+from pytask import hookimpl
+from pytask import parse_warning_filter
+from rich.text import Text
+
+from taskcloud.backends import Backend
+from taskcloud.backends import WorkerType
+from taskcloud.backends import registry
+from taskcloud.errors import TaskcloudError
+from taskcloud.plugin import worker
+from taskcloud.plugin.call import CallOutcome
+from taskcloud.plugin.call import RenderOptions
+from taskcloud.plugin.call import TaskCall
+from taskcloud.plugin.modules import ship_function
+from taskcloud.plugin.nodes import Arguments
+from taskcloud.plugin.nodes import load_arguments
+from taskcloud.plugin.nodes import store_files
+from taskcloud.plugin.nodes import store_return
+
+__all__ = ["ParallelExecution"]
+
+#: Calls kept on the backend per worker: one running and one queued behind it, so a
+#: worker never idles while this process reports on the call it just finished.
+_QUEUE_DEPTH = 2
+
+
+@define
+class _Running:
+    """A task whose call is on the backend."""
+
+    task: PTask
+    arguments: Arguments
+
+
+@define
+class ParallelExecution:
+    """Executes one session's tasks on the backend ``backend`` with ``n_workers``."""
+
+    backend: str
+    n_workers: int
+    _executor: Executor | None = field(default=None, init=False)
+    _built_from: Backend | None = field(default=None, init=False)
+    _warming: threading.Thread | None = field(default=None, init=False)
+
+    @hookimpl(trylast=True)
+    def pytask_log_session_header(self) -> None:
+        console.print(
+            f"Running tasks on {self.n_workers} workers of the {self.backend!r} backend."
+        )
+
+    def start(self) -> None:
+        """Start the workers now, so they boot while pytask collects the tasks.
+
+        Only built-in backends start early: a user's builder may rely on what the
+        task modules set up. Process pools start here and boot in the background; a
+        dask cluster, whose start blocks, starts in a thread.
+        """
+        if self.backend not in registry:
+            return
+        backend = registry.get(self.backend)
+        if backend.builder.__module__ != "taskcloud.backends":
+            return
+        if backend.name != "dask":
+            self._warm(backend)
+            return
+        self._warming = threading.Thread(
+            target=self._warm, args=(backend,), name="taskcloud-warm", daemon=True
+        )
+        self._warming.start()
+
+    def _warm(self, backend: Backend) -> None:
+        try:
+            executor = backend.build(self.n_workers)
+            if backend.worker_type is WorkerType.PROCESSES:
+                for _ in range(self.n_workers):
+                    executor.submit(worker.warm_up)
+        except Exception:  # noqa: S110 - the build is retried, and reported, when needed
+            return
+        else:
+            self._executor, self._built_from = executor, backend
+
+    def _take_executor(self, backend: Backend) -> Executor:
+        if self._warming is not None:
+            self._warming.join()
+            self._warming = None
+        if self._built_from is backend and self._executor is not None:
+            return self._executor
+        self._shutdown()
+        self._executor, self._built_from = backend.build(self.n_workers), backend
+        return self._executor
+
+    @hookimpl(tryfirst=True)
+    def pytask_execute_build(self, session: Session) -> bool:
+        """Run all tasks; returning True tells pytask the build is done."""
+        try:
+            backend = registry.get(self.backend)
+            executor = self._take_executor(backend)
+        except TaskcloudError as exc:
+            console.print(Text(str(exc), style="red"))
+            raise ExecutionError(str(exc)) from None
+        with _threads_capture(session, backend):
+            _Loop(session, backend, executor, self.n_workers).run(self)
+        return True
+
+    def kill(self) -> None:
+        """Stop every worker now: queued calls are cancelled, running ones killed."""
+        executor, self._executor, self._built_from = self._executor, None, None
+        if executor is not None:
+            _kill(executor)
+
+    def _shutdown(self) -> None:
+        executor, self._executor, self._built_from = self._executor, None, None
+        if executor is not None:
+            executor.shutdown(wait=True)
+
+    @hookimpl
+    def pytask_unconfigure(self) -> None:
+        """Stop the workers once pytask has reported."""
+        if self._warming is not None:
+            self._warming.join()
+        self._shutdown()
+
+
+@define
+class _Loop:
+    """The dispatch loop of one build."""
+
+    session: Session
+    backend: Backend
+    executor: Executor
+    n_workers: int
+    running: dict[Future[Any], _Running] = field(factory=dict)
+
+    def run(self, owner: ParallelExecution) -> None:
+        try:
+            while self.running or self._can_start():
+                if self._start_ready():
+                    continue
+                if not self.running:
+                    break
+                done, _ = wait(self.running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    self._finish(self.running.pop(future), future)
+        except KeyboardInterrupt:
+            owner.kill()
+            self._interrupt()
+
+    def _can_start(self) -> bool:
+        scheduler = self.session.scheduler
+        return (
+            scheduler is not None
+            and scheduler.is_active()
+            and not self.session.should_stop
+        )
+
+    def _start_ready(self) -> bool:
+        """Start what may start; True if some task finished without a worker."""
+        free = self.n_workers * _QUEUE_DEPTH - len(self.running)
+        if free < 1 or not self._can_start():
+            return False
+        finished = False
+        # get_ready lists the highest priority last; submit it first.
+        ready = self.session.scheduler.get_ready(free)  # type: ignore[union-attr]
+        for signature in reversed(ready):
+            finished |= self._start(self.session.dag.nodes[signature])
+        return finished
+
+    def _start(self, task: PTask) -> bool:
+        session = self.session
+        session.hook.pytask_execute_task_log_start(session=session, task=task)
+        try:
+            session.hook.pytask_execute_task_setup(session=session, task=task)
+            if not isinstance(task.function, types.FunctionType) or _generates(task):
+                session.hook.pytask_execute_task(session=session, task=task)
+                session.hook.pytask_execute_task_teardown(session=session, task=task)
+            else:
+                future, arguments = self._submit(task)
+                self.running[future] = _Running(task, arguments)
+                return False
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            report = ExecutionReport.from_task_and_exception(task, sys.exc_info())
+        else:
+            report = ExecutionReport.from_task(task)
+        self._report(report)
+        return True
+
+    def _submit(self, task: PTask) -> tuple[Future[Any], Arguments]:
+        arguments = load_arguments(task, remote=self.backend.remote)
+        call = TaskCall(
+            name=task.name,
+            function=ship_function(task),
+            kwargs=arguments.kwargs,
+            capture=self.session.config.get("capture") != "no",
+            filters=_filters(self.session, task),
+            render=RenderOptions(
+                width=console.width,
+                color_system=console.color_system,
+                show_locals=bool(self.session.config.get("show_locals")),
+            ),
+            wants_return="return" in task.produces,
+            has_files=arguments.has_files,
+        )
+        if self.backend.worker_type is WorkerType.THREADS:
+            return self.executor.submit(worker.run_call, call), arguments
+        blob = cloudpickle.dumps(call)
+        return self.executor.submit(worker.run_serialized, blob), arguments
+
+    def _finish(self, running: _Running, future: Future[Any]) -> None:
+        task, session = running.task, self.session
+        outcome = _outcome(future)
+        if outcome.stdout:
+            task.report_sections.append(("call", "stdout", outcome.stdout))
+        if outcome.stderr:
+            task.report_sections.append(("call", "stderr", outcome.stderr))
+        session.warnings.extend(
+            WarningReport(message=text, fs_location=(path, line), id_=task.name)
+            for text, path, line in outcome.warnings
+        )
+        if outcome.exc_info is not None:
+            report = ExecutionReport.from_task_and_exception(task, outcome.exc_info)
+        else:
+            report = self._teardown(running, outcome)
+        self._report(report)
+
+    def _teardown(self, running: _Running, outcome: CallOutcome) -> ExecutionReport:
+        task, session = running.task, self.session
+        try:
+            store_return(task, outcome.value)
+            store_files(running.arguments, outcome.files)
+            task.attributes["duration"] = (outcome.start, outcome.end)
+            session.hook.pytask_execute_task_teardown(session=session, task=task)
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            return ExecutionReport.from_task_and_exception(task, sys.exc_info())
+        return ExecutionReport.from_task(task)
+
+    def _report(self, report: ExecutionReport) -> None:
+        session, task = self.session, report.task
+        session.hook.pytask_execute_task_process_report(session=session, report=report)
+        session.hook.pytask_execute_task_log_end(session=session, task=task, report=report)
+        session.execution_reports.append(report)
+        session.scheduler.done(task.signature)  # type: ignore[union-attr]
+
+    def _interrupt(self) -> None:
+        """Report every task that was running as interrupted and stop the session."""
+        self.session.should_stop = True
+        for future, running in list(self.running.items()):
+            future.cancel()
+            exc = KeyboardInterrupt()
+            report = ExecutionReport.from_task_and_exception(
+                running.task, (KeyboardInterrupt, exc, None)
+            )
+            self._report(report)
+        self.running.clear()
+
+
+def _generates(task: PTask) -> bool:
+    """Whether the task is a task generator, which must run in pytask's process."""
+    return bool(task.attributes.get("is_generator"))
+
+
+def _filters(session: Session, task: PTask) -> tuple[Any, ...]:
+    args = list(session.config.get("filterwarnings") or ())
+    args += [arg for mark in get_marks(task, "filterwarnings") for arg in mark.args]
+    return tuple(parse_warning_filter(arg, escape=False) for arg in args)
+
+
+def _outcome(future: Future[Any]) -> CallOutcome:
+    """Read a finished future; a failure of the backend itself fails the task."""
+    try:
+        result = future.result()
+    except (Exception, CancelledError) as exc:
+        return CallOutcome(exc_info=(type(exc), exc, exc.__traceback__))
+    if isinstance(result, bytes):
+        return cloudpickle.loads(result)
+    return result
+
+
+@contextmanager
+def _threads_capture(session: Session, backend: Backend) -> Iterator[None]:
+    """Let worker threads capture per task while pytask's global capture rests.
+
+    pytask's capture manager swaps ``sys.stdout`` for the whole process around each
+    setup and teardown in this thread; with tasks running in other threads of this
+    process that would mix their output. For the build, the capture manager gets a
+    capture that does nothing, and each thread captures its own task's output.
+    """
+    if backend.worker_type is not WorkerType.THREADS:
+        yield
+        return
+    manager = session.config["pm"].get_plugin("capturemanager")
+    saved = getattr(manager, "_capturing", None)
+    if saved is not None:
+        from _pytask.capture import CaptureMethod
+        from _pytask.capture import _get_multicapture
+
+        idle = _get_multicapture(CaptureMethod.NO)
+        idle.start_capturing()
+        manager._capturing = idle
+    interceptor = worker.interceptor()
+    interceptor.install()
+    try:
+        yield
+    finally:
+        interceptor.uninstall()
+        if saved is not None:
+            manager._capturing = saved
+
+
+def _kill(executor: Executor) -> None:
+    """Cancel queued work and end worker processes without waiting for them."""
+    kill = getattr(executor, "kill", None)
+    if callable(kill):
+        kill()
+        return
+    if isinstance(executor, ProcessPoolExecutor):
+        for process in list(getattr(executor, "_processes", {}).values()):
+            with suppress(Exception):
+                process.kill()
+    for kwargs in ({"kill_workers": True}, {"cancel_futures": True}, {}):
+        with suppress(TypeError):
+            executor.shutdown(wait=False, **kwargs)
+            return

@@ -1,0 +1,21 @@
+"""The module pytask loads through the ``pytask`` entry point."""
+
+from __future__ import annotations
+
+from pluggy import PluginManager
+from pytask import hookimpl
+
+from taskcloud.plugin import options
+
+#: pytask-parallel's plugins, which add the same options; taskcloud replaces them.
+_REPLACED = ("pytask_parallel", "pytask_parallel.build", "pytask_parallel.config")
+
+
+@hookimpl
+def pytask_add_hooks(pm: PluginManager) -> None:
+    """Register taskcloud's options, taking over from pytask-parallel if present."""
+    for name in _REPLACED:
+        if pm.get_plugin(name) is not None:
+            pm.unregister(name=name)
+        pm.set_blocked(name)
+    pm.register(options)

@@ -1,0 +1,115 @@
+"""The ``-n`` and ``--parallel-backend`` options, their configuration keys and checks.
+
+When parallel execution is on, :func:`pytask_post_parse` registers a
+:class:`~taskcloud.plugin.dispatch.ParallelExecution` for this session only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+from pytask import hookimpl
+
+from taskcloud.backends import ParallelBackend
+from taskcloud.backends import backend_name
+from taskcloud.backends import default_n_workers
+from taskcloud.backends import registry
+from taskcloud.errors import InvalidOptionError
+from taskcloud.extensions import load_extensions
+from taskcloud.plugin.dispatch import ParallelExecution
+
+__all__ = ["parse_n_workers"]
+
+_N_WORKERS_FORM = "an integer >= 1 or 'auto'"
+
+
+def parse_n_workers(value: Any) -> int:
+    """Turn ``-n`` into a number of workers: an integer >= 1, or 'auto'."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "auto":
+            return default_n_workers()
+        if text.lstrip("-").isdigit():
+            value = int(text)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InvalidOptionError("n_workers", value, _N_WORKERS_FORM)
+
+
+class _NWorkers(click.ParamType):
+    name = "n_workers"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+        try:
+            return parse_n_workers(value)
+        except InvalidOptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _BackendName(click.ParamType):
+    name = "backend"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        try:
+            return backend_name(value)
+        except InvalidOptionError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@hookimpl
+def pytask_extend_command_line_interface(cli: click.Group) -> None:
+    """Add ``-n/--n-workers`` and ``--parallel-backend`` to ``pytask build``."""
+    cli.commands["build"].params.extend(
+        [
+            click.Option(
+                ["-n", "--n-workers"],
+                type=_NWorkers(),
+                default=1,
+                metavar="[INTEGER|auto]",
+                help="How many tasks run at once. 'auto' is the number of cores - 1.",
+            ),
+            click.Option(
+                ["--parallel-backend"],
+                type=_BackendName(),
+                default=ParallelBackend.NONE.value,
+                metavar="NAME",
+                help=(
+                    "Where tasks run: none, loky, processes, threads, dask, custom or "
+                    "any registered name. Defaults to loky when -n is above 1."
+                ),
+            ),
+        ]
+    )
+
+
+@hookimpl
+def pytask_parse_config(config: dict[str, Any]) -> None:
+    """Validate ``n_workers`` and ``parallel_backend`` from any source."""
+    __tracebackhide__ = True
+    config["n_workers"] = parse_n_workers(config.get("n_workers", 1))
+    backend = config.get("parallel_backend") or ParallelBackend.NONE
+    config["parallel_backend"] = backend_name(backend)
+    if config["n_workers"] > 1 and config["parallel_backend"] == "none":
+        config["parallel_backend"] = ParallelBackend.LOKY.value
+
+
+@hookimpl(trylast=True)
+def pytask_post_parse(config: dict[str, Any]) -> None:
+    """Turn parallel execution on unless it is off or a debugger needs one process."""
+    if config["parallel_backend"] == ParallelBackend.NONE.value:
+        return
+    if any(config.get(key) for key in ("pdb", "trace", "dry_run", "explain")):
+        return
+    load_extensions(registry)
+    execution = ParallelExecution(
+        backend=config["parallel_backend"], n_workers=config["n_workers"]
+    )
+    config["pm"].register(execution, name="taskcloud-parallel")
+    execution.start()
+
+
+@hookimpl
+def pytask_unconfigure() -> None:
+    """Forget backends registered during this session, as pytask-parallel does."""
+    registry.reset()

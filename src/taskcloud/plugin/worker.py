@@ -1,0 +1,338 @@
+"""Runs one :class:`~taskcloud.plugin.call.TaskCall` inside a worker.
+
+A worker is a thread of pytask's own process (the threads backend) or a thread of
+another process (loky, processes, dask). In both cases several calls may run at once
+in one process, so output, warnings and breakpoints are routed per thread instead of
+swapping ``sys.stdout`` or entering ``warnings.catch_warnings``, which are global.
+
+Workers import this module to unpickle their work, so it stays light: pytask is never
+imported here and rich only when a traceback has to be rendered.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from typing import TextIO
+
+import cloudpickle
+from attrs import evolve
+
+from taskcloud.errors import RemoteTaskError
+from taskcloud.plugin.call import CallOutcome
+from taskcloud.plugin.call import RemoteFile
+from taskcloud.plugin.call import RenderedTraceback
+from taskcloud.plugin.call import RenderOptions
+from taskcloud.plugin.call import TaskCall
+from taskcloud.plugin.call import WarningFilter
+
+__all__ = ["interceptor", "run_call", "run_serialized", "warm_up"]
+
+_BREAKPOINT_MESSAGE = (
+    "breakpoint() and pdb.set_trace() cannot open a debugger in a parallel worker. "
+    "Run pytask without parallelism (drop -n, or pass --pdb or --trace) to debug "
+    "this task."
+)
+
+
+class _ThreadStream(io.TextIOBase):
+    """Writes to the buffer of the call the current thread runs, else to the stream."""
+
+    def __init__(self, fallback: TextIO, local: threading.local, attr: str) -> None:
+        self._fallback = fallback
+        self._local = local
+        self._attr = attr
+
+    def _target(self) -> TextIO:
+        return getattr(self._local, self._attr, None) or self._fallback
+
+    def write(self, text: str) -> int:
+        return self._target().write(text)
+
+    def flush(self) -> None:
+        self._target().flush()
+
+    def isatty(self) -> bool:
+        return self._target().isatty()
+
+    def fileno(self) -> int:
+        return self._fallback.fileno()
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self._fallback, "encoding", "utf-8")
+
+
+class _Record:
+    """What one call wrote and warned."""
+
+    def __init__(self, capture: bool) -> None:
+        self.stdout = io.StringIO() if capture else None
+        self.stderr = io.StringIO() if capture else None
+        self.warnings: list[tuple[str, str, int]] = []
+
+
+class _Interceptor:
+    """Routes each thread's output, warnings and breakpoints to the call it runs.
+
+    One instance per process, because what it patches (``sys.stdout``,
+    ``warnings.showwarning``, ``sys.breakpointhook``) is one per process.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._saved: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        import pdb
+
+        with self._lock:
+            if self._saved is not None:
+                return
+            self._saved = {
+                "stdout": sys.stdout,
+                "stderr": sys.stderr,
+                "showwarning": warnings.showwarning,
+                "filters": list(warnings.filters),
+                "breakpointhook": sys.breakpointhook,
+                "set_trace": pdb.set_trace,
+            }
+            sys.stdout = _ThreadStream(sys.stdout, self._local, "stdout")
+            sys.stderr = _ThreadStream(sys.stderr, self._local, "stderr")
+            warnings.showwarning = self._showwarning
+            # Every warning reaches _showwarning, which applies each call's filters.
+            warnings.simplefilter("always")
+            sys.breakpointhook = self._breakpoint
+            pdb.set_trace = self._set_trace
+
+    def uninstall(self) -> None:
+        import pdb
+
+        with self._lock:
+            if self._saved is None:
+                return
+            saved, self._saved = self._saved, None
+            sys.stdout, sys.stderr = saved["stdout"], saved["stderr"]
+            warnings.showwarning = saved["showwarning"]
+            warnings.filters[:] = saved["filters"]
+            warnings._filters_mutated()  # type: ignore[attr-defined]
+            sys.breakpointhook = saved["breakpointhook"]
+            pdb.set_trace = saved["set_trace"]
+
+    @contextmanager
+    def capturing(self, call: TaskCall) -> Iterator[_Record]:
+        record = _Record(call.capture)
+        local = self._local
+        saved = self._saved or {}
+        local.stdout, local.stderr = record.stdout, record.stderr
+        local.warnings = record.warnings
+        local.filters = _compile(call.filters) + tuple(saved.get("filters", ()))
+        try:
+            yield record
+        finally:
+            local.stdout = local.stderr = local.warnings = None
+
+    def _showwarning(
+        self,
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: TextIO | None = None,
+        line: str | None = None,
+    ) -> None:
+        record = getattr(self._local, "warnings", None)
+        if record is None:
+            fallback = (self._saved or {}).get("showwarning", warnings._showwarning_orig)  # type: ignore[attr-defined]
+            fallback(message, category, filename, lineno, file, line)
+            return
+        action = _action(self._local.filters, message, category, filename, lineno)
+        if action == "ignore":
+            return
+        if action == "error":
+            raise message if isinstance(message, Warning) else category(message)
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        record.append((text, filename, lineno))
+
+    def _in_call(self) -> bool:
+        return getattr(self._local, "warnings", None) is not None
+
+    def _breakpoint(self, *args: Any, **kwargs: Any) -> Any:
+        if self._in_call():
+            raise RuntimeError(_BREAKPOINT_MESSAGE)
+        return (self._saved or {})["breakpointhook"](*args, **kwargs)
+
+    def _set_trace(self, *args: Any, **kwargs: Any) -> Any:
+        if self._in_call():
+            raise RuntimeError(_BREAKPOINT_MESSAGE)
+        return (self._saved or {})["set_trace"](*args, **kwargs)
+
+
+_CompiledFilter = tuple[str, Any, type, Any, int]
+
+
+def _compile(filters: tuple[WarningFilter, ...]) -> tuple[_CompiledFilter, ...]:
+    """Compile filters like ``warnings.filterwarnings``; later ones take precedence."""
+    compiled = [
+        (
+            action,
+            re.compile(message, re.I) if message else None,
+            category,
+            re.compile(module) if module else None,
+            lineno,
+        )
+        for action, message, category, module, lineno in filters
+    ]
+    return tuple(reversed(compiled))
+
+
+def _action(
+    filters: tuple[_CompiledFilter, ...],
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+) -> str:
+    text = str(message)
+    module = Path(filename).stem
+    for action, msg, cat, mod, line in filters:
+        if (
+            (msg is None or msg.match(text))
+            and issubclass(category, cat)
+            and (mod is None or mod.match(module))
+            and line in (0, lineno)
+        ):
+            return str(action)
+    return "default"
+
+
+#: Process-wide, like the streams and hooks it patches.
+_INTERCEPTOR = _Interceptor()
+
+
+def interceptor() -> _Interceptor:
+    """Return this process's interceptor."""
+    return _INTERCEPTOR
+
+
+def _materialize(value: Any, workdir: str, products: dict[int, Path]) -> Any:
+    """Write travelling files into ``workdir`` and replace them by their paths."""
+    if isinstance(value, RemoteFile):
+        path = Path(workdir, str(value.key), value.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if value.content is None:
+            products[value.key] = path
+        else:
+            path.write_bytes(value.content)
+        return path
+    if isinstance(value, dict):
+        return {k: _materialize(v, workdir, products) for k, v in value.items()}
+    if type(value) in (list, tuple):
+        return type(value)(_materialize(v, workdir, products) for v in value)
+    return value
+
+
+def run_call(call: TaskCall) -> CallOutcome:
+    """Run ``call`` in this thread and report what happened; never raises."""
+    _INTERCEPTOR.install()
+    workdir = tempfile.mkdtemp(prefix="taskcloud-") if call.has_files else None
+    products: dict[int, Path] = {}
+    kwargs = _materialize(call.kwargs, workdir, products) if workdir else call.kwargs
+    value = exc_info = None
+    with _INTERCEPTOR.capturing(call) as record:
+        start = time.time()
+        try:
+            value = call.function(**kwargs)
+        except (Exception, SystemExit) as exc:
+            tb = exc.__traceback__
+            exc_info = (type(exc), exc, (tb.tb_next or tb) if tb else None)
+        end = time.time()
+    files = {key: path.read_bytes() for key, path in products.items() if path.is_file()}
+    if workdir:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return CallOutcome(
+        value=value if call.wants_return else None,
+        exc_info=exc_info,
+        stdout=record.stdout.getvalue() if record.stdout else "",
+        stderr=record.stderr.getvalue() if record.stderr else "",
+        warnings=tuple(record.warnings),
+        files=files,
+        start=start,
+        end=end,
+        where=f"pid {os.getpid()}",
+    )
+
+
+def run_serialized(blob: bytes) -> bytes:
+    """Run a cloudpickled call in this process and return its cloudpickled outcome.
+
+    Pickling happens here and in the dispatcher rather than in the executor, so
+    functions from task modules outside any package travel by value on every
+    backend, dask included (dask would pickle them by reference).
+    """
+    call: TaskCall = pickle.loads(blob)
+    outcome = run_call(call)
+    if outcome.exc_info is not None:
+        outcome = _with_rendered_traceback(outcome, call.render)
+    return _dumps(outcome, call.name)
+
+
+def warm_up() -> int:
+    """Run in a fresh worker so its first real call finds everything imported."""
+    _INTERCEPTOR.install()
+    return os.getpid()
+
+
+def _with_rendered_traceback(outcome: CallOutcome, options: RenderOptions) -> CallOutcome:
+    etype, exc, tb = outcome.exc_info  # type: ignore[misc]
+    text = _render(etype, exc, tb, options)
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        exc = RemoteTaskError(etype.__qualname__, str(exc))
+        etype = RemoteTaskError
+    return evolve(outcome, exc_info=(etype, exc, text))
+
+
+def _render(
+    etype: type[BaseException], exc: BaseException, tb: Any, options: RenderOptions
+) -> RenderedTraceback:
+    from rich.console import Console
+    from rich.traceback import Traceback
+
+    console = Console(
+        file=io.StringIO(),
+        width=options.width,
+        color_system=options.color_system,  # type: ignore[arg-type]
+        force_terminal=options.color_system is not None,
+        highlight=False,
+    )
+    console.print(Traceback.from_exception(etype, exc, tb, show_locals=options.show_locals))
+    return RenderedTraceback(console.file.getvalue())  # type: ignore[attr-defined]
+
+
+def _dumps(outcome: CallOutcome, name: str) -> bytes:
+    try:
+        return cloudpickle.dumps(outcome)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    error = RemoteTaskError(
+        "PicklingError",
+        f"the return value of task {name!r} cannot be sent back from the worker "
+        f"({reason}).",
+    )
+    failed = evolve(outcome, value=None, exc_info=(RemoteTaskError, error, None))
+    return cloudpickle.dumps(failed)

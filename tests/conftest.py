@@ -1,0 +1,84 @@
+"""Shared fixtures: task modules written into tmp_path and run through pytask."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from _pytask.pluginmanager import storage
+from pytask import cli
+
+BACKENDS = [
+    pytest.param("loky", id="loky"),
+    pytest.param("processes", id="processes"),
+    pytest.param("threads", id="threads"),
+    pytest.param("dask", id="dask", marks=pytest.mark.slow),
+]
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+@pytest.fixture
+def write(tmp_path: Path) -> Callable[..., Path]:
+    """Write a dedented file below tmp_path and return its path."""
+
+    def _write(name: str, source: str) -> Path:
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+        return path
+
+    return _write
+
+
+def run_cli(runner: CliRunner, tmp_path: Path, *args: str):
+    """Run ``pytask build`` in-process with a wide, colourless console."""
+    # The command line reuses one stored plugin manager; each run needs a fresh one.
+    storage.create()
+    return runner.invoke(cli, [tmp_path.as_posix(), *args], env={"COLUMNS": "150"})
+
+
+def run_subprocess(tmp_path: Path, *args: str, **kwargs) -> subprocess.Popen:
+    """Start ``pytask`` as its own process in its own session."""
+    env = {**os.environ, "COLUMNS": "150", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytask", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        **kwargs,
+    )
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``condition`` until it is truthy; fail naming ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    pytest.fail(f"{what} did not happen within {timeout} s")
+
+
+@pytest.fixture(autouse=True)
+def _forget_task_modules():
+    """pytask caches task modules by name; each test's modules must be its own."""
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        if name.split(".")[-1].startswith("task_"):
+            del sys.modules[name]
