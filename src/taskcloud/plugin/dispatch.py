@@ -176,8 +176,9 @@ class _Loop:
                 for future in done:
                     self._finish(self.running.pop(future), future)
         except KeyboardInterrupt:
+            cancelled = {future: future.cancel() for future in self.running}
             owner.kill()
-            self._interrupt()
+            self._interrupt(cancelled)
 
     def _can_start(self) -> bool:
         scheduler = self.session.scheduler
@@ -278,12 +279,16 @@ class _Loop:
         session.execution_reports.append(report)
         session.scheduler.done(task.signature)  # type: ignore[union-attr]
 
-    def _interrupt(self) -> None:
-        """Report every task that was running as interrupted and stop the session."""
+    def _interrupt(self, cancelled: dict[Future[Any], bool]) -> None:
+        """Report the tasks Ctrl-C stopped or cancelled, and stop the session."""
         self.session.should_stop = True
         for future, running in list(self.running.items()):
-            future.cancel()
-            exc = KeyboardInterrupt()
+            exc = KeyboardInterrupt(
+                "Ctrl-C cancelled this task before it started."
+                if cancelled[future]
+                else "Ctrl-C stopped the run before this task finished; its worker "
+                "was shut down."
+            )
             report = ExecutionReport.from_task_and_exception(
                 running.task, (KeyboardInterrupt, exc, None)
             )
