@@ -15,7 +15,6 @@ import argparse
 import importlib.util
 import os
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -79,8 +78,11 @@ def _workflows() -> list[Workflow]:
     speedup = lambda v, b: b / v  # noqa: E731
     n_cpu = _calibrate_cpu(0.9)
     pp = [
-        Variant("pytask-parallel loky -n 2", ["-n", "2", "--parallel-backend", "loky"],
-                "pytask_parallel"),
+        Variant(
+            "pytask-parallel loky -n 2",
+            ["-n", "2", "--parallel-backend", "loky"],
+            "pytask_parallel",
+        ),
     ]
     fanout = Workflow(
         "fanout",
@@ -101,14 +103,24 @@ def _workflows() -> list[Workflow]:
             Variant("threads -n 2", ["-n", "2", "--parallel-backend", "threads"]),
             Variant("dask -n 2", ["-n", "2", "--parallel-backend", "dask"]),
             *pp,
-            Variant("pytask-parallel dask -n 2", ["-n", "2", "--parallel-backend", "dask"],
-                    "pytask_parallel"),
+            Variant(
+                "pytask-parallel dask -n 2",
+                ["-n", "2", "--parallel-backend", "dask"],
+                "pytask_parallel",
+            ),
         ],
         [
-            Target("loky <= 1.25 x serial", "loky -n 2", "serial",
-                   lambda v, b: v <= 1.25 * b, ratio),
-            Target("dask <= loky + 1.5 s", "dask -n 2", "loky -n 2",
-                   lambda v, b: v - b <= 1.5, lambda v, b: v - b, " s more"),
+            Target(
+                "loky <= 1.25 x serial", "loky -n 2", "serial", lambda v, b: v <= 1.25 * b, ratio
+            ),
+            Target(
+                "dask <= loky + 1.5 s",
+                "dask -n 2",
+                "loky -n 2",
+                lambda v, b: v - b <= 1.5,
+                lambda v, b: v - b,
+                " s more",
+            ),
         ],
     )
     chain = Workflow(
@@ -132,8 +144,7 @@ def _workflows() -> list[Workflow]:
             Variant("threads -n 2", ["-n", "2", "--parallel-backend", "threads"]),
             *pp,
         ],
-        [Target("loky <= 1.5 x serial", "loky -n 2", "serial",
-                lambda v, b: v <= 1.5 * b, ratio)],
+        [Target("loky <= 1.5 x serial", "loky -n 2", "serial", lambda v, b: v <= 1.5 * b, ratio)],
         setup=lambda path: path.joinpath("seed.txt").write_text("."),
     )
     cpu = Workflow(
@@ -156,14 +167,29 @@ def _workflows() -> list[Workflow]:
             Variant("loky -n 2", ["-n", "2"]),
             Variant("processes -n 2", ["-n", "2", "--parallel-backend", "processes"]),
             *pp,
-            Variant("pytask-parallel processes -n 2",
-                    ["-n", "2", "--parallel-backend", "processes"], "pytask_parallel"),
+            Variant(
+                "pytask-parallel processes -n 2",
+                ["-n", "2", "--parallel-backend", "processes"],
+                "pytask_parallel",
+            ),
         ],
         [
-            Target("loky >= 1.7 x faster than serial", "loky -n 2", "serial",
-                   lambda v, b: b / v >= 1.7, speedup, "x faster"),
-            Target("processes >= 1.7 x faster than serial", "processes -n 2", "serial",
-                   lambda v, b: b / v >= 1.7, speedup, "x faster"),
+            Target(
+                "loky >= 1.7 x faster than serial",
+                "loky -n 2",
+                "serial",
+                lambda v, b: b / v >= 1.7,
+                speedup,
+                "x faster",
+            ),
+            Target(
+                "processes >= 1.7 x faster than serial",
+                "processes -n 2",
+                "serial",
+                lambda v, b: b / v >= 1.7,
+                speedup,
+                "x faster",
+            ),
         ],
     )
     sleep = Workflow(
@@ -183,11 +209,22 @@ def _workflows() -> list[Workflow]:
         [
             Variant("serial", []),
             Variant("threads -n 8", ["-n", "8", "--parallel-backend", "threads"]),
-            Variant("pytask-parallel threads -n 8",
-                    ["-n", "8", "--parallel-backend", "threads"], "pytask_parallel"),
+            Variant(
+                "pytask-parallel threads -n 8",
+                ["-n", "8", "--parallel-backend", "threads"],
+                "pytask_parallel",
+            ),
         ],
-        [Target("threads <= 0.65 s", "threads -n 8", None,
-                lambda v, b: v <= 0.65, lambda v, b: v, " s")],
+        [
+            Target(
+                "threads <= 0.65 s",
+                "threads -n 8",
+                None,
+                lambda v, b: v <= 0.65,
+                lambda v, b: v,
+                " s",
+            )
+        ],
     )
     return [fanout, chain, cpu, sleep]
 
@@ -202,7 +239,12 @@ def _run_once(workflow: Workflow, variant: Variant) -> float:
         command = [sys.executable, str(HERE / "pytask_without.py"), blocked, *variant.args]
         env = {**os.environ, "COLUMNS": "120", "NO_COLOR": "1"}
         result = subprocess.run(
-            command, cwd=root, capture_output=True, text=True, env=env, timeout=600,
+            command,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
             check=False,
         )
         match = FOOTER.findall(result.stdout)
@@ -219,8 +261,10 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="runs per variant")
     args = parser.parse_args()
 
-    print(f"cores: {os.cpu_count()}, python {sys.version.split()[0]}, "
-          f"pytask-parallel installed: {HAS_PYTASK_PARALLEL}, repeat: {args.repeat}")
+    print(
+        f"cores: {os.cpu_count()}, python {sys.version.split()[0]}, "
+        f"pytask-parallel installed: {HAS_PYTASK_PARALLEL}, repeat: {args.repeat}"
+    )
     failed = []
     for workflow in _workflows():
         if args.workflows and workflow.name not in args.workflows:
@@ -236,15 +280,19 @@ def main() -> None:
             times[variant.label] = statistics.median(runs)
             base = times.get("serial")
             rel = f"{times[variant.label] / base:6.2f} x serial" if base else ""
-            print(f"  {variant.label:34s} {times[variant.label]:7.2f} s  {rel}"
-                  f"   runs: {', '.join(f'{r:.2f}' for r in runs)}")
+            print(
+                f"  {variant.label:34s} {times[variant.label]:7.2f} s  {rel}"
+                f"   runs: {', '.join(f'{r:.2f}' for r in runs)}"
+            )
         for target in workflow.targets:
             value = times[target.variant]
             base = times[target.baseline] if target.baseline else 0.0
             ok = target.check(value, base)
             figure = target.measure(value, base)
-            print(f"  target {target.text:40s} measured {figure:.2f}{target.unit}"
-                  f"  {'met' if ok else 'MISSED'}")
+            print(
+                f"  target {target.text:40s} measured {figure:.2f}{target.unit}"
+                f"  {'met' if ok else 'MISSED'}"
+            )
             if not ok:
                 failed.append(f"{workflow.name}: {target.text}")
     print("\nall targets met" if not failed else "\nmissed: " + "; ".join(failed))

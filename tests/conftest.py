@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 from _pytask.pluginmanager import storage
+from click.testing import CliRunner
 from pytask import cli
 
 BACKENDS = [

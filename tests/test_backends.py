@@ -109,5 +109,10 @@ def test_public_names_match_pytask_parallel() -> None:
     for name in ("ParallelBackend", "ParallelBackendRegistry", "WorkerType", "registry"):
         assert name in taskcloud.__all__
     assert {member.value for member in ParallelBackend} == {
-        "none", "custom", "dask", "loky", "processes", "threads"
+        "none",
+        "custom",
+        "dask",
+        "loky",
+        "processes",
+        "threads",
     }

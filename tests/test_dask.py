@@ -30,14 +30,17 @@ def task_where(path: Annotated[Path, Product] = Path("where.txt")) -> None:
 def test_uses_the_current_client(tmp_path, write) -> None:
     """With a client already connected, tasks run on that client's cluster."""
     write("task_where.py", TASK)
-    with LocalCluster(
-        n_workers=1, processes=True, host="127.0.0.1", dashboard_address=None
-    ) as cluster, Client(cluster):
+    with (
+        LocalCluster(
+            n_workers=1, processes=True, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
         session = build(paths=tmp_path, n_workers=2, parallel_backend="dask")
         workers = set(cluster.scheduler_info["workers"])
 
     assert session.exit_code == ExitCode.OK
-    worker, scheduler, answer = (tmp_path / "where.txt").read_text().split()
+    worker, _, answer = (tmp_path / "where.txt").read_text().split()
     assert worker in workers
     assert answer == "42"
 

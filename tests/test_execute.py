@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from pytask import ExitCode
 from pytask import TaskOutcome
 from pytask import build
-
 from tests.conftest import BACKENDS
 from tests.conftest import run_cli
 
 
 def _outcomes(session) -> dict[str, TaskOutcome]:
-    return {report.task.name.split("::")[-1]: report.outcome for report in session.execution_reports}
+    return {
+        report.task.name.split("::")[-1]: report.outcome for report in session.execution_reports
+    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -98,8 +98,18 @@ def test_products_arrive_in_the_main_process(backend, tmp_path, write) -> None:
     session = build(paths=tmp_path, n_workers=2, parallel_backend=backend)
 
     assert session.exit_code == ExitCode.OK, [r.exc_info for r in session.execution_reports]
-    contents = {name: (tmp_path / name).read_text() for name in ("a.txt", "b.txt", "c.txt", "x.txt", "y0.txt", "y1.txt")}
-    assert contents == {"a.txt": "a", "b.txt": "b", "c.txt": "42", "x.txt": "X", "y0.txt": "Y0", "y1.txt": "Y1"}
+    contents = {
+        name: (tmp_path / name).read_text()
+        for name in ("a.txt", "b.txt", "c.txt", "x.txt", "y0.txt", "y1.txt")
+    }
+    assert contents == {
+        "a.txt": "a",
+        "b.txt": "b",
+        "c.txt": "42",
+        "x.txt": "X",
+        "y0.txt": "Y0",
+        "y1.txt": "Y1",
+    }
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -172,8 +182,14 @@ def test_filterwarnings_marks_and_options_apply(backend, tmp_path, write) -> Non
         filterwarnings=["ignore:hidden by the session"],
     )
 
-    shown = sorted((w.id_.split("::")[-1], w.message.split("UserWarning: ")[1].splitlines()[0]) for w in session.warnings)
-    assert shown == [("task_marked", "shown despite the mark"), ("task_plain", "hidden by the mark")]
+    shown = sorted(
+        (w.id_.split("::")[-1], w.message.split("UserWarning: ")[1].splitlines()[0])
+        for w in session.warnings
+    )
+    assert shown == [
+        ("task_marked", "shown despite the mark"),
+        ("task_plain", "hidden by the mark"),
+    ]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -239,7 +255,9 @@ def test_stop_after_first_failure(backend, tmp_path, write) -> None:
                 path.write_text("done")
         """,
     )
-    session = build(paths=tmp_path, n_workers=2, parallel_backend=backend, stop_after_first_failure=True)
+    session = build(
+        paths=tmp_path, n_workers=2, parallel_backend=backend, stop_after_first_failure=True
+    )
 
     written = list((tmp_path / "out").glob("*.txt")) if (tmp_path / "out").exists() else []
     succeeded = [r for r in session.execution_reports if r.outcome == TaskOutcome.SUCCESS]
@@ -290,7 +308,11 @@ def test_priorities_hold(backend, tmp_path, write) -> None:
     session = build(paths=tmp_path, n_workers=1, parallel_backend=backend)
 
     starts = sorted(session.execution_reports, key=lambda r: r.task.attributes["duration"][0])
-    assert [r.task.name.split("::")[-1] for r in starts] == ["task_first", "task_middle", "task_last"]
+    assert [r.task.name.split("::")[-1] for r in starts] == [
+        "task_first",
+        "task_middle",
+        "task_last",
+    ]
 
 
 def test_custom_remote_backend_moves_files(tmp_path, write) -> None:

@@ -56,7 +56,12 @@ def _pytask(project: Path, *args: str, site: Path | None = None) -> subprocess.C
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     return subprocess.run(
         [sys.executable, "-m", "pytask", *args],
-        cwd=project, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

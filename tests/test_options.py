@@ -7,9 +7,9 @@ import os
 import pytest
 from pytask import ExitCode
 from pytask import build
+from tests.conftest import run_cli
 
 from taskcloud.backends import default_n_workers
-from tests.conftest import run_cli
 
 TASK = """
 from pathlib import Path
@@ -118,7 +118,10 @@ def test_unknown_backend_fails_before_any_task(tmp_path, write, runner) -> None:
     result = run_cli(runner, tmp_path, "--parallel-backend", "lokyy")
 
     assert result.exit_code == ExitCode.FAILED
-    assert "Unknown parallel backend 'lokyy'. Registered: 'dask', 'loky', 'processes', 'threads'." in result.output
+    assert (
+        "Unknown parallel backend 'lokyy'. Registered: 'dask', 'loky', 'processes', 'threads'."
+        in result.output
+    )
     assert not (tmp_path / "pid.txt").exists()
 
 
@@ -126,7 +129,10 @@ def test_unknown_backend_fails_before_any_task(tmp_path, write, runner) -> None:
     ("builder", "message"),
     [
         ("raise OSError('no cluster here')", "its builder raised OSError: no cluster here"),
-        ("return 'pool'", "its builder returned 'pool', which is not a concurrent.futures.Executor"),
+        (
+            "return 'pool'",
+            "its builder returned 'pool', which is not a concurrent.futures.Executor",
+        ),
     ],
 )
 def test_broken_builders_fail_before_any_task(builder, message, tmp_path, write, runner) -> None:
@@ -146,7 +152,9 @@ registry.register_parallel_backend(ParallelBackend.CUSTOM, build_executor)
     result = run_cli(runner, tmp_path, "--parallel-backend", "custom")
 
     assert result.exit_code == ExitCode.FAILED
-    assert f"Could not build the parallel backend 'custom': {message}" in " ".join(result.output.split())
+    assert f"Could not build the parallel backend 'custom': {message}" in " ".join(
+        result.output.split()
+    )
     assert not (tmp_path / "pid.txt").exists()
 
 

@@ -24,5 +24,7 @@ registry.register_parallel_backend(
 )
 
 
-def task_hello(path: Annotated[Path, Product] = Path(__file__).parent / "bld" / "hello.txt") -> None:
+def task_hello(
+    path: Annotated[Path, Product] = Path(__file__).parent / "bld" / "hello.txt",
+) -> None:
     path.write_text("Hello from a custom executor.")

@@ -17,7 +17,9 @@ for chunk in range(4):
     ) -> Annotated[str, BLD / f"summary-{chunk}.txt"]:
         values = [float(line) for line in path.read_text().splitlines()]
         print(f"{path.name}: {len(values)} values")
-        return f"{path.stem}: mean {statistics.fmean(values):.3f}, sd {statistics.stdev(values):.3f}"
+        return (
+            f"{path.stem}: mean {statistics.fmean(values):.3f}, sd {statistics.stdev(values):.3f}"
+        )
 
 
 def task_report(

@@ -13,10 +13,10 @@ import re
 import sys
 from collections.abc import Callable
 from collections.abc import Iterator
-from contextlib import contextmanager
 from concurrent.futures import Executor
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from enum import Enum
 from typing import Any
 
@@ -88,8 +88,7 @@ class Backend:
             raise BackendBuildError(self.name, reason) from exc
         if not isinstance(executor, Executor):
             reason = (
-                f"its builder returned {executor!r}, which is not a "
-                "concurrent.futures.Executor."
+                f"its builder returned {executor!r}, which is not a concurrent.futures.Executor."
             )
             raise BackendBuildError(self.name, reason)
         return executor
@@ -121,8 +120,7 @@ class ParallelBackendRegistry:
             raise InvalidOptionError("kind", kind, "any backend name except 'none'")
         if not callable(builder):
             raise InvalidOptionError(
-                "builder", builder, "a callable that takes n_workers= and returns an "
-                "Executor"
+                "builder", builder, "a callable that takes n_workers= and returns an Executor"
             )
         try:
             worker_type = WorkerType(worker_type)
@@ -153,9 +151,7 @@ class ParallelBackendRegistry:
         except InvalidOptionError:
             return False
 
-    def get_parallel_backend(
-        self, kind: ParallelBackend | str, n_workers: int
-    ) -> Executor:
+    def get_parallel_backend(self, kind: ParallelBackend | str, n_workers: int) -> Executor:
         """Build the executor of ``kind`` (pytask-parallel's name for it)."""
         return self.get(kind).build(n_workers)
 

@@ -78,9 +78,7 @@ class ParallelExecution:
 
     @hookimpl(trylast=True)
     def pytask_log_session_header(self) -> None:
-        console.print(
-            f"Running tasks on {self.n_workers} workers of the {self.backend!r} backend."
-        )
+        console.print(f"Running tasks on {self.n_workers} workers of the {self.backend!r} backend.")
 
     def start(self) -> None:
         """Start the workers now, so they boot while pytask collects the tasks.
@@ -108,7 +106,7 @@ class ParallelExecution:
             if backend.worker_type is WorkerType.PROCESSES:
                 for _ in range(self.n_workers):
                     executor.submit(worker.warm_up)
-        except Exception:  # noqa: S110 - the build is retried, and reported, when needed
+        except Exception:
             return
         else:
             self._executor, self._built_from = executor, backend
@@ -182,11 +180,7 @@ class _Loop:
 
     def _can_start(self) -> bool:
         scheduler = self.session.scheduler
-        return (
-            scheduler is not None
-            and scheduler.is_active()
-            and not self.session.should_stop
-        )
+        return scheduler is not None and scheduler.is_active() and not self.session.should_stop
 
     def _start_ready(self) -> bool:
         """Start what may start; True if some task finished without a worker."""
@@ -197,7 +191,7 @@ class _Loop:
         # get_ready lists the highest priority last; submit it first.
         ready = self.session.scheduler.get_ready(free)  # type: ignore[union-attr]
         for signature in reversed(ready):
-            finished |= self._start(self.session.dag.nodes[signature])
+            finished |= self._start(self.session.dag.nodes[signature])  # type: ignore[arg-type]
         return finished
 
     def _start(self, task: PTask) -> bool:
@@ -286,8 +280,7 @@ class _Loop:
             exc = KeyboardInterrupt(
                 "Ctrl-C cancelled this task before it started."
                 if cancelled[future]
-                else "Ctrl-C stopped the run before this task finished; its worker "
-                "was shut down."
+                else "Ctrl-C stopped the run before this task finished; its worker was shut down."
             )
             report = ExecutionReport.from_task_and_exception(
                 running.task, (KeyboardInterrupt, exc, None)

@@ -29,12 +29,14 @@ def ship_function(task: PTask) -> Callable[..., Any]:
     """Return a copy of the task's function that pickles small and by value."""
     function = task.function
     module = inspect.getmodule(function)
-    if module is not None and module.__name__ not in _BY_VALUE and (
-        _is_task_module(module, task) or not _importable(module)
+    if (
+        module is not None
+        and module.__name__ not in _BY_VALUE
+        and (_is_task_module(module, task) or not _importable(module))
     ):
         cloudpickle.register_pickle_by_value(module)
         _BY_VALUE.add(module.__name__)
-    return _bare(function)
+    return _bare(function) if isinstance(function, types.FunctionType) else function
 
 
 def _bare(function: types.FunctionType) -> types.FunctionType:

@@ -96,8 +96,8 @@ def store_return(task: PTask, value: Any) -> None:
             f"\n\nReturn annotation: {structure_return}"
         )
         raise ValueError(msg)
-    nodes = tree_leaves(task.produces["return"])
+    nodes: list[Any] = tree_leaves(task.produces["return"])
     values = structure_return.flatten_up_to(value)
-    for node, leaf in zip(nodes, values):
+    for node, leaf in zip(nodes, values, strict=False):
         if not isinstance(node, PProvisionalNode):
             node.save(leaf)

@@ -102,9 +102,7 @@ def pytask_post_parse(config: dict[str, Any]) -> None:
     if any(config.get(key) for key in ("pdb", "trace", "dry_run", "explain")):
         return
     load_extensions(registry)
-    execution = ParallelExecution(
-        backend=config["parallel_backend"], n_workers=config["n_workers"]
-    )
+    execution = ParallelExecution(backend=config["parallel_backend"], n_workers=config["n_workers"])
     config["pm"].register(execution, name="taskcloud-parallel")
     execution.start()
 

@@ -127,7 +127,7 @@ class _Interceptor:
             saved, self._saved = self._saved, None
             sys.stdout, sys.stderr = saved["stdout"], saved["stderr"]
             warnings.showwarning = saved["showwarning"]
-            warnings.filters[:] = saved["filters"]
+            warnings.filters[:] = saved["filters"]  # type: ignore[index]
             warnings._filters_mutated()  # type: ignore[attr-defined]
             sys.breakpointhook = saved["breakpointhook"]
             pdb.set_trace = saved["set_trace"]
@@ -156,7 +156,8 @@ class _Interceptor:
     ) -> None:
         record = getattr(self._local, "warnings", None)
         if record is None:
-            fallback = (self._saved or {}).get("showwarning", warnings._showwarning_orig)  # type: ignore[attr-defined]
+            saved = self._saved or {}
+            fallback = saved.get("showwarning") or warnings._showwarning_orig  # type: ignore[attr-defined]
             fallback(message, category, filename, lineno, file, line)
             return
         action = _action(self._local.filters, message, category, filename, lineno)
@@ -331,8 +332,7 @@ def _dumps(outcome: CallOutcome, name: str) -> bytes:
         reason = f"{type(exc).__name__}: {exc}"
     error = RemoteTaskError(
         "PicklingError",
-        f"the return value of task {name!r} cannot be sent back from the worker "
-        f"({reason}).",
+        f"the return value of task {name!r} cannot be sent back from the worker ({reason}).",
     )
     failed = evolve(outcome, value=None, exc_info=(RemoteTaskError, error, None))
     return cloudpickle.dumps(failed)
