@@ -16,5 +16,5 @@ for chunk in range(4):
         chunk: int = chunk, path: Annotated[Path, Product] = BLD / f"chunk-{chunk}.txt"
     ) -> None:
         rng = random.Random(chunk)
-        values = [rng.gauss(chunk, 1.0) for _ in range(200_000)]
+        values = [rng.gauss(chunk, 1.0) for _ in range(50_000)]
         path.write_text("\n".join(f"{value:.6f}" for value in values))

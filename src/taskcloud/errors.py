@@ -13,8 +13,13 @@ __all__ = [
     "BackendBuildError",
     "BackendNotFoundError",
     "InvalidOptionError",
+    "MemoryLimitError",
     "RemoteTaskError",
+    "ResourceUnavailableError",
+    "SerializationError",
+    "TaskTimeoutError",
     "TaskcloudError",
+    "WorkerLostError",
 ]
 
 
@@ -70,3 +75,80 @@ class RemoteTaskError(TaskcloudError, RuntimeError):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}"
+
+
+class ResourceUnavailableError(TaskcloudError, RuntimeError):
+    """A worker shape the provider can never start, e.g. more cores than the host has."""
+
+    def __init__(self, request: str, capacity: str, provider: str = "local") -> None:
+        super().__init__(request, capacity, provider)
+        self.request = request
+        self.capacity = capacity
+        self.provider = provider
+
+    def __str__(self) -> str:
+        return (
+            f"{self.request} cannot be satisfied: the {self.provider} provider has "
+            f"{self.capacity}. Ask for less, or use a provider with bigger workers."
+        )
+
+
+class WorkerLostError(TaskcloudError, RuntimeError):
+    """The workers running a call died more often than ``retries`` allows."""
+
+    def __init__(self, name: str, attempts: int, worker: str = "") -> None:
+        super().__init__(name, attempts, worker)
+        self.name = name
+        self.attempts = attempts
+        self.worker = worker
+
+    def __str__(self) -> str:
+        runs = "1 attempt" if self.attempts == 1 else f"{self.attempts} attempts"
+        last = f" (last on {self.worker})" if self.worker else ""
+        return f"The worker running {self.name!r} died in each of {runs}{last}."
+
+
+class MemoryLimitError(WorkerLostError, MemoryError):
+    """A call used more memory than its workers may have, so its worker was replaced."""
+
+    def __init__(self, name: str, limit: str, used: str, worker: str = "") -> None:
+        TaskcloudError.__init__(self, name, limit, used, worker)
+        self.name = name
+        self.limit = limit
+        self.used = used
+        self.worker = worker
+        self.attempts = 1
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name!r} exceeded its memory limit of {self.limit} (its worker used "
+            f"{self.used}) and the worker was replaced. Raise memory=, or use less."
+        )
+
+
+class TaskTimeoutError(TaskcloudError, TimeoutError):
+    """A call ran longer than its ``timeout``; its worker was restarted."""
+
+    def __init__(self, name: str, timeout: float) -> None:
+        super().__init__(name, timeout)
+        self.name = name
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name!r} did not finish within its timeout of {self.timeout:g} s; its "
+            "worker was restarted."
+        )
+
+
+class SerializationError(TaskcloudError, TypeError):
+    """An argument or a result that cannot be pickled to cross to or from a worker."""
+
+    def __init__(self, what: str, name: str, reason: str) -> None:
+        super().__init__(what, name, reason)
+        self.what = what
+        self.name = name
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"The {self.what} of {self.name!r} cannot be pickled: {self.reason}"

@@ -9,9 +9,12 @@ pytask's reports.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import sys
 import threading
 import types
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import CancelledError
@@ -41,15 +44,19 @@ from taskcloud.backends import Backend
 from taskcloud.backends import WorkerType
 from taskcloud.backends import registry
 from taskcloud.errors import TaskcloudError
+from taskcloud.function import MARKER
+from taskcloud.function import Function
+from taskcloud.pickling import ship
 from taskcloud.plugin import worker
 from taskcloud.plugin.call import CallOutcome
 from taskcloud.plugin.call import RenderOptions
 from taskcloud.plugin.call import TaskCall
-from taskcloud.plugin.modules import ship_function
 from taskcloud.plugin.nodes import Arguments
 from taskcloud.plugin.nodes import load_arguments
 from taskcloud.plugin.nodes import store_files
 from taskcloud.plugin.nodes import store_return
+from taskcloud.plugin.summary import where_table
+from taskcloud.pools import pools
 
 __all__ = ["ParallelExecution"]
 
@@ -57,13 +64,19 @@ __all__ = ["ParallelExecution"]
 #: worker never idles while this process reports on the call it just finished.
 _QUEUE_DEPTH = 2
 
+#: Ask pytask's scheduler for every ready task at once.
+_ALL = 2**31
+_ORDER = itertools.count()
+
 
 @define
 class _Running:
-    """A task whose call is on the backend."""
+    """A task whose call is on the backend or on a pool."""
 
     task: PTask
     arguments: Arguments
+    where: str
+    local: bool
 
 
 @define
@@ -75,6 +88,7 @@ class ParallelExecution:
     _executor: Executor | None = field(default=None, init=False)
     _built_from: Backend | None = field(default=None, init=False)
     _warming: threading.Thread | None = field(default=None, init=False)
+    where: Counter[str] = field(factory=Counter, init=False)
 
     @hookimpl(trylast=True)
     def pytask_log_session_header(self) -> None:
@@ -131,7 +145,7 @@ class ParallelExecution:
             console.print(Text(str(exc), style="red"))
             raise ExecutionError(str(exc)) from None
         with _threads_capture(session, backend):
-            _Loop(session, backend, executor, self.n_workers).run(self)
+            _Loop(session, backend, executor, self.n_workers, self.where).run(self)
         return True
 
     def kill(self) -> None:
@@ -139,6 +153,7 @@ class ParallelExecution:
         executor, self._executor, self._built_from = self._executor, None, None
         if executor is not None:
             _kill(executor)
+        pools.close_all()
 
     def _shutdown(self) -> None:
         executor, self._executor, self._built_from = self._executor, None, None
@@ -151,6 +166,13 @@ class ParallelExecution:
         if self._warming is not None:
             self._warming.join()
         self._shutdown()
+        pools.close_all()
+
+    @hookimpl(tryfirst=True)
+    def pytask_log_session_footer(self) -> None:
+        """Say where the tasks ran, and what each pool did."""
+        if self.where:
+            console.print(where_table(self.where, pools.active()))
 
 
 @define
@@ -161,11 +183,14 @@ class _Loop:
     backend: Backend
     executor: Executor
     n_workers: int
+    where: Counter[str]
     running: dict[Future[Any], _Running] = field(factory=dict)
+    waiting: list[tuple[int, int, PTask]] = field(factory=list)
+    local_running: int = 0
 
     def run(self, owner: ParallelExecution) -> None:
         try:
-            while self.running or self._can_start():
+            while self.running or self._can_start() or self._may_start_waiting():
                 if self._start_ready():
                     continue
                 if not self.running:
@@ -182,16 +207,33 @@ class _Loop:
         scheduler = self.session.scheduler
         return scheduler is not None and scheduler.is_active() and not self.session.should_stop
 
+    def _may_start_waiting(self) -> bool:
+        return bool(self.waiting) and not self.session.should_stop
+
     def _start_ready(self) -> bool:
-        """Start what may start; True if some task finished without a worker."""
-        free = self.n_workers * _QUEUE_DEPTH - len(self.running)
-        if free < 1 or not self._can_start():
-            return False
+        """Start what may start; True if some task finished without a worker.
+
+        Tasks for a pool start as soon as they are ready, so that the pool sees its
+        whole queue and scales; other tasks wait for a free local worker.
+        """
         finished = False
-        # get_ready lists the highest priority last; submit it first.
-        ready = self.session.scheduler.get_ready(free)  # type: ignore[union-attr]
-        for signature in reversed(ready):
-            finished |= self._start(self.session.dag.nodes[signature])  # type: ignore[arg-type]
+        if self._can_start():
+            scheduler = self.session.scheduler
+            ready = scheduler.get_ready(_ALL)  # type: ignore[union-attr]
+            priorities = getattr(scheduler, "priorities", {})
+            # get_ready lists the highest priority last; start that first.
+            for signature in reversed(ready):
+                task = self.session.dag.nodes[signature]
+                if _pool_function(task) is not None:  # type: ignore[arg-type]
+                    finished |= self._start(task)  # type: ignore[arg-type]
+                else:
+                    entry = (-priorities.get(signature, 0), next(_ORDER), task)
+                    heapq.heappush(self.waiting, entry)  # type: ignore[misc]
+        free = self.n_workers * _QUEUE_DEPTH - self.local_running
+        while self._may_start_waiting() and free > 0:
+            _, _, task = heapq.heappop(self.waiting)
+            finished |= self._start(task)
+            free = self.n_workers * _QUEUE_DEPTH - self.local_running
         return finished
 
     def _start(self, task: PTask) -> bool:
@@ -203,8 +245,9 @@ class _Loop:
                 session.hook.pytask_execute_task(session=session, task=task)
                 session.hook.pytask_execute_task_teardown(session=session, task=task)
             else:
-                future, arguments = self._submit(task)
-                self.running[future] = _Running(task, arguments)
+                future, running = self._submit(task)
+                self.running[future] = running
+                self.local_running += running.local
                 return False
         except KeyboardInterrupt:
             raise
@@ -215,11 +258,12 @@ class _Loop:
         self._report(report)
         return True
 
-    def _submit(self, task: PTask) -> tuple[Future[Any], Arguments]:
-        arguments = load_arguments(task, remote=self.backend.remote)
+    def _submit(self, task: PTask) -> tuple[Future[Any], _Running]:
+        function = _pool_function(task)
+        arguments = load_arguments(task, remote=self.backend.remote and function is None)
         call = TaskCall(
             name=task.name,
-            function=ship_function(task),
+            function=ship(task.function, getattr(task, "path", None)),
             kwargs=arguments.kwargs,
             capture=self.session.config.get("capture") != "no",
             filters=_filters(self.session, task),
@@ -231,13 +275,28 @@ class _Loop:
             wants_return="return" in task.produces,
             has_files=arguments.has_files,
         )
+        if function is not None:
+            pool, spec = function.pool, function.spec
+            future = pool.submit(
+                task.name,
+                worker.run_serialized,
+                (cloudpickle.dumps(call),),
+                environ=spec.environ,
+                retries=spec.retries,
+                timeout=spec.timeout,
+            )
+            return future, _Running(task, arguments, pool.label, local=False)
+        where = f"{self.backend.name} backend"
         if self.backend.worker_type is WorkerType.THREADS:
-            return self.executor.submit(worker.run_call, call), arguments
-        blob = cloudpickle.dumps(call)
-        return self.executor.submit(worker.run_serialized, blob), arguments
+            future = self.executor.submit(worker.run_call, call)
+        else:
+            future = self.executor.submit(worker.run_serialized, cloudpickle.dumps(call))
+        return future, _Running(task, arguments, where, local=True)
 
     def _finish(self, running: _Running, future: Future[Any]) -> None:
         task, session = running.task, self.session
+        self.local_running -= running.local
+        self.where[running.where] += 1
         outcome = _outcome(future)
         if outcome.stdout:
             task.report_sections.append(("call", "stdout", outcome.stdout))
@@ -287,6 +346,11 @@ class _Loop:
             )
             self._report(report)
         self.running.clear()
+
+
+def _pool_function(task: PTask) -> Function[Any] | None:
+    """The ``@taskcloud.function`` behind a task, if it has one."""
+    return getattr(task.function, MARKER, None)
 
 
 def _generates(task: PTask) -> bool:

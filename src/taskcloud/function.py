@@ -1,0 +1,168 @@
+"""``@taskcloud.function``: run a function on adaptively scaled workers of its shape."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from concurrent.futures import CancelledError
+from concurrent.futures import Future
+from typing import Any
+from typing import Generic
+from typing import TypeVar
+from typing import overload
+
+from taskcloud.errors import InvalidOptionError
+from taskcloud.pools import Pool
+from taskcloud.pools import PoolManager
+from taskcloud.pools import pools
+from taskcloud.specs import FunctionSpec
+
+__all__ = ["Function", "function"]
+
+R = TypeVar("R")
+
+#: The attribute by which the pytask plugin finds a decorated task function.
+MARKER = "__taskcloud_function__"
+
+
+class Function(Generic[R]):
+    """A function whose calls run on a pool of workers shaped by its spec.
+
+    It looks like the wrapped function (name, signature, annotations), so that pytask
+    collects it as usual, in whichever order it is combined with ``@pytask.task``.
+    """
+
+    def __init__(
+        self, function: Callable[..., R], spec: FunctionSpec, manager: PoolManager = pools
+    ) -> None:
+        functools.update_wrapper(self, function)
+        self._name: str = getattr(function, "__name__", repr(function))
+        self._function = function
+        self.spec = spec
+        self._manager = manager
+        # pytask unwraps decorators down to the plain function; the mark lets the
+        # plugin find this object again. Callables without attributes go unmarked.
+        with contextlib.suppress(AttributeError, TypeError):
+            setattr(function, MARKER, self)
+
+    def __repr__(self) -> str:
+        return f"<taskcloud.Function {self._name} on {self.spec.pool().describe()}>"
+
+    @property
+    def pool(self) -> Pool:
+        """The pool behind this function, started on first use."""
+        if self.spec.configuration is not None:
+            raise InvalidOptionError(
+                "configuration",
+                self.spec.configuration,
+                "None: saved cluster configurations are not available yet",
+            )
+        return self._manager.get(self.spec.pool())
+
+    @property
+    def cluster(self) -> Any:
+        """The dask cluster of this function's pool."""
+        return self.pool.cluster
+
+    @property
+    def client(self) -> Any:
+        """A dask client connected to this function's pool."""
+        return self.pool.client
+
+    def __call__(self, *args: Any, **kwargs: Any) -> R:
+        """Run on a worker and return the result; a remote error re-raises here."""
+        return self.submit(*args, **kwargs).result()
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future[R]:
+        """Start a call on a worker; the future works with ``concurrent.futures.wait``."""
+        return self.pool.submit(
+            self._name,
+            self._function,
+            args,
+            kwargs,
+            environ=self.spec.environ,
+            retries=self.spec.retries,
+            timeout=self.spec.timeout,
+        )
+
+    def map(self, *iterables: Iterable[Any], errors: str = "raise") -> Iterator[Any]:
+        """Call once per item (or per zipped items); results come in input order.
+
+        With ``errors="raise"`` the first failure cancels the remaining calls and is
+        raised; with ``errors="return"`` a failed call's exception stands in its place.
+        """
+        if errors not in ("raise", "return"):
+            raise InvalidOptionError("errors", errors, "'raise' or 'return'")
+        futures = [self.submit(*items) for items in zip(*iterables, strict=False)]
+        return _in_order(futures, raise_first=errors == "raise")
+
+    def local(self, *args: Any, **kwargs: Any) -> R:
+        """Call the function in this process, e.g. to debug it."""
+        return self._function(*args, **kwargs)
+
+
+def _in_order(futures: list[Future[Any]], *, raise_first: bool) -> Iterator[Any]:
+    if not raise_first:
+        for future in futures:
+            exc = future.exception()
+            yield exc if exc is not None else future.result()
+        return
+    first: list[BaseException] = []
+
+    def cancel_rest(done: Future[Any]) -> None:
+        if not done.cancelled() and done.exception() is not None and not first:
+            first.append(done.exception())  # type: ignore[arg-type]
+            for other in futures:
+                other.cancel()
+
+    for future in futures:
+        future.add_done_callback(cancel_rest)
+    for future in futures:
+        try:
+            yield future.result()
+        except CancelledError:
+            if first:
+                raise first[0] from None
+            raise
+
+
+@overload
+def function(fn: Callable[..., R], /) -> Function[R]: ...
+
+
+@overload
+def function(
+    fn: None = None,
+    /,
+    *,
+    cpu: int = 1,
+    memory: int | str | None = None,
+    gpu: int = 0,
+    software: str | None = None,
+    n_workers: int | list[int] | tuple[int, int] | None = None,
+    keepalive: float | str = "30 s",
+    environ: dict[str, str] | None = None,
+    threads_per_worker: int = 1,
+    retries: int = 1,
+    timeout: float | str | None = None,
+    provider: str = "local",
+    configuration: str | None = None,
+) -> Callable[[Callable[..., R]], Function[R]]: ...
+
+
+def function(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
+    """Send calls of the decorated function to workers of the given shape.
+
+    Use it bare, ``@taskcloud.function``, or with options,
+    ``@taskcloud.function(cpu=4, memory="8 GiB", n_workers=[0, 4])``. Options are
+    checked here, when the decorator is applied.
+    """
+    spec = FunctionSpec(**options)
+    if fn is None:
+        return lambda inner: Function(inner, spec)
+    if not callable(fn):
+        raise InvalidOptionError("function", fn, "a callable to decorate")
+    return Function(fn, spec)

@@ -1,0 +1,1 @@
+"""Where pools of workers come from: one module per provider."""

@@ -1,0 +1,197 @@
+"""The local provider: worker processes of one shape on this host.
+
+A pool is a dask ``SpecCluster`` whose scheduler runs in this process and whose
+workers are ``Nanny``-supervised processes listening on 127.0.0.1. The nanny enforces
+the memory limit and replaces a worker that dies; an :class:`Adaptive` subclass scales
+the pool from its queue, within what :class:`~taskcloud.capacity.HostCapacity` grants.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dask
+from distributed import Nanny
+from distributed import Scheduler
+from distributed import SpecCluster
+from distributed.deploy.adaptive import Adaptive
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from taskcloud.capacity import HostCapacity
+from taskcloud.capacity import Shape
+
+__all__ = ["LocalPoolCluster", "PoolWatch", "main_module_hidden", "start"]
+
+#: How often a pool reconsiders its size.
+ADAPT_INTERVAL = 0.2
+
+#: A pool grows while its queue holds more than this much work per worker: a new
+#: local worker starts in about a second, so a second of queued work pays for one.
+TARGET_DURATION = 1.0
+
+
+@contextmanager
+def main_module_hidden() -> Iterator[None]:
+    """Keep spawned workers from re-running ``__main__``, e.g. pytask's console script.
+
+    multiprocessing's spawn re-imports the parent's main script in every child, which
+    for ``pytask`` costs a second per worker. taskcloud sends all work cloudpickled by
+    value, so workers never need the main module.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if main is None or path is None:
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+class PoolWatch(SchedulerPlugin):
+    """Counts a pool's workers, notes memory kills and when calls start running.
+
+    It runs in the scheduler's event loop; the pool reads it from other threads.
+    """
+
+    name = "taskcloud-watch"
+
+    def __init__(self, stats: Any) -> None:
+        self.stats = stats
+        self.memory_kills: dict[str, int] = {}
+        self.changed = threading.Condition()
+        self._on_start: dict[str, Callable[[str], None]] = {}
+
+    def on_start(self, key: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(key)`` when the task ``key`` starts on a worker."""
+        self._on_start[key] = callback
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        self.stats.started += 1
+        self.stats.peak = max(self.stats.peak, len(scheduler.workers))
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        if topic == "worker-restart-memory" and isinstance(msg, dict):
+            with self.changed:
+                self.memory_kills[msg.get("worker", "")] = int(msg.get("rss", 0))
+                self.changed.notify_all()
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
+        if finish == "processing":
+            callback = self._on_start.pop(str(key), None)
+            if callback is not None:
+                callback(str(key))
+        elif finish in ("memory", "erred", "released", "forgotten"):
+            self._on_start.pop(str(key), None)
+
+    def memory_kill(self, worker: str, wait: float) -> int | None:
+        """The RSS the nanny saw when it killed ``worker`` for memory, if it did.
+
+        The nanny's event and the worker's death reach the scheduler separately, so
+        this waits up to ``wait`` seconds for the event.
+        """
+        deadline = time.monotonic() + wait
+        with self.changed:
+            while worker not in self.memory_kills:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self.changed.wait(left)
+            return self.memory_kills.get(worker)
+
+
+class LocalPoolCluster(SpecCluster):
+    """Workers of one shape; GPU workers each get their own ``CUDA_VISIBLE_DEVICES``."""
+
+    def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
+        self._capacity = capacity
+        self._shape = shape
+        super().__init__(*args, **kwargs)
+
+    def new_worker_spec(self) -> dict[str, Any]:
+        spec = super().new_worker_spec()
+        if self._shape.gpu:
+            for name, worker in spec.items():
+                gpus = self._capacity.assign_gpus(self, name, self._shape.gpu, self.worker_spec)
+                worker = copy.deepcopy(worker)
+                worker["options"].setdefault("env", {})["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+                spec[name] = worker
+        return spec
+
+
+class CapacityAdaptive(Adaptive):
+    """Adaptive scaling that asks the host's capacity before it grows."""
+
+    def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
+        self._capacity = capacity
+        self._shape = shape
+        super().__init__(*args, **kwargs)
+
+    async def safe_target(self) -> int:
+        wanted = await super().safe_target()
+        return self._capacity.grant(self.cluster, self._shape, wanted, len(self.plan))
+
+
+def start(
+    shape: Shape,
+    threads_per_worker: int,
+    capacity: HostCapacity,
+    name: str,
+    minimum: int,
+    maximum: int,
+    keepalive: float,
+) -> LocalPoolCluster:
+    """Start an empty pool on this host and let it adapt between its bounds."""
+    scheduler = {
+        "cls": Scheduler,
+        # Without a dashboard the scheduler still serves /health; keep it on loopback.
+        "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": "127.0.0.1:0"},
+    }
+    worker = {
+        "cls": Nanny,
+        "options": {
+            "nthreads": threads_per_worker,
+            "memory_limit": shape.memory,
+            "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
+            "host": "127.0.0.1",
+            "dashboard": False,
+            "dashboard_address": "127.0.0.1:0",
+            "env": {},
+            # A failing call is the caller's exception, not a worker's log line.
+            "silence_logs": logging.CRITICAL,
+        },
+    }
+    # A worker that dies fails its call at once; the pool decides about retries.
+    settings = {"distributed.scheduler.allowed-failures": 0}
+    with dask.config.set(settings), main_module_hidden():
+        cluster = LocalPoolCluster(
+            workers={},
+            scheduler=scheduler,
+            worker=worker,
+            asynchronous=False,
+            name=name,
+            silence_logs=logging.ERROR,
+            capacity=capacity,
+            shape=shape,
+        )
+    cluster.adapt(
+        Adaptive=CapacityAdaptive,
+        minimum=minimum,
+        maximum=maximum,
+        interval=ADAPT_INTERVAL,
+        target_duration=TARGET_DURATION,
+        wait_count=max(1, round(keepalive / ADAPT_INTERVAL)),
+        capacity=capacity,
+        shape=shape,
+    )
+    return cluster

@@ -1,0 +1,194 @@
+"""What a heavy task asks for: the shape of its workers and how calls behave.
+
+:class:`FunctionSpec` holds every option of ``@taskcloud.function``, validated in one
+place; :class:`PoolSpec` is the part that decides which pool of workers a call joins.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from attrs import field
+from attrs import frozen
+
+from taskcloud.errors import InvalidOptionError
+
+__all__ = ["FunctionSpec", "PoolSpec", "format_bytes", "parse_duration", "parse_memory"]
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.I)
+_MEMORY_FORM = "bytes as an int >= 1, or a string like '512 MiB', '8 GiB' or '16GB'"
+
+_SECONDS = {
+    "ms": 1e-3,
+    **dict.fromkeys(("", "s", "sec", "second", "seconds"), 1.0),
+    **dict.fromkeys(("m", "min", "minute", "minutes"), 60.0),
+    **dict.fromkeys(("h", "hour", "hours"), 3600.0),
+}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+_DURATION_FORM = "seconds as a number >= 0, or a string like '30 s', '500 ms' or '2 minutes'"
+
+PROVIDERS = ("local",)
+
+
+def parse_memory(value: Any, parameter: str = "memory") -> int:
+    """Turn ``"8 GiB"``, ``"16GB"`` or a number of bytes into bytes."""
+    if isinstance(value, bool):
+        raise InvalidOptionError(parameter, value, _MEMORY_FORM)
+    if isinstance(value, int | float) and value >= 1 and math.isfinite(value):
+        return int(value)
+    match = _MEMORY.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise InvalidOptionError(parameter, value, _MEMORY_FORM)
+    number, unit = float(match.group(1)), (match.group(2) or "").lower()
+    if number <= 0:
+        raise InvalidOptionError(parameter, value, _MEMORY_FORM)
+    return int(number * _UNITS[unit])
+
+
+def parse_duration(value: Any, parameter: str) -> float:
+    """Turn ``"30 s"``, ``"2 minutes"`` or a number of seconds into seconds."""
+    if isinstance(value, bool):
+        raise InvalidOptionError(parameter, value, _DURATION_FORM)
+    if isinstance(value, int | float) and value >= 0 and math.isfinite(value):
+        return float(value)
+    match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None or match.group(2) not in _SECONDS:
+        raise InvalidOptionError(parameter, value, _DURATION_FORM)
+    return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+def format_bytes(n: int) -> str:
+    """Render bytes the way the options accept them: ``1.5 GiB``."""
+    for unit in ("TiB", "GiB", "MiB", "KiB"):
+        size = _UNITS[unit.lower()]
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n} B"
+
+
+def _positive_int(parameter: str, minimum: int) -> Any:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise InvalidOptionError(parameter, value, f"an int >= {minimum}")
+
+    return check
+
+
+def _n_workers(value: Any) -> tuple[int, int] | None:
+    form = "an int >= 0 for a fixed size, or [min, max] with 0 <= min <= max"
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return (value, value)
+    if isinstance(value, list | tuple) and len(value) == 2:
+        low, high = value
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in value) and (
+            0 <= low <= high and high >= 1
+        ):
+            return (low, high)
+    raise InvalidOptionError("n_workers", value, form)
+
+
+def _environ(value: Any) -> tuple[tuple[str, str], ...]:
+    if value is None or value == ():
+        return ()
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidOptionError("environ", value, "a dict of str to str")
+    return tuple(sorted(value.items()))
+
+
+def _optional_name(parameter: str) -> Any:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise InvalidOptionError(parameter, value, "None or a non-empty name")
+
+    return check
+
+
+def _provider(instance: Any, attribute: Any, value: Any) -> None:
+    if value not in PROVIDERS:
+        names = ", ".join(repr(name) for name in PROVIDERS)
+        raise InvalidOptionError("provider", value, f"one of {names}")
+
+
+@frozen(kw_only=True)
+class PoolSpec:
+    """The shape of a pool's workers and its scaling; equal specs share a pool."""
+
+    provider: str = "local"
+    cpu: int = 1
+    memory: int | None = None
+    gpu: int = 0
+    software: str | None = None
+    threads_per_worker: int = 1
+    n_workers: tuple[int, int] | None = None
+    keepalive: float = 30.0
+
+    def describe(self) -> str:
+        """A short label for summaries: ``cpu=1 memory=512 MiB n_workers=[0, 2]``."""
+        parts = [f"cpu={self.cpu}"]
+        if self.memory is not None:
+            parts.append(f"memory={format_bytes(self.memory)}")
+        if self.gpu:
+            parts.append(f"gpu={self.gpu}")
+        if self.software:
+            parts.append(f"software={self.software}")
+        if self.threads_per_worker != 1:
+            parts.append(f"threads={self.threads_per_worker}")
+        if self.n_workers is not None:
+            parts.append(f"n_workers=[{self.n_workers[0]}, {self.n_workers[1]}]")
+        if self.provider != "local":
+            parts.append(f"provider={self.provider}")
+        return " ".join(parts)
+
+
+@frozen(kw_only=True)
+class FunctionSpec:
+    """Every option of ``@taskcloud.function``, checked when the decorator is applied."""
+
+    cpu: int = field(default=1, validator=_positive_int("cpu", 1))
+    memory: int | None = field(
+        default=None, converter=lambda v: None if v is None else parse_memory(v)
+    )
+    gpu: int = field(default=0, validator=_positive_int("gpu", 0))
+    software: str | None = field(default=None, validator=_optional_name("software"))
+    n_workers: tuple[int, int] | None = field(default=None, converter=_n_workers)
+    keepalive: float = field(default=30.0, converter=lambda v: parse_duration(v, "keepalive"))
+    environ: tuple[tuple[str, str], ...] = field(default=(), converter=_environ)
+    threads_per_worker: int = field(default=1, validator=_positive_int("threads_per_worker", 1))
+    retries: int = field(default=1, validator=_positive_int("retries", 0))
+    timeout: float | None = field(
+        default=None, converter=lambda v: None if v is None else parse_duration(v, "timeout")
+    )
+    provider: str = field(default="local", validator=_provider)
+    configuration: str | None = field(default=None, validator=_optional_name("configuration"))
+
+    def pool(self) -> PoolSpec:
+        """The part of this spec that selects a pool."""
+        return PoolSpec(
+            provider=self.provider,
+            cpu=self.cpu,
+            memory=self.memory,
+            gpu=self.gpu,
+            software=self.software,
+            threads_per_worker=self.threads_per_worker,
+            n_workers=self.n_workers,
+            keepalive=self.keepalive,
+        )

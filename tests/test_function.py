@@ -1,0 +1,180 @@
+"""@taskcloud.function on the local provider: calls, maps, errors and validation."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import inspect
+import os
+import threading
+import traceback
+import uuid
+
+import pytest
+
+import taskcloud
+from taskcloud import InvalidOptionError
+from taskcloud import ResourceUnavailableError
+from taskcloud import SerializationError
+from taskcloud.pools import pools
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _close_pools():
+    yield
+    pools.close_all()
+
+
+@taskcloud.function(n_workers=[0, 2], keepalive="5 s")
+def square(x: int) -> int:
+    """Square a number."""
+    return x * x
+
+
+@taskcloud.function(n_workers=[0, 2], keepalive="5 s")
+def fails_on(x: int, bad: int = 3) -> int:
+    if x == bad:
+        raise KeyError(f"no value for {x}")
+    return x
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cpu": 0}, "cpu=0 is invalid. Expected an int >= 1."),
+        ({"cpu": "many"}, "cpu='many' is invalid. Expected an int >= 1."),
+        ({"memory": "lots"}, "memory='lots' is invalid. Expected bytes as an int >= 1, or a string"),
+        ({"memory": "-1 GiB"}, "memory='-1 GiB' is invalid."),
+        ({"n_workers": [5, 2]}, r"n_workers=\[5, 2\] is invalid. Expected an int >= 0 for a fixed"),
+        ({"keepalive": "soon"}, "keepalive='soon' is invalid. Expected seconds as a number >= 0"),
+        ({"provider": "moon"}, "provider='moon' is invalid. Expected one of 'local'."),
+        ({"retries": -1}, "retries=-1 is invalid. Expected an int >= 0."),
+        ({"environ": {"A": 1}}, "environ={'A': 1} is invalid. Expected a dict of str to str."),
+    ],
+)
+def test_bad_options_fail_when_the_decorator_is_applied(options, message) -> None:
+    """Each bad value names the parameter, the value and the accepted form."""
+    with pytest.raises(InvalidOptionError, match=message):
+        taskcloud.function(**options)
+
+
+@pytest.mark.parametrize(
+    ("memory", "expected"),
+    [("512 MiB", 512 * 2**20), ("8 GiB", 8 * 2**30), ("16GB", 16 * 10**9), (10**9, 10**9)],
+)
+def test_memory_forms(memory, expected) -> None:
+    """Memory takes binary and decimal units, and plain bytes."""
+    assert taskcloud.function(memory=memory)(square.local).spec.memory == expected
+
+
+def test_function_looks_like_the_original() -> None:
+    """Name, docstring, signature and annotations are those of the function."""
+    assert square.__name__ == "square"
+    assert square.__doc__ == "Square a number."
+    assert inspect.signature(square) == inspect.signature(square.__wrapped__)
+    assert str(inspect.signature(square)) == "(x: 'int') -> 'int'"
+    assert square.__annotations__ == {"x": "int", "return": "int"}
+
+
+def test_call_submit_map_and_local() -> None:
+    """A call returns the result; submit gives a future; map keeps input order."""
+    assert square(7) == 49
+    futures = [square.submit(i) for i in range(5)]
+    done, _ = concurrent.futures.wait(futures, timeout=60)
+    assert len(done) == 5
+    assert [f.result() for f in futures] == [0, 1, 4, 9, 16]
+    assert list(square.map(range(20))) == [i * i for i in range(20)]
+    assert square.local(3) == 9
+    assert square.client.scheduler_info()["workers"]
+    assert square.cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+
+
+def test_map_errors_return_keeps_positions() -> None:
+    """errors='return' puts the exception where the failed item was."""
+    results = list(fails_on.map(range(6), errors="return"))
+    assert results[:3] == [0, 1, 2]
+    assert isinstance(results[3], KeyError)
+    assert results[4:] == [4, 5]
+
+
+def test_map_errors_raise_raises_the_failure() -> None:
+    """errors='raise' raises the first failure."""
+    with pytest.raises(KeyError, match="no value for 3"):
+        list(fails_on.map(range(6)))
+
+
+def test_map_rejects_unknown_error_mode() -> None:
+    with pytest.raises(InvalidOptionError, match="errors='skip' is invalid. Expected 'raise' or"):
+        square.map([1], errors="skip")
+
+
+def test_remote_exception_keeps_type_and_traceback() -> None:
+    """A remote error is the original type, with the remote frames in its traceback."""
+    with pytest.raises(KeyError) as info:
+        fails_on(3)
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert any(frame.name == "fails_on" and frame.filename == __file__ for frame in frames)
+
+
+def test_same_arguments_run_twice() -> None:
+    """Calls are not merged: equal arguments still mean two executions."""
+
+    @taskcloud.function(keepalive="5 s")
+    def token(_: int) -> str:
+        return uuid.uuid4().hex
+
+    assert token(1) != token(1)
+
+
+def test_dask_keywords_reach_the_function() -> None:
+    """key, retries, resources, workers and priority are the function's arguments."""
+
+    @taskcloud.function(keepalive="5 s")
+    def echo(**kwargs):
+        return kwargs
+
+    kwargs = {"key": "k", "retries": 5, "resources": {"r": 1}, "workers": ["w"], "priority": 9}
+    assert echo(**kwargs) == kwargs
+
+
+def test_environ_is_set_for_the_call() -> None:
+    @taskcloud.function(environ={"TASKCLOUD_TEST_VALUE": "42"}, keepalive="5 s")
+    def read() -> str | None:
+        return os.environ.get("TASKCLOUD_TEST_VALUE")
+
+    assert read() == "42"
+    assert "TASKCLOUD_TEST_VALUE" not in os.environ
+
+
+def test_unpicklable_argument_is_named() -> None:
+    @taskcloud.function(keepalive="5 s")
+    def use(data, lock):
+        return data
+
+    with pytest.raises(SerializationError, match="argument 'lock' of 'use' cannot be pickled"):
+        use([1], threading.Lock())
+
+
+def test_unpicklable_result_is_named() -> None:
+    @taskcloud.function(keepalive="5 s")
+    def make_lock():
+        return threading.Lock()
+
+    with pytest.raises(SerializationError, match="return value of 'make_lock' cannot be pickled"):
+        make_lock()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cpu": 4096}, r"cpu=4096 cannot be satisfied: the local provider has \d+ cores"),
+        ({"memory": "900 TiB"}, "memory=900 TiB cannot be satisfied: the local provider has"),
+        ({"gpu": 64}, r"gpu=64 cannot be satisfied: the local provider has \d+ GPUs"),
+    ],
+)
+def test_impossible_request_fails_at_first_call(options, message) -> None:
+    """A shape the host can never hold raises instead of waiting forever."""
+    impossible = taskcloud.function(**options)(square.local)
+    with pytest.raises(ResourceUnavailableError, match=message):
+        impossible(2)
