@@ -97,11 +97,14 @@ class _Call:
 
     def _settle(self, dask_future: Any) -> None:
         if self.future.done():
+            dask_future.release()
             return
         if dask_future.status == "finished":
             self._finish(dask_future)
         elif dask_future.status == "error":
             self._fail(dask_future)
+        # The result lives here now; a worker holding none can leave when idle.
+        dask_future.release()
 
     def _finish(self, dask_future: Any) -> None:
         try:

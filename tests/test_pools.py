@@ -1,0 +1,175 @@
+"""Local pools: worker shape, sharing, adaptive scaling, capacity, sockets, faults."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import taskcloud
+from taskcloud import MemoryLimitError
+from taskcloud import TaskTimeoutError
+from taskcloud import WorkerLostError
+from taskcloud.pools import pools
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _close_pools():
+    yield
+    pools.close_all()
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_workers_have_the_requested_shape() -> None:
+    """threads_per_worker, memory and resource tags reach the dask workers."""
+    shaped = taskcloud.function(cpu=1, memory="700 MiB", threads_per_worker=2, keepalive="5 s")(
+        _pid
+    )
+    assert shaped() != os.getpid()
+    (worker,) = shaped.client.scheduler_info()["workers"].values()
+    assert worker["nthreads"] == 2
+    assert worker["memory_limit"] == 700 * 2**20
+    assert worker["resources"] == {"cpu": 1, "memory": 700 * 2**20, "gpu": 0}
+
+
+def test_same_spec_shares_a_pool_and_others_get_their_own() -> None:
+    """Equal specs share workers; a different shape gets a pool of its own."""
+    one = taskcloud.function(memory="600 MiB", keepalive="5 s")(_pid)
+    two = taskcloud.function(memory="600 MiB", keepalive="5 s")(_pid)
+    other = taskcloud.function(memory="800 MiB", keepalive="5 s")(_pid)
+    assert one() == two()
+    assert one.pool is two.pool
+    assert other.pool is not one.pool
+    assert other() != one()
+
+
+def test_pool_scales_to_zero_and_back() -> None:
+    """Idle workers leave after keepalive; the next call brings one back."""
+    quick = taskcloud.function(n_workers=[0, 1], keepalive="1 s")(_pid)
+    first = quick()
+    assert quick.pool.n_workers == 1
+    wait_for(lambda: quick.pool.n_workers == 0, 15, "the pool scaling to zero")
+    second = quick()
+    assert second != first
+    assert quick.pool.stats.started == 2
+
+
+def test_pools_together_stay_within_the_host(tmp_path: Path) -> None:
+    """Two pools of whole-host workers never run at the same time; all work finishes."""
+    cores = os.cpu_count() or 1
+
+    def busy(seconds: float) -> int:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            pass
+        return os.getpid()
+
+    big_a = taskcloud.function(cpu=cores, memory="500 MiB", keepalive="0.5 s")(busy)
+    big_b = taskcloud.function(cpu=cores, memory="501 MiB", keepalive="0.5 s")(busy)
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            seen.append(sum(pool.n_workers for pool in pools.active()))
+            stop.wait(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        futures = [big_a.submit(0.5), big_b.submit(0.5), big_a.submit(0.5), big_b.submit(0.5)]
+        assert all(f.result(timeout=120) for f in futures)
+    finally:
+        stop.set()
+        sampler.join()
+    assert max(seen) == 1
+
+
+def test_pools_listen_on_loopback_only() -> None:
+    """The scheduler, nannies and workers of a pool only listen on 127.0.0.1."""
+    me = psutil.Process()
+    before = {c.laddr for c in me.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    remote = taskcloud.function(n_workers=[1, 1], keepalive="5 s")(_pid)
+    assert remote() != os.getpid()
+    listening = {
+        c.laddr
+        for process in [me, *me.children(recursive=True)]
+        for c in process.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN
+    } - before
+    assert len(listening) >= 3
+    assert {address.ip for address in listening} == {"127.0.0.1"}
+
+
+def _sleep_and_record(path: str, seconds: float) -> int:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def test_killed_worker_reruns_then_fails_with_worker_lost(tmp_path: Path) -> None:
+    """A SIGKILLed worker's call reruns up to retries, then raises WorkerLostError."""
+    marker = tmp_path / "pid"
+    fragile = taskcloud.function(retries=1, keepalive="5 s")(_sleep_and_record)
+    done = fragile.submit(str(tmp_path / "other"), 0)
+    assert done.result(timeout=60)
+    future = fragile.submit(str(marker), 60)
+    for _ in range(2):
+        pid = int(wait_for(lambda: marker.exists() and marker.read_text(), 60, "the call starting"))
+        marker.unlink()
+        os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerLostError, match=r"'_sleep_and_record' died in each of 2 attempts"):
+        future.result(timeout=60)
+    assert done.result() > 0  # what finished before stays finished
+
+
+def test_killed_worker_once_is_retried(tmp_path: Path) -> None:
+    """With retries=1, one lost worker costs a rerun, not the result."""
+    marker = tmp_path / "pid"
+    fragile = taskcloud.function(retries=1, keepalive="5 s")(_sleep_and_record)
+    future = fragile.submit(str(marker), 3)
+    pid = int(wait_for(lambda: marker.exists() and marker.read_text(), 60, "the call starting"))
+    os.kill(pid, signal.SIGKILL)
+    assert future.result(timeout=60) != pid
+
+
+def _allocate(megabytes: int, hold: float) -> int:
+    block = bytearray(megabytes * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(hold)
+    return len(block)
+
+
+def test_memory_limit_exceeded_is_reported() -> None:
+    """A call beyond memory= loses its worker and says it exceeded its limit."""
+    small = taskcloud.function(memory="300 MiB", retries=0, keepalive="5 s")(_allocate)
+    with pytest.raises(MemoryLimitError, match=r"exceeded its memory limit of 300 MiB"):
+        small(600, 30)
+    assert small(1, 0) == 2**20  # the replacement worker takes the next call
+
+
+def _nap(seconds: float) -> str:
+    time.sleep(seconds)
+    return "rested"
+
+
+def test_timeout_frees_the_worker() -> None:
+    """timeout= raises TaskTimeoutError and the worker takes the next call."""
+    limited = taskcloud.function(timeout=1, n_workers=[0, 1], keepalive="10 s")(_nap)
+    start = time.monotonic()
+    with pytest.raises(TaskTimeoutError, match=r"'_nap' did not finish within its timeout of 1 s"):
+        limited(60)
+    assert time.monotonic() - start < 30
+    assert limited(0) == "rested"
