@@ -9,6 +9,7 @@ import pytest
 from pytask import ExitCode
 from pytask import TaskOutcome
 from pytask import build
+
 from tests.conftest import BACKENDS
 from tests.conftest import run_cli
 

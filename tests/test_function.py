@@ -44,7 +44,10 @@ def fails_on(x: int, bad: int = 3) -> int:
     [
         ({"cpu": 0}, "cpu=0 is invalid. Expected an int >= 1."),
         ({"cpu": "many"}, "cpu='many' is invalid. Expected an int >= 1."),
-        ({"memory": "lots"}, "memory='lots' is invalid. Expected bytes as an int >= 1, or a string"),
+        (
+            {"memory": "lots"},
+            "memory='lots' is invalid. Expected bytes as an int >= 1, or a string",
+        ),
         ({"memory": "-1 GiB"}, "memory='-1 GiB' is invalid."),
         ({"n_workers": [5, 2]}, r"n_workers=\[5, 2\] is invalid. Expected an int >= 0 for a fixed"),
         ({"keepalive": "soon"}, "keepalive='soon' is invalid. Expected seconds as a number >= 0"),
@@ -105,7 +108,7 @@ def test_map_errors_raise_raises_the_failure() -> None:
 
 
 def test_map_rejects_unknown_error_mode() -> None:
-    with pytest.raises(InvalidOptionError, match="errors='skip' is invalid. Expected 'raise' or"):
+    with pytest.raises(InvalidOptionError, match=r"errors='skip' is invalid\. Expected 'raise' or"):
         square.map([1], errors="skip")
 
 

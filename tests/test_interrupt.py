@@ -7,6 +7,7 @@ import signal
 
 import psutil
 import pytest
+
 from tests.conftest import run_subprocess
 from tests.conftest import wait_for
 

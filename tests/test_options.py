@@ -7,9 +7,9 @@ import os
 import pytest
 from pytask import ExitCode
 from pytask import build
-from tests.conftest import run_cli
 
 from taskcloud.backends import default_n_workers
+from tests.conftest import run_cli
 
 TASK = """
 from pathlib import Path

@@ -28,4 +28,5 @@ for chunk in range(4):
         means = [statistics.fmean(rng.choices(values, k=2_000)) for _ in range(200)]
         low, high = sorted(means)[5], sorted(means)[194]
         print(f"chunk {chunk}: {len(values)} values, {len(means)} resamples")
-        return f"chunk {chunk}: mean {statistics.fmean(values):.3f}, 95% interval [{low:.3f}, {high:.3f}]"
+        mean = statistics.fmean(values)
+        return f"chunk {chunk}: mean {mean:.3f}, 95% interval [{low:.3f}, {high:.3f}]"

@@ -1,0 +1,164 @@
+"""Decorated tasks in a pytask run: they go to their pools, everything else stays local."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import psutil
+import pytest
+from pytask import ExitCode
+from pytask import TaskOutcome
+from pytask import build
+
+from taskcloud.pools import pools
+from tests.conftest import run_cli
+from tests.conftest import run_subprocess
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+TASKS = """
+import os
+from pathlib import Path
+from typing import Annotated
+
+import pytask
+from pytask import Product, task
+
+import taskcloud
+
+
+def where() -> str:
+    try:
+        from distributed import get_worker
+        return f"dask {get_worker().address}"
+    except (ImportError, ValueError):
+        return f"process {os.getpid()}"
+
+
+@taskcloud.function(memory="400 MiB", n_workers=[0, 2], keepalive="5 s")
+@task
+def task_heavy_below() -> Annotated[str, Path("below.txt")]:
+    print("output of the heavy task")
+    return where()
+
+
+@task
+@taskcloud.function(memory="400 MiB", n_workers=[0, 2], keepalive="5 s")
+def task_heavy_above(path: Annotated[Path, Product] = Path("above.txt")) -> None:
+    path.write_text(where())
+
+
+def task_light(path: Annotated[Path, Product] = Path("light.txt")) -> None:
+    path.write_text(where())
+"""
+
+
+@pytest.fixture(autouse=True)
+def _close_pools():
+    yield
+    pools.close_all()
+
+
+def test_decorated_tasks_run_on_their_pool(tmp_path, write, runner) -> None:
+    """With -n, decorated tasks (either decorator order) go to the pool, others to loky."""
+    write("task_mixed.py", TASKS)
+    result = run_cli(runner, tmp_path, "-n", "2")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert (tmp_path / "below.txt").read_text().startswith("dask tcp://127.0.0.1:")
+    assert (tmp_path / "above.txt").read_text().startswith("dask tcp://127.0.0.1:")
+    light = (tmp_path / "light.txt").read_text()
+    assert light.startswith("process ")
+    assert light != f"process {os.getpid()}"
+    assert "Where tasks ran" in result.output
+    assert "loky backend" in result.output
+    pool_row = next(line for line in result.output.splitlines() if "memory=400 MiB" in line)
+    tasks, started, peak = (cell.strip() for cell in pool_row.split("│")[1:4])
+    assert tasks == "2"
+    assert int(started) >= 1
+    assert int(peak) >= 1
+
+
+def test_without_parallelism_everything_runs_in_process(tmp_path, write) -> None:
+    """Without -n, decorated tasks run in pytask's process, where a debugger works."""
+    write("task_mixed.py", TASKS)
+    session = build(paths=tmp_path)
+
+    assert session.exit_code == ExitCode.OK
+    for name in ("below.txt", "above.txt", "light.txt"):
+        assert (tmp_path / name).read_text() == f"process {os.getpid()}"
+    assert not pools.active()
+
+
+def test_decorated_task_reports_like_a_local_one(tmp_path, write) -> None:
+    """Output, failures and products of decorated tasks arrive as for other tasks."""
+    write(
+        "task_pool_report.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        import taskcloud
+
+        @taskcloud.function(keepalive="5 s")
+        def task_ok() -> Annotated[str, Path("ok.txt")]:
+            print("hello from the pool")
+            return "ok"
+
+        @taskcloud.function(keepalive="5 s")
+        def task_fails():
+            print("about to fail on the pool")
+            raise ArithmeticError("failed on the pool")
+        """,
+    )
+    session = build(paths=tmp_path, n_workers=2)
+
+    reports = {r.task.name.split("::")[-1]: r for r in session.execution_reports}
+    assert reports["task_ok"].outcome == TaskOutcome.SUCCESS
+    assert (tmp_path / "ok.txt").read_text() == "ok"
+    assert ("call", "stdout", "hello from the pool\n") in reports["task_ok"].sections
+    failed = reports["task_fails"]
+    assert failed.outcome == TaskOutcome.FAIL
+    assert isinstance(failed.exc_info[1], ArithmeticError)
+    assert "raise ArithmeticError" in failed.exc_info[2]
+    assert ("call", "stdout", "about to fail on the pool\n") in failed.sections
+
+
+def test_ctrl_c_with_busy_pools_leaves_no_worker(tmp_path, write) -> None:
+    """SIGINT during a run with busy pool workers ends every worker process."""
+    write(
+        "task_busy.py",
+        """
+        import time
+        from pathlib import Path
+        from pytask import task
+        import taskcloud
+
+        for i in range(3):
+            @task(id=str(i))
+            @taskcloud.function(memory="300 MiB", n_workers=[0, 2], keepalive="30 s")
+            def task_busy(i: int = i) -> None:
+                Path(f"busy-{i}").touch()
+                time.sleep(120)
+        """,
+    )
+    pytask = run_subprocess(tmp_path, "-n", "2")
+    try:
+        wait_for(lambda: len(list(tmp_path.glob("busy-*"))) >= 2, 90, "two pool tasks starting")
+        workers = psutil.Process(pytask.pid).children(recursive=True)
+        assert len(workers) >= 2
+        os.killpg(pytask.pid, signal.SIGINT)
+        pytask.communicate(timeout=60)
+    finally:
+        if pytask.poll() is None:
+            os.killpg(pytask.pid, signal.SIGKILL)
+
+    def gone(process: psutil.Process) -> bool:
+        try:
+            return process.status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(lambda: all(gone(w) for w in workers), 15, "every pool worker exiting")
+    assert pytask.returncode != 0
