@@ -11,7 +11,9 @@ import os
 import shutil
 import subprocess
 import threading
+import weakref
 from collections.abc import Iterable
+from typing import Any
 
 import psutil
 from attrs import define
@@ -65,6 +67,7 @@ class HostCapacity:
     gpus: tuple[str, ...] = field(factory=detect_gpus)
     _held: dict[object, tuple[Shape, int]] = field(factory=dict, init=False)
     _gpu_owner: dict[str, str] = field(factory=dict, init=False)
+    _released: weakref.WeakSet[Any] = field(factory=weakref.WeakSet, init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
 
     def default_memory(self, cpu: int) -> int:
@@ -99,6 +102,8 @@ class HostCapacity:
         ``holder`` keeps at least the ``current`` workers it has until it shrinks.
         """
         with self._lock:
+            if holder in self._released:
+                return 0  # a last adaptive step of a pool that is closing
             cores, memory, gpus = self.cores, self.memory, len(self.gpus)
             for other, (other_shape, count) in self._held.items():
                 if other is not holder:
@@ -110,9 +115,10 @@ class HostCapacity:
             return granted
 
     def release(self, holder: object) -> None:
-        """Forget what ``holder`` held."""
+        """Forget what ``holder`` held; it may not hold anything again."""
         with self._lock:
             self._held.pop(holder, None)
+            self._released.add(holder)
             self._gpu_owner = {
                 g: w for g, w in self._gpu_owner.items() if not w.startswith(f"{id(holder)}:")
             }

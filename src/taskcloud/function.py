@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections.abc import Callable
 from collections.abc import Iterable
 from collections.abc import Iterator
@@ -20,12 +21,24 @@ from taskcloud.pools import PoolManager
 from taskcloud.pools import pools
 from taskcloud.specs import FunctionSpec
 
-__all__ = ["Function", "function"]
+__all__ = ["Function", "decorated", "function"]
 
 R = TypeVar("R")
 
-#: The attribute by which the pytask plugin finds a decorated task function.
-MARKER = "__taskcloud_function__"
+#: The decorated functions of this process, by the plain function they wrap. pytask
+#: unwraps decorators down to the plain function; this finds the decoration again.
+#: A weak mapping, not an attribute, so that the plain function pickles as before.
+_DECORATED: weakref.WeakKeyDictionary[Callable[..., Any], Function[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def decorated(function: Callable[..., Any]) -> Function[Any] | None:
+    """The ``Function`` that decorates ``function``, if one does."""
+    try:
+        return _DECORATED.get(function)
+    except TypeError:  # not weakly referenceable, so never decorated
+        return None
 
 
 class Function(Generic[R]):
@@ -43,10 +56,8 @@ class Function(Generic[R]):
         self._function = function
         self.spec = spec
         self._manager = manager
-        # pytask unwraps decorators down to the plain function; the mark lets the
-        # plugin find this object again. Callables without attributes go unmarked.
-        with contextlib.suppress(AttributeError, TypeError):
-            setattr(function, MARKER, self)
+        with contextlib.suppress(TypeError):
+            _DECORATED[function] = self
 
     def __repr__(self) -> str:
         return f"<taskcloud.Function {self._name} on {self.spec.pool().describe()}>"
@@ -96,7 +107,14 @@ class Function(Generic[R]):
         """
         if errors not in ("raise", "return"):
             raise InvalidOptionError("errors", errors, "'raise' or 'return'")
-        futures = [self.submit(*items) for items in zip(*iterables, strict=False)]
+        futures = self.pool.map(
+            self._name,
+            self._function,
+            list(zip(*iterables, strict=False)),
+            environ=self.spec.environ,
+            retries=self.spec.retries,
+            timeout=self.spec.timeout,
+        )
         return _in_order(futures, raise_first=errors == "raise")
 
     def local(self, *args: Any, **kwargs: Any) -> R:

@@ -21,7 +21,7 @@ import cloudpickle
 
 from taskcloud.errors import SerializationError
 
-__all__ = ["dumps_call", "ship"]
+__all__ = ["dumps_arguments", "dumps_function", "ship"]
 
 _BY_VALUE: set[str] = set()
 
@@ -43,12 +43,20 @@ def ship(function: Callable[..., Any], source: Path | None = None) -> Callable[.
     return _bare(function) if isinstance(function, types.FunctionType) else function
 
 
-def dumps_call(
+def dumps_function(name: str, function: Callable[..., Any]) -> bytes:
+    """Pickle a function (and its name, for messages) to send to workers."""
+    try:
+        return cloudpickle.dumps((name, ship(function)))
+    except Exception as exc:
+        raise SerializationError("function", name, f"{type(exc).__name__}: {exc}") from None
+
+
+def dumps_arguments(
     name: str, function: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> bytes:
-    """Pickle a call; an argument that cannot be pickled is named in the error."""
+    """Pickle a call's arguments; one that cannot be pickled is named in the error."""
     try:
-        return cloudpickle.dumps((name, ship(function), args, kwargs))
+        return cloudpickle.dumps((args, kwargs))
     except Exception as exc:
         failure = f"{type(exc).__name__}: {exc}"
     for label, value in _labelled(function, args, kwargs):
@@ -56,7 +64,7 @@ def dumps_call(
             cloudpickle.dumps(value)
         except Exception as exc:
             raise SerializationError(label, name, f"{type(exc).__name__}: {exc}") from None
-    raise SerializationError("function", name, failure)
+    raise SerializationError("arguments", name, failure)
 
 
 def _labelled(

@@ -27,7 +27,8 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import MemoryLimitError
 from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
-from taskcloud.pickling import dumps_call
+from taskcloud.pickling import dumps_arguments
+from taskcloud.pickling import dumps_function
 from taskcloud.specs import PoolSpec
 from taskcloud.specs import format_bytes
 
@@ -51,7 +52,8 @@ class _Call:
 
     pool: Pool
     name: str
-    blob: bytes
+    function_blob: bytes
+    arguments_blob: bytes
     environ: tuple[tuple[str, str], ...]
     retries: int
     timeout: float | None
@@ -61,16 +63,33 @@ class _Call:
     _timer: threading.Timer | None = None
 
     def start(self) -> None:
+        """Submit the call on its own; it settles through a done callback."""
         from taskcloud import runner
 
-        self.attempts += 1
+        key = self.new_key()
+        self.attach(
+            self.pool.client.submit(
+                runner.invoke,
+                self.function_blob,
+                self.arguments_blob,
+                self.environ,
+                key=key,
+                pure=False,
+            )
+        )
+        self._dask.add_done_callback(self._settle)
+
+    def new_key(self) -> str:
+        """A fresh dask key for the next attempt; arms the timeout for it."""
         key = f"{self.name}-{uuid.uuid4().hex[:12]}"
         if self.timeout is not None:
             self.pool.watch.on_start(key, self._started)
-        self._dask = self.pool.client.submit(
-            runner.invoke, self.blob, self.environ, key=key, pure=False
-        )
-        self._dask.add_done_callback(self._settle)
+        return key
+
+    def attach(self, dask_future: Any) -> None:
+        """Follow ``dask_future`` as this call's current attempt."""
+        self.attempts += 1
+        self._dask = dask_future
 
     def _started(self, key: str) -> None:
         self._timer = threading.Timer(self.timeout, self._expire)  # type: ignore[arg-type]
@@ -95,16 +114,31 @@ class _Call:
         if self._dask is not None:
             self._dask.cancel()
 
+    def settle_with(self, dask_future: Any, value: bytes) -> None:
+        """Settle with a result that was gathered together with others."""
+        if not self.future.done():
+            self._cancel_timer()
+            try:
+                self.future.set_result(pickle.loads(value))
+            except BaseException as exc:  # an unpicklable result class, say
+                self.future.set_exception(exc)
+        self._drop(dask_future)
+
     def _settle(self, dask_future: Any) -> None:
         if self.future.done():
-            dask_future.release()
+            self._drop(dask_future)
             return
         if dask_future.status == "finished":
             self._finish(dask_future)
         elif dask_future.status == "error":
             self._fail(dask_future)
-        # The result lives here now; a worker holding none can leave when idle.
-        dask_future.release()
+        self._drop(dask_future)
+
+    def _drop(self, dask_future: Any) -> None:
+        # The result lives here now; once no future refers to it, the worker
+        # holding it may leave when idle.
+        if self._dask is dask_future:
+            self._dask = None
 
     def _finish(self, dask_future: Any) -> None:
         try:
@@ -208,12 +242,90 @@ class Pool:
         timeout: float | None = None,
     ) -> Future[Any]:
         """Run ``function(*args, **kwargs)`` on a worker; the future holds its result."""
-        blob = dumps_call(name, function, args, kwargs or {})
-        call = _Call(self, name, blob, environ, retries, timeout)
-        call.future.add_done_callback(lambda f: call.cancel() if f.cancelled() else None)
-        self.stats.calls += 1
+        call = self._call(
+            name,
+            dumps_function(name, function),
+            function,
+            args,
+            kwargs or {},
+            environ,
+            retries,
+            timeout,
+        )
         call.start()
         return call.future
+
+    def map(
+        self,
+        name: str,
+        function: Callable[..., Any],
+        arguments: list[tuple[Any, ...]],
+        *,
+        environ: tuple[tuple[str, str], ...] = (),
+        retries: int = 1,
+        timeout: float | None = None,
+    ) -> list[Future[Any]]:
+        """Run ``function(*args)`` for each tuple in ``arguments``, submitted together.
+
+        One graph update carries every call, with the pickled function once, and
+        results come back in batches, as ``client.map`` and ``client.gather`` do.
+        """
+        from taskcloud import runner
+
+        function_blob = dumps_function(name, function)
+        calls = [
+            self._call(name, function_blob, function, args, {}, environ, retries, timeout)
+            for args in arguments
+        ]
+        if not calls:
+            return []
+        dask_futures = self.client.map(
+            runner.invoke,
+            [function_blob] * len(calls),
+            [call.arguments_blob for call in calls],
+            [environ] * len(calls),
+            key=[call.new_key() for call in calls],
+            pure=False,
+        )
+        for call, dask_future in zip(calls, dask_futures, strict=True):
+            call.attach(dask_future)
+        threading.Thread(target=self._collect, args=(calls,), daemon=True).start()
+        return [call.future for call in calls]
+
+    def _call(
+        self,
+        name: str,
+        function_blob: bytes,
+        function: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        environ: tuple[tuple[str, str], ...],
+        retries: int,
+        timeout: float | None,
+    ) -> _Call:
+        arguments_blob = dumps_arguments(name, function, args, kwargs)
+        call = _Call(self, name, function_blob, arguments_blob, environ, retries, timeout)
+        call.future.add_done_callback(lambda f: call.cancel() if f.cancelled() else None)
+        self.stats.calls += 1
+        return call
+
+    def _collect(self, calls: list[_Call]) -> None:
+        """Gather the results of a map in batches, as they finish."""
+        from distributed import as_completed
+
+        pending = {call._dask: call for call in calls}
+        for done in as_completed(list(pending), loop=self.client.loop).batches():
+            ready = [f for f in done if f.status == "finished" and not pending[f].future.done()]
+            try:
+                values = self.client.gather(ready) if ready else []
+            except Exception:  # a worker left between finishing and gathering
+                ready, values = [], []
+            for dask_future, value in zip(ready, values, strict=True):
+                pending.pop(dask_future).settle_with(dask_future, value)
+            for dask_future in done:
+                if dask_future in pending:
+                    # Errors retry or fail on their own from here on.
+                    pending.pop(dask_future)._settle(dask_future)
 
     def restart_worker(self, address: str) -> None:
         """Replace the worker process at ``address`` (its nanny starts a new one)."""
@@ -228,6 +340,9 @@ class Pool:
         from distributed.utils import silence_logging_cmgr
 
         with silence_logging_cmgr(logging.ERROR):
+            adaptive = getattr(self.cluster, "_adaptive", None)
+            if adaptive is not None:
+                adaptive.stop(reason="pool-closed")
             try:
                 self.client.close()
             finally:

@@ -44,8 +44,8 @@ from taskcloud.backends import Backend
 from taskcloud.backends import WorkerType
 from taskcloud.backends import registry
 from taskcloud.errors import TaskcloudError
-from taskcloud.function import MARKER
 from taskcloud.function import Function
+from taskcloud.function import decorated
 from taskcloud.pickling import ship
 from taskcloud.plugin import worker
 from taskcloud.plugin.call import CallOutcome
@@ -350,7 +350,7 @@ class _Loop:
 
 def _pool_function(task: PTask) -> Function[Any] | None:
     """The ``@taskcloud.function`` behind a task, if it has one."""
-    return getattr(task.function, MARKER, None)
+    return decorated(task.function)
 
 
 def _generates(task: PTask) -> bool:
