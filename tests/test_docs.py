@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pytask import ExitCode
 from pytask import build
+
+from taskcloud.pools import pools
 
 DOCS_SRC = Path(__file__).parents[1] / "docs_src"
 
@@ -24,6 +29,41 @@ def test_example_runs(example, options, product, tmp_path) -> None:
     project = tmp_path / example
     shutil.copytree(DOCS_SRC / example, project)
     session = build(paths=project, **options)
+    pools.close_all()
 
     assert session.exit_code == ExitCode.OK
     assert (project / "bld" / product).stat().st_size > 0
+
+
+def test_quickstart_sends_heavy_tasks_to_a_pool(tmp_path) -> None:
+    """The quickstart's decorated tasks run on a pool, the others on loky."""
+    project = tmp_path / "quickstart"
+    shutil.copytree(DOCS_SRC / "quickstart", project)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytask", "-n", "2"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "150"},
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "loky backend" in result.stdout
+    assert "pool 1: cpu=1 memory=512 MiB n_workers=[0, 2]" in result.stdout
+    assert "95% interval" in (project / "bld" / "report.md").read_text()
+
+
+def test_function_example_runs() -> None:
+    """docs_src/heavy/fit.py runs as a script and estimates pi."""
+    result = subprocess.run(
+        [sys.executable, str(DOCS_SRC / "heavy" / "fit.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "mean of 9 estimates: 3.1" in result.stdout
