@@ -22,6 +22,7 @@ import textwrap
 import time
 
 import taskcloud
+from taskcloud.pools import pools
 
 KEEPALIVE = 2.0
 
@@ -120,7 +121,7 @@ def main() -> None:
     first, imports = _first_call()
     raw_trip, raw_map = _raw(2)
     trip, mapped = _ours(2)
-    taskcloud.pools.pools.close_all()
+    pools.close_all()
     total, to_zero = _burst()
     rows = [
         (

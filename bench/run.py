@@ -27,7 +27,7 @@ from dataclasses import field
 from pathlib import Path
 
 HERE = Path(__file__).parent
-FOOTER = re.compile(r"in ([0-9.]+) seconds")
+FOOTER = re.compile(r"in ([0-9.]+) seconds?")
 HAS_PYTASK_PARALLEL = importlib.util.find_spec("pytask_parallel") is not None
 
 

@@ -82,3 +82,11 @@ def _forget_task_modules():
     for name in set(sys.modules) - before:
         if name.split(".")[-1].startswith("task_"):
             del sys.modules[name]
+
+
+@pytest.fixture(autouse=True)
+def taskcloud_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test keeps taskcloud's state in a directory of its own."""
+    home = tmp_path_factory.mktemp("taskcloud-home")
+    monkeypatch.setenv("TASKCLOUD_HOME", str(home))
+    return home

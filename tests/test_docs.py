@@ -67,3 +67,19 @@ def test_function_example_runs() -> None:
 
     assert result.returncode == 0, result.stderr
     assert "mean of 9 estimates: 3.1" in result.stdout
+
+
+def test_configuration_example_runs(taskcloud_home) -> None:
+    """docs_src/configurations/use_configuration.py saves and uses a configuration."""
+    result = subprocess.run(
+        [sys.executable, str(DOCS_SRC / "configurations" / "use_configuration.py")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "TASKCLOUD_HOME": str(taskcloud_home)},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "[3, 2, 1]" in result.stdout
+    assert "536870912 2.0" in result.stdout

@@ -9,7 +9,7 @@ import pytest
 
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import detect_gpus
-from taskcloud.function import Function
+from taskcloud.functions import Function
 from taskcloud.pools import PoolManager
 from taskcloud.specs import FunctionSpec
 

@@ -1,30 +1,23 @@
-"""taskcloud: run pytask workflows in parallel, and heavy tasks on dask workers."""
+"""taskcloud: run pytask workflows in parallel, and heavy tasks on dask workers.
+
+The public names are listed in ``__all__``; each is imported from its module on first
+use, so that a worker process importing one small module of the package does not pay
+for all of them.
+"""
 
 from __future__ import annotations
 
-from taskcloud.backends import ParallelBackend
-from taskcloud.backends import ParallelBackendRegistry
-from taskcloud.backends import WorkerType
-from taskcloud.backends import registry
-from taskcloud.errors import BackendBuildError
-from taskcloud.errors import BackendNotFoundError
-from taskcloud.errors import InvalidOptionError
-from taskcloud.errors import MemoryLimitError
-from taskcloud.errors import RemoteTaskError
-from taskcloud.errors import ResourceUnavailableError
-from taskcloud.errors import SerializationError
-from taskcloud.errors import TaskcloudError
-from taskcloud.errors import TaskTimeoutError
-from taskcloud.errors import WorkerLostError
-from taskcloud.extensions import hookimpl
-from taskcloud.function import Function
-from taskcloud.function import function
+import importlib
+from typing import TYPE_CHECKING
+from typing import Any
 
 __version__ = "0.1.0"
+
 
 __all__ = [
     "BackendBuildError",
     "BackendNotFoundError",
+    "ConfigurationNotFoundError",
     "Function",
     "InvalidOptionError",
     "MemoryLimitError",
@@ -33,12 +26,80 @@ __all__ = [
     "RemoteTaskError",
     "ResourceUnavailableError",
     "SerializationError",
+    "StoreError",
     "TaskTimeoutError",
     "TaskcloudError",
     "WorkerLostError",
     "WorkerType",
     "__version__",
+    "create_cluster_configuration",
+    "delete_cluster_configuration",
     "function",
     "hookimpl",
+    "list_cluster_configurations",
     "registry",
 ]
+
+#: Where each public name lives.
+_EXPORTS = {
+    "BackendBuildError": "taskcloud.errors",
+    "BackendNotFoundError": "taskcloud.errors",
+    "ConfigurationNotFoundError": "taskcloud.errors",
+    "Function": "taskcloud.functions",
+    "InvalidOptionError": "taskcloud.errors",
+    "MemoryLimitError": "taskcloud.errors",
+    "ParallelBackend": "taskcloud.backends",
+    "ParallelBackendRegistry": "taskcloud.backends",
+    "RemoteTaskError": "taskcloud.errors",
+    "ResourceUnavailableError": "taskcloud.errors",
+    "SerializationError": "taskcloud.errors",
+    "StoreError": "taskcloud.errors",
+    "TaskTimeoutError": "taskcloud.errors",
+    "TaskcloudError": "taskcloud.errors",
+    "WorkerLostError": "taskcloud.errors",
+    "WorkerType": "taskcloud.backends",
+    "create_cluster_configuration": "taskcloud.configurations",
+    "delete_cluster_configuration": "taskcloud.configurations",
+    "function": "taskcloud.functions",
+    "hookimpl": "taskcloud.extensions",
+    "list_cluster_configurations": "taskcloud.configurations",
+    "registry": "taskcloud.backends",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'taskcloud' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:
+    from taskcloud.backends import ParallelBackend
+    from taskcloud.backends import ParallelBackendRegistry
+    from taskcloud.backends import WorkerType
+    from taskcloud.backends import registry
+    from taskcloud.configurations import create_cluster_configuration
+    from taskcloud.configurations import delete_cluster_configuration
+    from taskcloud.configurations import list_cluster_configurations
+    from taskcloud.errors import BackendBuildError
+    from taskcloud.errors import BackendNotFoundError
+    from taskcloud.errors import ConfigurationNotFoundError
+    from taskcloud.errors import InvalidOptionError
+    from taskcloud.errors import MemoryLimitError
+    from taskcloud.errors import RemoteTaskError
+    from taskcloud.errors import ResourceUnavailableError
+    from taskcloud.errors import SerializationError
+    from taskcloud.errors import StoreError
+    from taskcloud.errors import TaskcloudError
+    from taskcloud.errors import TaskTimeoutError
+    from taskcloud.errors import WorkerLostError
+    from taskcloud.extensions import hookimpl
+    from taskcloud.functions import Function
+    from taskcloud.functions import function

@@ -8,15 +8,18 @@ else from the package.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 __all__ = [
     "BackendBuildError",
     "BackendNotFoundError",
+    "ConfigurationNotFoundError",
     "InvalidOptionError",
     "MemoryLimitError",
     "RemoteTaskError",
     "ResourceUnavailableError",
     "SerializationError",
+    "StoreError",
     "TaskTimeoutError",
     "TaskcloudError",
     "WorkerLostError",
@@ -152,3 +155,32 @@ class SerializationError(TaskcloudError, TypeError):
 
     def __str__(self) -> str:
         return f"The {self.what} of {self.name!r} cannot be pickled: {self.reason}"
+
+
+class StoreError(TaskcloudError, RuntimeError):
+    """The state file cannot be read or written, e.g. because it is damaged."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"taskcloud's state file {self.path} cannot be used: {self.reason}. Nothing was "
+            f"changed. If the file is damaged, move it away (e.g. to {self.path}.broken) and "
+            "taskcloud starts a new one; or set TASKCLOUD_HOME to use another directory."
+        )
+
+
+class ConfigurationNotFoundError(TaskcloudError, LookupError):
+    """A cluster configuration name that nothing saved."""
+
+    def __init__(self, name: str, saved: Iterable[str]) -> None:
+        self.name = name
+        self.saved = tuple(saved)
+        super().__init__(name, self.saved)
+
+    def __str__(self) -> str:
+        names = ", ".join(repr(name) for name in self.saved) or "none"
+        return f"No cluster configuration named {self.name!r}. Saved: {names}."

@@ -44,8 +44,8 @@ from taskcloud.backends import Backend
 from taskcloud.backends import WorkerType
 from taskcloud.backends import registry
 from taskcloud.errors import TaskcloudError
-from taskcloud.function import Function
-from taskcloud.function import decorated
+from taskcloud.functions import Function
+from taskcloud.functions import decorated
 from taskcloud.pickling import ship
 from taskcloud.plugin import worker
 from taskcloud.plugin.call import CallOutcome

@@ -65,12 +65,6 @@ class Function(Generic[R]):
     @property
     def pool(self) -> Pool:
         """The pool behind this function, started on first use."""
-        if self.spec.configuration is not None:
-            raise InvalidOptionError(
-                "configuration",
-                self.spec.configuration,
-                "None: saved cluster configurations are not available yet",
-            )
         return self._manager.get(self.spec.pool())
 
     @property
@@ -176,8 +170,14 @@ def function(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
 
     Use it bare, ``@taskcloud.function``, or with options,
     ``@taskcloud.function(cpu=4, memory="8 GiB", n_workers=[0, 4])``. Options are
-    checked here, when the decorator is applied.
+    checked here, when the decorator is applied. ``configuration="name"`` takes the
+    defaults from a saved cluster configuration; options given here win.
     """
+    configuration = options.get("configuration")
+    if configuration is not None:
+        from taskcloud.configurations import function_defaults
+
+        options = {**function_defaults(configuration), **options}
     spec = FunctionSpec(**options)
     if fn is None:
         return lambda inner: Function(inner, spec)

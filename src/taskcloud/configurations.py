@@ -1,0 +1,119 @@
+"""Saved cluster configurations: named worker shapes to start calls and clusters from.
+
+``@taskcloud.function(configuration="big")`` takes its defaults from the saved
+configuration ``big``; options given to the decorator win.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from taskcloud.errors import ConfigurationNotFoundError
+from taskcloud.errors import InvalidOptionError
+from taskcloud.specs import FunctionSpec
+from taskcloud.store import Store
+
+__all__ = [
+    "create_cluster_configuration",
+    "delete_cluster_configuration",
+    "function_defaults",
+    "list_cluster_configurations",
+]
+
+_TABLE = "configurations"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+#: Configuration options, by the decorator option each one sets.
+_TO_FUNCTION = {
+    "worker_cpu": "cpu",
+    "worker_memory": "memory",
+    "worker_gpu": "gpu",
+    "software": "software",
+    "n_workers": "n_workers",
+    "keepalive": "keepalive",
+    "threads_per_worker": "threads_per_worker",
+    "environ": "environ",
+    "provider": "provider",
+}
+_FROM_FUNCTION = {value: key for key, value in _TO_FUNCTION.items()}
+
+
+def _check_name(name: Any) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidOptionError("name", name, "a name of letters, digits, '_', '-' or '.'")
+    return name
+
+
+def create_cluster_configuration(
+    name: str,
+    *,
+    worker_cpu: int | None = None,
+    worker_memory: int | str | None = None,
+    worker_gpu: int | None = None,
+    software: str | None = None,
+    n_workers: int | list[int] | None = None,
+    keepalive: float | str | None = None,
+    threads_per_worker: int | None = None,
+    environ: dict[str, str] | None = None,
+    provider: str | None = None,
+    store: Store | None = None,
+) -> dict[str, Any]:
+    """Save (or replace) the configuration ``name``; return what was saved.
+
+    Values are checked like the decorator's options, and saved normalised: memory in
+    bytes, durations in seconds.
+    """
+    given = {
+        "worker_cpu": worker_cpu,
+        "worker_memory": worker_memory,
+        "worker_gpu": worker_gpu,
+        "software": software,
+        "n_workers": n_workers,
+        "keepalive": keepalive,
+        "threads_per_worker": threads_per_worker,
+        "environ": environ,
+        "provider": provider,
+    }
+    options = {key: value for key, value in given.items() if value is not None}
+    saved = _normalise(options)
+    (store or Store()).put(_TABLE, _check_name(name), saved)
+    return saved
+
+
+def _normalise(options: dict[str, Any]) -> dict[str, Any]:
+    arguments = {_TO_FUNCTION[key]: value for key, value in options.items()}
+    try:
+        spec = FunctionSpec(**arguments)
+    except InvalidOptionError as exc:
+        raise InvalidOptionError(
+            _FROM_FUNCTION.get(exc.parameter, exc.parameter), exc.value, exc.accepted
+        ) from None
+    normalised = {}
+    for key in options:
+        value = getattr(spec, _TO_FUNCTION[key])
+        normalised[key] = dict(value) if key == "environ" else value
+        if key == "n_workers":
+            normalised[key] = list(value)
+    return normalised
+
+
+def list_cluster_configurations(store: Store | None = None) -> dict[str, dict[str, Any]]:
+    """Every saved configuration, by name."""
+    return (store or Store()).all(_TABLE)
+
+
+def delete_cluster_configuration(name: str, store: Store | None = None) -> None:
+    """Remove the configuration ``name``."""
+    store = store or Store()
+    if not store.delete(_TABLE, name):
+        raise ConfigurationNotFoundError(name, store.all(_TABLE))
+
+
+def function_defaults(name: str, store: Store | None = None) -> dict[str, Any]:
+    """The decorator options that the configuration ``name`` sets."""
+    store = store or Store()
+    saved = store.get(_TABLE, name)
+    if saved is None:
+        raise ConfigurationNotFoundError(name, store.all(_TABLE))
+    return {_TO_FUNCTION[key]: value for key, value in saved.items()}
