@@ -10,13 +10,10 @@ from __future__ import annotations
 
 import os
 import re
-import sys
 from collections.abc import Callable
-from collections.abc import Iterator
 from concurrent.futures import Executor
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from enum import Enum
 from typing import Any
 
@@ -27,6 +24,7 @@ from attrs import frozen
 from taskcloud.errors import BackendBuildError
 from taskcloud.errors import BackendNotFoundError
 from taskcloud.errors import InvalidOptionError
+from taskcloud.providers import main_module_hidden
 
 __all__ = [
     "Backend",
@@ -190,26 +188,6 @@ def build_dask_executor(n_workers: int) -> Executor:
     return client.get_executor()
 
 
-@contextmanager
-def _main_module_hidden() -> Iterator[None]:
-    """Keep spawned workers from re-running ``__main__``, e.g. pytask's console script.
-
-    multiprocessing's spawn re-imports the parent's main script in every child, which
-    for ``pytask`` costs a second per worker. taskcloud sends all work cloudpickled by
-    value, so workers never need the main module.
-    """
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None:
-        yield
-        return
-    del main.__file__
-    try:
-        yield
-    finally:
-        main.__file__ = path
-
-
 class _OwnedDaskExecutor(Executor):
     """A dask client executor that also owns, and closes, its local cluster."""
 
@@ -223,7 +201,7 @@ class _OwnedDaskExecutor(Executor):
         from distributed import Client
         from distributed import LocalCluster
 
-        with _main_module_hidden():
+        with main_module_hidden():
             cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,

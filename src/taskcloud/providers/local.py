@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import dask
@@ -27,8 +24,9 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
+from taskcloud.providers import main_module_hidden
 
-__all__ = ["LocalPoolCluster", "PoolWatch", "main_module_hidden", "start"]
+__all__ = ["LocalPoolCluster", "PoolWatch", "start"]
 
 #: How often a pool reconsiders its size.
 ADAPT_INTERVAL = 0.2
@@ -36,26 +34,6 @@ ADAPT_INTERVAL = 0.2
 #: A pool grows while its queue holds more than this much work per worker: a new
 #: local worker starts in about a second, so a second of queued work pays for one.
 TARGET_DURATION = 1.0
-
-
-@contextmanager
-def main_module_hidden() -> Iterator[None]:
-    """Keep spawned workers from re-running ``__main__``, e.g. pytask's console script.
-
-    multiprocessing's spawn re-imports the parent's main script in every child, which
-    for ``pytask`` costs a second per worker. taskcloud sends all work cloudpickled by
-    value, so workers never need the main module.
-    """
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None:
-        yield
-        return
-    del main.__file__
-    try:
-        yield
-    finally:
-        main.__file__ = path
 
 
 class PoolWatch(SchedulerPlugin):
