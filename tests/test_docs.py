@@ -55,30 +55,28 @@ def test_quickstart_sends_heavy_tasks_to_a_pool(tmp_path) -> None:
     assert "95% interval" in (project / "bld" / "report.md").read_text()
 
 
-def test_function_example_runs() -> None:
-    """docs_src/heavy/fit.py runs as a script and estimates pi."""
-    result = subprocess.run(
-        [sys.executable, str(DOCS_SRC / "heavy" / "fit.py")],
+def _run_example(*parts: str) -> subprocess.CompletedProcess:
+    """Run a docs_src script as a user would; TASKCLOUD_HOME comes from the fixture."""
+    return subprocess.run(
+        [sys.executable, str(DOCS_SRC.joinpath(*parts))],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
+
+
+def test_function_example_runs() -> None:
+    """docs_src/heavy/fit.py runs as a script and estimates pi."""
+    result = _run_example("heavy", "fit.py")
 
     assert result.returncode == 0, result.stderr
     assert "mean of 9 estimates: 3.1" in result.stdout
 
 
-def test_configuration_example_runs(taskcloud_home) -> None:
+def test_configuration_example_runs() -> None:
     """docs_src/configurations/use_configuration.py saves and uses a configuration."""
-    result = subprocess.run(
-        [sys.executable, str(DOCS_SRC / "configurations" / "use_configuration.py")],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "TASKCLOUD_HOME": str(taskcloud_home)},
-    )
+    result = _run_example("configurations", "use_configuration.py")
 
     assert result.returncode == 0, result.stderr
     assert "[3, 2, 1]" in result.stdout
