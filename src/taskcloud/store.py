@@ -11,6 +11,7 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,15 +19,16 @@ from typing import Any
 
 from taskcloud.errors import StoreError
 
-__all__ = ["Store", "home"]
+__all__ = ["TABLES", "Store", "home"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS configurations (
-    name TEXT PRIMARY KEY,
-    options TEXT NOT NULL,
-    created REAL NOT NULL
-);
-"""
+#: Every table holds named JSON records.
+TABLES = ("clusters", "configurations", "environments")
+
+_SCHEMA = "".join(
+    f"CREATE TABLE IF NOT EXISTS {table} "
+    "(name TEXT PRIMARY KEY, options TEXT NOT NULL, created REAL NOT NULL);"
+    for table in TABLES
+)
 
 
 def home() -> Path:
@@ -56,7 +58,9 @@ class Store:
             connection.execute("PRAGMA busy_timeout = 30000")
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("BEGIN IMMEDIATE")
-            connection.execute(_SCHEMA)
+            for statement in _SCHEMA.split(";"):
+                if statement:
+                    connection.execute(statement)
             yield connection
             connection.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
@@ -88,6 +92,33 @@ class Store:
             rows = db.execute(f"SELECT name, options FROM {_table(table)} ORDER BY name")
             return {name: json.loads(options) for name, options in rows.fetchall()}
 
+    def update(
+        self,
+        table: str,
+        name: str,
+        change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+    ) -> dict[str, Any] | None:
+        """Read, change and write record ``name`` in one transaction.
+
+        ``change`` gets the current options (None if there is no record) and returns
+        the new ones, or None to remove the record. Returns what was written.
+        """
+        with self._transaction() as db:
+            row = db.execute(
+                f"SELECT options, created FROM {_table(table)} WHERE name = ?", (name,)
+            ).fetchone()
+            new = change(None if row is None else json.loads(row[0]))
+            if new is None:
+                db.execute(f"DELETE FROM {_table(table)} WHERE name = ?", (name,))
+            else:
+                created = time.time() if row is None else row[1]
+                db.execute(
+                    f"INSERT OR REPLACE INTO {_table(table)} (name, options, created)"
+                    " VALUES (?, ?, ?)",
+                    (name, json.dumps(new, sort_keys=True), created),
+                )
+            return new
+
     def delete(self, table: str, name: str) -> bool:
         """Remove record ``name``; False if there was none."""
         with self._transaction() as db:
@@ -96,6 +127,6 @@ class Store:
 
 
 def _table(name: str) -> str:
-    if name not in ("configurations",):
+    if name not in TABLES:
         raise ValueError(f"unknown table {name!r}")
     return name
