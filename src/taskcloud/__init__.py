@@ -17,7 +17,13 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendBuildError",
     "BackendNotFoundError",
+    "Cluster",
+    "ClusterNotFoundError",
+    "ClusterStartError",
     "ConfigurationNotFoundError",
+    "EnvironmentBuildError",
+    "EnvironmentNotSupportedError",
+    "EnvironmentToolNotFoundError",
     "Function",
     "InvalidOptionError",
     "MemoryLimitError",
@@ -26,6 +32,7 @@ __all__ = [
     "RemoteTaskError",
     "ResourceUnavailableError",
     "SerializationError",
+    "SoftwareEnvironmentNotFoundError",
     "StoreError",
     "TaskTimeoutError",
     "TaskcloudError",
@@ -33,10 +40,15 @@ __all__ = [
     "WorkerType",
     "__version__",
     "create_cluster_configuration",
+    "create_software_environment",
+    "delete_cluster",
     "delete_cluster_configuration",
+    "delete_software_environment",
     "function",
     "hookimpl",
     "list_cluster_configurations",
+    "list_clusters",
+    "list_software_environments",
     "registry",
 ]
 
@@ -44,7 +56,13 @@ __all__ = [
 _EXPORTS = {
     "BackendBuildError": "taskcloud.errors",
     "BackendNotFoundError": "taskcloud.errors",
+    "Cluster": "taskcloud.clusters",
+    "ClusterNotFoundError": "taskcloud.errors",
+    "ClusterStartError": "taskcloud.errors",
     "ConfigurationNotFoundError": "taskcloud.errors",
+    "EnvironmentBuildError": "taskcloud.errors",
+    "EnvironmentNotSupportedError": "taskcloud.errors",
+    "EnvironmentToolNotFoundError": "taskcloud.errors",
     "Function": "taskcloud.functions",
     "InvalidOptionError": "taskcloud.errors",
     "MemoryLimitError": "taskcloud.errors",
@@ -53,16 +71,22 @@ _EXPORTS = {
     "RemoteTaskError": "taskcloud.errors",
     "ResourceUnavailableError": "taskcloud.errors",
     "SerializationError": "taskcloud.errors",
+    "SoftwareEnvironmentNotFoundError": "taskcloud.errors",
     "StoreError": "taskcloud.errors",
     "TaskTimeoutError": "taskcloud.errors",
     "TaskcloudError": "taskcloud.errors",
     "WorkerLostError": "taskcloud.errors",
     "WorkerType": "taskcloud.backends",
     "create_cluster_configuration": "taskcloud.configurations",
+    "create_software_environment": "taskcloud.environments",
+    "delete_cluster": "taskcloud.clusters",
     "delete_cluster_configuration": "taskcloud.configurations",
+    "delete_software_environment": "taskcloud.environments",
     "function": "taskcloud.functions",
     "hookimpl": "taskcloud.extensions",
     "list_cluster_configurations": "taskcloud.configurations",
+    "list_clusters": "taskcloud.clusters",
+    "list_software_environments": "taskcloud.environments",
     "registry": "taskcloud.backends",
 }
 
@@ -85,17 +109,29 @@ if TYPE_CHECKING:
     from taskcloud.backends import ParallelBackendRegistry
     from taskcloud.backends import WorkerType
     from taskcloud.backends import registry
+    from taskcloud.clusters import Cluster
+    from taskcloud.clusters import delete_cluster
+    from taskcloud.clusters import list_clusters
     from taskcloud.configurations import create_cluster_configuration
     from taskcloud.configurations import delete_cluster_configuration
     from taskcloud.configurations import list_cluster_configurations
+    from taskcloud.environments import create_software_environment
+    from taskcloud.environments import delete_software_environment
+    from taskcloud.environments import list_software_environments
     from taskcloud.errors import BackendBuildError
     from taskcloud.errors import BackendNotFoundError
+    from taskcloud.errors import ClusterNotFoundError
+    from taskcloud.errors import ClusterStartError
     from taskcloud.errors import ConfigurationNotFoundError
+    from taskcloud.errors import EnvironmentBuildError
+    from taskcloud.errors import EnvironmentNotSupportedError
+    from taskcloud.errors import EnvironmentToolNotFoundError
     from taskcloud.errors import InvalidOptionError
     from taskcloud.errors import MemoryLimitError
     from taskcloud.errors import RemoteTaskError
     from taskcloud.errors import ResourceUnavailableError
     from taskcloud.errors import SerializationError
+    from taskcloud.errors import SoftwareEnvironmentNotFoundError
     from taskcloud.errors import StoreError
     from taskcloud.errors import TaskcloudError
     from taskcloud.errors import TaskTimeoutError

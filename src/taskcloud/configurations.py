@@ -15,6 +15,7 @@ from taskcloud.specs import FunctionSpec
 from taskcloud.store import Store
 
 __all__ = [
+    "cluster_defaults",
     "create_cluster_configuration",
     "delete_cluster_configuration",
     "function_defaults",
@@ -117,3 +118,24 @@ def function_defaults(name: str, store: Store | None = None) -> dict[str, Any]:
     if saved is None:
         raise ConfigurationNotFoundError(name, store.all(_TABLE))
     return {_TO_FUNCTION[key]: value for key, value in saved.items()}
+
+
+def cluster_defaults(name: str, store: Store | None = None) -> dict[str, Any]:
+    """The ``taskcloud.Cluster`` options that the configuration ``name`` sets."""
+    store = store or Store()
+    saved = store.get(_TABLE, name)
+    if saved is None:
+        raise ConfigurationNotFoundError(name, store.all(_TABLE))
+    options = {key: saved[key] for key in _CLUSTER_KEYS if key in saved}
+    worker_options = {}
+    if "threads_per_worker" in saved:
+        worker_options["nthreads"] = saved["threads_per_worker"]
+    if saved.get("environ"):
+        worker_options["env"] = saved["environ"]
+    if worker_options:
+        options["worker_options"] = worker_options
+    return options
+
+
+#: Configuration options that ``taskcloud.Cluster`` takes as they are.
+_CLUSTER_KEYS = ("worker_cpu", "worker_memory", "worker_gpu", "software", "n_workers", "provider")

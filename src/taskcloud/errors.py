@@ -13,12 +13,18 @@ from pathlib import Path
 __all__ = [
     "BackendBuildError",
     "BackendNotFoundError",
+    "ClusterNotFoundError",
+    "ClusterStartError",
     "ConfigurationNotFoundError",
+    "EnvironmentBuildError",
+    "EnvironmentNotSupportedError",
+    "EnvironmentToolNotFoundError",
     "InvalidOptionError",
     "MemoryLimitError",
     "RemoteTaskError",
     "ResourceUnavailableError",
     "SerializationError",
+    "SoftwareEnvironmentNotFoundError",
     "StoreError",
     "TaskTimeoutError",
     "TaskcloudError",
@@ -184,3 +190,85 @@ class ConfigurationNotFoundError(TaskcloudError, LookupError):
     def __str__(self) -> str:
         names = ", ".join(repr(name) for name in self.saved) or "none"
         return f"No cluster configuration named {self.name!r}. Saved: {names}."
+
+
+class SoftwareEnvironmentNotFoundError(TaskcloudError, LookupError):
+    """A software environment name that nothing saved."""
+
+    def __init__(self, name: str, saved: Iterable[str]) -> None:
+        self.name = name
+        self.saved = tuple(saved)
+        super().__init__(name, self.saved)
+
+    def __str__(self) -> str:
+        names = ", ".join(repr(name) for name in self.saved) or "none"
+        return f"No software environment named {self.name!r}. Saved: {names}."
+
+
+class EnvironmentBuildError(TaskcloudError, RuntimeError):
+    """A software environment could not be built; nothing of it was kept."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, reason)
+        self.name = name
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Could not build the software environment {self.name!r}: {self.reason}"
+
+
+class EnvironmentToolNotFoundError(TaskcloudError, RuntimeError):
+    """A conda or container spec, but none of the tools that build it is on PATH."""
+
+    def __init__(self, kind: str, tools: str) -> None:
+        super().__init__(kind, tools)
+        self.kind = kind
+        self.tools = tools
+
+    def __str__(self) -> str:
+        return (
+            f"{self.kind} environments need {self.tools} on PATH; none was found. "
+            "Install one of them, or build the environment with pip=."
+        )
+
+
+class EnvironmentNotSupportedError(TaskcloudError, NotImplementedError):
+    """A software environment of a kind that the provider cannot start workers in."""
+
+    def __init__(self, name: str, kind: str, provider: str) -> None:
+        super().__init__(name, kind, provider)
+        self.name = name
+        self.kind = kind
+        self.provider = provider
+
+    def __str__(self) -> str:
+        return (
+            f"The software environment {self.name!r} is a {self.kind} environment, and the "
+            f"{self.provider} provider cannot start {self.kind} workers yet. Use a pip or "
+            "conda environment."
+        )
+
+
+class ClusterNotFoundError(TaskcloudError, LookupError):
+    """A cluster name with no running cluster behind it."""
+
+    def __init__(self, name: str, running: Iterable[str]) -> None:
+        self.name = name
+        self.running = tuple(running)
+        super().__init__(name, self.running)
+
+    def __str__(self) -> str:
+        names = ", ".join(repr(name) for name in self.running) or "none"
+        return f"No running cluster named {self.name!r}. Running: {names}."
+
+
+class ClusterStartError(TaskcloudError, RuntimeError):
+    """A cluster's process could not start; carries the reason and its log's end."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, reason)
+        self.name = name
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Cluster {self.name!r} did not start: {self.reason}"

@@ -6,17 +6,26 @@ place; :class:`PoolSpec` is the part that decides which pool of workers a call j
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
 from typing import Any
 
+from attrs import asdict
 from attrs import field
 from attrs import frozen
 
 from taskcloud.errors import InvalidOptionError
 
-__all__ = ["FunctionSpec", "PoolSpec", "format_bytes", "parse_duration", "parse_memory"]
+__all__ = [
+    "ClusterSpec",
+    "FunctionSpec",
+    "PoolSpec",
+    "format_bytes",
+    "parse_duration",
+    "parse_memory",
+]
 
 _UNITS = {
     "": 1,
@@ -192,3 +201,75 @@ class FunctionSpec:
             n_workers=self.n_workers,
             keepalive=self.keepalive,
         )
+
+
+def _json_options(parameter: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    form = "a dict with str keys and JSON values (they travel to the cluster's process)"
+    if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+        raise InvalidOptionError(parameter, value, form)
+    try:
+        return dict(json.loads(json.dumps(dict(value))))
+    except (TypeError, ValueError):
+        raise InvalidOptionError(parameter, value, form) from None
+
+
+def _class_path(value: Any) -> str:
+    if isinstance(value, type):
+        return f"{value.__module__}.{value.__qualname__}"
+    if isinstance(value, str) and _DOTTED.match(value):
+        return value
+    raise InvalidOptionError(
+        "worker_class", value, "a class or its import path, e.g. 'distributed.Nanny'"
+    )
+
+
+_DOTTED = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)+$")
+
+
+@frozen(kw_only=True)
+class ClusterSpec:
+    """Every option of ``taskcloud.Cluster`` that shapes its workers and scheduler.
+
+    ``n_workers`` None means as many workers of the shape as the host fits.
+    """
+
+    n_workers: tuple[int, int] | None = field(default=None, converter=_n_workers)
+    worker_cpu: int = field(default=1, validator=_positive_int("worker_cpu", 1))
+    worker_memory: int | None = field(
+        default=None, converter=lambda v: None if v is None else parse_memory(v, "worker_memory")
+    )
+    worker_gpu: int = field(default=0, validator=_positive_int("worker_gpu", 0))
+    scheduler_cpu: int = field(default=1, validator=_positive_int("scheduler_cpu", 1))
+    scheduler_memory: int | None = field(
+        default=None,
+        converter=lambda v: None if v is None else parse_memory(v, "scheduler_memory"),
+    )
+    software: str | None = field(default=None, validator=_optional_name("software"))
+    worker_class: str = field(default="distributed.Nanny", converter=_class_path)
+    worker_options: dict[str, Any] = field(
+        factory=dict, converter=lambda v: _json_options("worker_options", v)
+    )
+    scheduler_options: dict[str, Any] = field(
+        factory=dict, converter=lambda v: _json_options("scheduler_options", v)
+    )
+    idle_timeout: float = field(
+        default=1200.0, converter=lambda v: parse_duration(v, "idle_timeout")
+    )
+    provider: str = field(default="local", validator=_provider)
+    provider_options: dict[str, Any] = field(
+        factory=dict, converter=lambda v: _json_options("provider_options", v)
+    )
+
+    def to_json(self) -> dict[str, Any]:
+        """The spec as JSON values, for the store and the cluster's process."""
+        data = asdict(self)
+        if self.n_workers is not None:
+            low, high = self.n_workers
+            data["n_workers"] = low if low == high else [low, high]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ClusterSpec:
+        return cls(**data)

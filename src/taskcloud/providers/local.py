@@ -21,12 +21,20 @@ from distributed import Scheduler
 from distributed import SpecCluster
 from distributed.deploy.adaptive import Adaptive
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.utils import import_term
 
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
 from taskcloud.providers import main_module_hidden
 
-__all__ = ["LocalPoolCluster", "PoolWatch", "start"]
+__all__ = [
+    "CapacityAdaptive",
+    "LocalPoolCluster",
+    "PoolWatch",
+    "scheduler_spec",
+    "start",
+    "worker_spec",
+]
 
 #: How often a pool reconsiders its size.
 ADAPT_INTERVAL = 0.2
@@ -120,6 +128,49 @@ class CapacityAdaptive(Adaptive):
         return self._capacity.grant(self.cluster, self._shape, wanted, len(self.plan))
 
 
+def scheduler_spec(
+    *, dashboard: bool = False, security: Any = None, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """A scheduler on 127.0.0.1; TLS when ``security`` is given."""
+    settings: dict[str, Any] = {
+        "host": "127.0.0.1",
+        # Without a dashboard the scheduler still serves /health; keep it on loopback.
+        "dashboard": dashboard,
+        "dashboard_address": "127.0.0.1:0",
+    }
+    if security is not None:
+        settings.update(security=security, protocol="tls")
+    settings.update(options or {})
+    return {"cls": Scheduler, "options": settings}
+
+
+def worker_spec(
+    shape: Shape,
+    threads_per_worker: int,
+    *,
+    worker_class: str = "distributed.Nanny",
+    security: Any = None,
+    options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Workers of ``shape`` on 127.0.0.1, each tagged with its resources."""
+    cls = import_term(worker_class)
+    settings: dict[str, Any] = {
+        "nthreads": threads_per_worker,
+        "memory_limit": shape.memory,
+        "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
+        "host": "127.0.0.1",
+        "dashboard": False,
+        "dashboard_address": "127.0.0.1:0",
+    }
+    if issubclass(cls, Nanny):
+        # A failing call is the caller's exception, not a worker's log line.
+        settings.update(env={}, silence_logs=logging.CRITICAL)
+    if security is not None:
+        settings["security"] = security
+    settings.update(options or {})
+    return {"cls": cls, "options": settings}
+
+
 def start(
     shape: Shape,
     threads_per_worker: int,
@@ -130,32 +181,13 @@ def start(
     keepalive: float,
 ) -> LocalPoolCluster:
     """Start an empty pool on this host and let it adapt between its bounds."""
-    scheduler = {
-        "cls": Scheduler,
-        # Without a dashboard the scheduler still serves /health; keep it on loopback.
-        "options": {"host": "127.0.0.1", "dashboard": False, "dashboard_address": "127.0.0.1:0"},
-    }
-    worker = {
-        "cls": Nanny,
-        "options": {
-            "nthreads": threads_per_worker,
-            "memory_limit": shape.memory,
-            "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
-            "host": "127.0.0.1",
-            "dashboard": False,
-            "dashboard_address": "127.0.0.1:0",
-            "env": {},
-            # A failing call is the caller's exception, not a worker's log line.
-            "silence_logs": logging.CRITICAL,
-        },
-    }
     # A worker that dies fails its call at once; the pool decides about retries.
     settings = {"distributed.scheduler.allowed-failures": 0}
     with dask.config.set(settings), main_module_hidden():
         cluster = LocalPoolCluster(
             workers={},
-            scheduler=scheduler,
-            worker=worker,
+            scheduler=scheduler_spec(),
+            worker=worker_spec(shape, threads_per_worker),
             asynchronous=False,
             name=name,
             silence_logs=logging.ERROR,

@@ -1,0 +1,420 @@
+"""``taskcloud.Cluster``: a dask cluster that lives in its own process, found by name.
+
+Every cluster runs detached in a :mod:`taskcloud.daemon` process with TLS on
+127.0.0.1 and is recorded in the store, so another process asking for the same name
+attaches to it instead of starting a second one. The cluster shuts itself down after
+``idle_timeout`` without work, whether or not anyone is still attached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import psutil
+from distributed.core import Status
+from distributed.core import rpc
+from distributed.deploy.cluster import Cluster as _DaskCluster
+from distributed.objects import SchedulerInfo
+from tornado.ioloop import PeriodicCallback
+
+from taskcloud import credentials
+from taskcloud.capacity import HostCapacity
+from taskcloud.capacity import Shape
+from taskcloud.configurations import cluster_defaults
+from taskcloud.errors import ClusterNotFoundError
+from taskcloud.errors import ClusterStartError
+from taskcloud.errors import InvalidOptionError
+from taskcloud.specs import ClusterSpec
+from taskcloud.store import Store
+from taskcloud.store import home
+
+__all__ = ["Cluster", "delete_cluster", "list_clusters"]
+
+TABLE = "clusters"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+#: How long a new cluster's process may take to answer.
+START_TIMEOUT = 60.0
+
+#: How long closing waits for a cluster's process to finish.
+STOP_TIMEOUT = 30.0
+
+_DASHBOARD_HINT = (
+    "This cluster has no dashboard: the dask dashboard needs bokeh in the environment "
+    "the scheduler runs in. Install it with `pip install 'bokeh>=3.1'` (or add it to the "
+    "cluster's software environment) and start the cluster again."
+)
+
+
+def _alive(record: dict[str, Any]) -> bool:
+    """Whether the process recorded for a cluster still runs (and is that process)."""
+    pid, started = record.get("pid"), record.get("started")
+    if not isinstance(pid, int):
+        return False
+    try:
+        process = psutil.Process(pid)
+        if started is not None and abs(process.create_time() - float(started)) > 1:
+            return False
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _directory(name: str) -> Path:
+    return home() / "clusters" / name
+
+
+class Cluster(_DaskCluster):
+    """A dask cluster of local worker processes that outlives the process that started it.
+
+    ``Cluster(name="x")`` starts the cluster ``x``, or attaches to it when it runs
+    already; see the README and ``docs/clusters.md`` for every parameter.
+    """
+
+    def __init__(
+        self,
+        n_workers: int | list[int] | None = None,
+        worker_cpu: int | None = None,
+        worker_memory: int | str | None = None,
+        scheduler_cpu: int | None = None,
+        scheduler_memory: int | str | None = None,
+        software: str | None = None,
+        worker_class: str | type | None = None,
+        worker_options: dict[str, Any] | None = None,
+        scheduler_options: dict[str, Any] | None = None,
+        name: str | None = None,
+        shutdown_on_close: bool | None = None,
+        idle_timeout: float | str | None = None,
+        configuration: str | None = None,
+        provider: str | None = None,
+        provider_options: dict[str, Any] | None = None,
+        worker_gpu: int | None = None,
+        store: Store | None = None,
+    ) -> None:
+        given = {
+            "n_workers": n_workers,
+            "worker_cpu": worker_cpu,
+            "worker_memory": worker_memory,
+            "worker_gpu": worker_gpu,
+            "scheduler_cpu": scheduler_cpu,
+            "scheduler_memory": scheduler_memory,
+            "software": software,
+            "worker_class": worker_class,
+            "worker_options": worker_options,
+            "scheduler_options": scheduler_options,
+            "idle_timeout": idle_timeout,
+            "provider": provider,
+            "provider_options": provider_options,
+        }
+        explicit = {key: value for key, value in given.items() if value is not None}
+        if name is None:
+            name = f"taskcloud-{secrets.token_hex(4)}"
+        elif not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidOptionError("name", name, "a name of letters, digits, '_', '-' or '.'")
+        if shutdown_on_close not in (None, True, False):
+            raise InvalidOptionError("shutdown_on_close", shutdown_on_close, "None, True or False")
+        self._store = store or Store()
+        options = dict(cluster_defaults(configuration, self._store)) if configuration else {}
+        options.update(explicit)
+        scheduler_idle = (options.get("scheduler_options") or {}).get("idle_timeout")
+        if "idle_timeout" not in explicit and scheduler_idle is not None:
+            options["idle_timeout"] = scheduler_idle
+        spec = ClusterSpec(**options)
+        if spec.provider_options:
+            raise InvalidOptionError(
+                "provider_options", spec.provider_options, "{} for the local provider"
+            )
+        super().__init__(asynchronous=False, name=name)
+        self.spec = spec
+        self._explicit = ClusterSpec(**options) if explicit else None
+        self._given = set(explicit)
+        self._loop_runner.start()
+        python = self._python(spec)
+        record = self._claim(name)
+        if record is None:
+            try:
+                record = self._launch(name, spec, python)
+            except BaseException:
+                self._store.update(TABLE, name, lambda record: None)
+                self._loop_runner.stop()
+                raise
+            created = True
+        else:
+            created = False
+            self._warn_ignored(record)
+        self.created = created
+        self.shutdown_on_close = created if shutdown_on_close is None else shutdown_on_close
+        self.spec = ClusterSpec.from_json(record["spec"])
+        self.record = record
+        self.security = credentials.load(Path(record["directory"]))
+        self.pid = int(record["pid"])
+        self.scheduler_comm = rpc(
+            record["address"], connection_args=self.security.get_connection_args("client")
+        )
+        try:
+            self.sync(self._start)
+        except BaseException:
+            self._loop_runner.stop()
+            raise
+
+    # -- starting or finding ------------------------------------------------------------
+
+    def _claim(self, name: str) -> dict[str, Any] | None:
+        """The running cluster ``name``, or None after claiming the name for a new one."""
+        deadline = time.monotonic() + START_TIMEOUT
+        me = {"status": "starting", "pid": os.getpid(), "started": _my_start()}
+        found: list[dict[str, Any] | None] = []
+
+        def change(record: dict[str, Any] | None) -> dict[str, Any] | None:
+            alive = record is not None and _alive(record)
+            found.append(record if alive else None)
+            return record if alive else me
+
+        while True:
+            self._store.update(TABLE, name, change)
+            record = found[-1]
+            if record is None:
+                return None
+            if record["status"] == "running":
+                return record
+            # Someone else is starting it: wait for them to finish.
+            if time.monotonic() > deadline:
+                raise ClusterStartError(name, "another process started it and never finished")
+            threading.Event().wait(0.05)
+
+    def _python(self, spec: ClusterSpec) -> str:
+        """The interpreter a new cluster runs in, once its shape is known to fit."""
+        capacity = HostCapacity()
+        memory = spec.worker_memory or capacity.default_memory(spec.worker_cpu)
+        capacity.check(Shape(cpu=spec.worker_cpu, memory=memory, gpu=spec.worker_gpu))
+        if spec.software is None:
+            return sys.executable
+        from taskcloud.environments import environment_python
+
+        return str(environment_python(spec.software, store=self._store))
+
+    def _launch(self, name: str, spec: ClusterSpec, python: str) -> dict[str, Any]:
+        directory = _directory(name)
+        shutil.rmtree(directory, ignore_errors=True)
+        directory.mkdir(mode=0o700, parents=True)
+        log = directory / "cluster.log"
+        request = {"name": name, "spec": spec.to_json(), "directory": str(directory)}
+        environ = {**os.environ, "TASKCLOUD_HOME": str(self._store.path.parent)}
+        with open(log, "ab") as log_file:
+            process = subprocess.Popen(
+                [python, "-m", "taskcloud.daemon"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=log_file,
+                start_new_session=True,
+                env=environ,
+                cwd=directory,
+            )
+        assert process.stdin is not None
+        assert process.stdout is not None
+        process.stdin.write(json.dumps(request).encode() + b"\n")
+        process.stdin.close()
+        try:
+            answer = _read_answer(process, START_TIMEOUT)
+        except BaseException:
+            _kill_group(process.pid)
+            process.wait()
+            raise
+        finally:
+            process.stdout.close()
+        if answer is None or "error" in answer:
+            process.wait(STOP_TIMEOUT)
+            tail = log.read_text(errors="replace")[-2000:]
+            reason = (answer or {}).get("error", "the cluster's process exited")
+            raise ClusterStartError(name, f"{reason}\n{tail}")
+        record = self._store.get(TABLE, name)
+        assert record is not None
+        return record
+
+    def _warn_ignored(self, record: dict[str, Any]) -> None:
+        if self._explicit is None:
+            return
+        running = record.get("spec", {})
+        wanted = self._explicit.to_json()
+        ignored = [
+            f"{key}={wanted[key]!r} (running: {running.get(key)!r})"
+            for key in sorted(self._given)
+            if running.get(key) != wanted[key]
+        ]
+        if ignored:
+            warnings.warn(
+                f"Attached to the running cluster {self.name!r}; these options differ "
+                f"from it and are ignored: {', '.join(ignored)}",
+                stacklevel=3,
+            )
+
+    # -- what a dask cluster does ---------------------------------------------------------
+
+    def scale(self, n: int = 0, memory: Any = None, cores: Any = None) -> None:
+        """Hold ``n`` workers (as many as the host fits); turns adaptive scaling off."""
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise InvalidOptionError("n", n, "an int >= 0")
+        granted = self.sync(self.scheduler_comm.taskcloud_scale, n=n)
+        if granted < n:
+            warnings.warn(
+                f"Cluster {self.name!r} asked for {n} workers; the host fits {granted}.",
+                stacklevel=2,
+            )
+
+    def adapt(self, minimum: int = 0, maximum: int = 1, **kwargs: Any) -> None:  # type: ignore[override]
+        """Scale between ``minimum`` and ``maximum`` workers from the work queued.
+
+        The cluster's own process does the scaling, so it goes on when this process
+        ends.
+        """
+        ClusterSpec(n_workers=[minimum, maximum])
+        self.sync(self.scheduler_comm.taskcloud_adapt, minimum=minimum, maximum=maximum)
+
+    @property
+    def dashboard_link(self) -> str:
+        """The dask dashboard's address; empty, with a warning saying why, without bokeh."""
+        port = self.record.get("dashboard_port")
+        if not port:
+            warnings.warn(_DASHBOARD_HINT, stacklevel=2)
+            return ""
+        return f"http://127.0.0.1:{port}/status"
+
+    async def _start(self) -> None:
+        # Unlike dask's clusters this one does not subscribe to worker updates: the
+        # scheduler keeps one subscriber, which belongs to the cluster's own process.
+        await self._refresh()
+        self.periodic_callbacks["taskcloud-refresh"] = PeriodicCallback(self._refresh, 1000)
+        self.periodic_callbacks["taskcloud-refresh"].start()
+        self.status = Status.running
+
+    async def _refresh(self) -> None:
+        # When the cluster stopped, close() or the next call says so.
+        with contextlib.suppress(OSError):
+            self.scheduler_info = SchedulerInfo(await self.scheduler_comm.identity())
+
+    async def _close(self) -> None:
+        if self.shutdown_on_close and self.status == Status.running:
+            with contextlib.suppress(OSError):
+                await self.scheduler_comm.taskcloud_stop()
+        for callback in self.periodic_callbacks.values():
+            callback.stop()
+        await self.scheduler_comm.close_rpc()
+        self.status = Status.closed
+
+    def close(self, timeout: float | None = None) -> None:
+        """Detach; also stop the cluster when ``shutdown_on_close`` (the creator's default)."""
+        if self.status == Status.closed:
+            return
+        super().close(timeout)
+        if self.shutdown_on_close:
+            _wait_stopped(self.pid, STOP_TIMEOUT)
+        self._loop_runner.stop()
+
+    def __repr__(self) -> str:
+        workers = len(self.scheduler_info.get("workers", {}))
+        return f"<taskcloud.Cluster {self.name!r} {self.scheduler_address} workers={workers}>"
+
+
+def _my_start() -> float:
+    return psutil.Process().create_time()
+
+
+def _read_answer(process: subprocess.Popen[bytes], timeout: float) -> dict[str, Any] | None:
+    """The daemon's one JSON line, or None when it exits without one."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout
+    data = b""
+    descriptor = process.stdout.fileno()
+    while not data.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ClusterStartError("?", f"no answer from the cluster's process in {timeout} s")
+        ready, _, _ = select.select([descriptor], [], [], left)
+        if ready:
+            chunk = os.read(descriptor, 65536)
+            if not chunk:
+                return None
+            data += chunk
+    return json.loads(data.decode())
+
+
+def _wait_stopped(pid: int, timeout: float) -> None:
+    try:
+        process = psutil.Process(pid)
+        process.wait(timeout)
+    except psutil.NoSuchProcess:
+        return
+    except psutil.TimeoutExpired:
+        _kill_group(pid)
+
+
+def _kill_group(pid: int) -> None:
+    """Kill a cluster's process and its workers (they share its process group)."""
+    import signal
+
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def list_clusters(store: Store | None = None) -> dict[str, dict[str, Any]]:
+    """The running clusters by name: status, address, workers, spec, age, dashboard.
+
+    Records of clusters whose process died without saying so are dropped.
+    """
+    store = store or Store()
+    listing = {}
+    now = time.time()
+    for name, record in store.all(TABLE).items():
+        if record.get("status") == "stopped":
+            continue
+        if not _alive(record):
+            store.update(TABLE, name, lambda r: None if r is not None and not _alive(r) else r)
+            continue
+        if record.get("status") != "running":
+            continue
+        port = record.get("dashboard_port")
+        listing[name] = {
+            "name": name,
+            "status": record["status"],
+            "address": record["address"],
+            "workers": record.get("workers", 0),
+            "spec": record.get("spec", {}),
+            "age": now - float(record.get("started", now)),
+            "dashboard": f"http://127.0.0.1:{port}/status" if port else None,
+            "pid": record["pid"],
+        }
+    return listing
+
+
+def delete_cluster(name: str, store: Store | None = None, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop the cluster ``name`` and its workers."""
+    import signal
+
+    store = store or Store()
+    record = store.get(TABLE, name)
+    if record is None or record.get("status") == "stopped" or not _alive(record):
+        raise ClusterNotFoundError(name, list_clusters(store))
+    pid = int(record["pid"])
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    _wait_stopped(pid, timeout)
+    store.update(
+        TABLE,
+        name,
+        lambda r: (
+            {**r, "status": "stopped", "workers": 0} if r is not None and r.get("pid") == pid else r
+        ),
+    )

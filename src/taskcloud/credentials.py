@@ -1,0 +1,89 @@
+"""TLS credentials of one cluster: a key and a self-signed certificate in its directory.
+
+The certificate is both the cluster's CA and the identity every party presents, so
+only a process that can read the key (files mode 0600, directory 0700, owned by the
+user who started the cluster) can talk to the scheduler or join as a worker.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distributed.security import Security
+
+__all__ = ["create", "load"]
+
+CERT = "tls-cert.pem"
+KEY = "tls-key.pem"
+
+
+def create(directory: Path, name: str) -> Security:
+    """Write new credentials for the cluster ``name`` into ``directory``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"taskcloud {name}")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    _write_private(
+        directory / KEY,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+    _write_private(directory / CERT, certificate.public_bytes(serialization.Encoding.PEM))
+    return load(directory)
+
+
+def _write_private(path: Path, content: bytes) -> None:
+    """Write ``content`` to a file that only its owner can read, from its first byte."""
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "wb") as file:
+        file.write(content)
+
+
+def load(directory: Path) -> Security:
+    """The credentials in ``directory`` for every role: client, scheduler and worker."""
+    from distributed.security import Security
+
+    cert, key = str(directory / CERT), str(directory / KEY)
+    return Security(
+        tls_ca_file=cert,
+        tls_client_cert=cert,
+        tls_client_key=key,
+        tls_scheduler_cert=cert,
+        tls_scheduler_key=key,
+        tls_worker_cert=cert,
+        tls_worker_key=key,
+        require_encryption=True,
+    )

@@ -1,0 +1,232 @@
+"""The process that keeps one cluster alive, whoever asked for it and whether they live.
+
+``python -m taskcloud.daemon`` reads one JSON line on stdin (the cluster's name, spec
+and directory), writes the cluster's TLS credentials, starts a scheduler on
+127.0.0.1 and the spec's workers (see :mod:`taskcloud.providers.local`), records
+itself in the store and answers with one JSON line on stdout. It then runs until its
+scheduler closes: after ``idle_timeout`` without work, on a client's ``terminate``, or
+on SIGTERM. Then it stops its workers and marks its record stopped.
+
+Clients change the cluster's size through two scheduler handlers:
+``taskcloud_scale(n)`` and ``taskcloud_adapt(minimum, maximum)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from taskcloud import credentials
+from taskcloud.capacity import HostCapacity
+from taskcloud.capacity import Shape
+from taskcloud.specs import ClusterSpec
+from taskcloud.store import Store
+
+__all__ = ["main"]
+
+TABLE = "clusters"
+
+
+class _Daemon:
+    def __init__(self, name: str, spec: ClusterSpec, directory: Path) -> None:
+        self.name = name
+        self.spec = spec
+        self.directory = directory
+        self.store = Store()
+        self.capacity = HostCapacity()
+        memory = spec.worker_memory or self.capacity.default_memory(spec.worker_cpu)
+        self.shape = Shape(cpu=spec.worker_cpu, memory=memory, gpu=spec.worker_gpu)
+        self.pid = os.getpid()
+        self.started = psutil.Process().create_time()
+        # Store writes leave the event loop, one at a time and in order.
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="taskcloud-store")
+        self.cluster: Any = None
+        self.stopping = asyncio.Event()
+
+    async def serve(self) -> None:
+        from distributed import SpecCluster
+        from distributed.diagnostics.plugin import SchedulerPlugin
+
+        from taskcloud.providers import local
+
+        security = credentials.create(self.directory, self.name)
+        with_dashboard = _has_dashboard()
+        options = dict(self.spec.scheduler_options)
+        # The daemon enforces idle_timeout itself, so that workers stop before the
+        # scheduler does (a worker whose scheduler is gone takes seconds to give up).
+        options.pop("idle_timeout", None)
+        cluster = self.cluster = SpecCluster(
+            workers={},
+            scheduler=local.scheduler_spec(
+                dashboard=with_dashboard, security=security, options=options
+            ),
+            worker=local.worker_spec(
+                self.shape,
+                self.spec.worker_options.get("nthreads", self.spec.worker_cpu),
+                worker_class=self.spec.worker_class,
+                security=security,
+                options=self.spec.worker_options,
+            ),
+            security=security,
+            asynchronous=True,
+            name=self.name,
+            silence_logs=logging.ERROR,
+        )
+        await cluster
+        scheduler = cluster.scheduler
+        scheduler.handlers["taskcloud_scale"] = self.scale
+        scheduler.handlers["taskcloud_adapt"] = self.adapt
+        scheduler.handlers["taskcloud_stop"] = self.stop
+        daemon = self
+
+        class CountWorkers(SchedulerPlugin):
+            name = "taskcloud-count-workers"
+
+            def add_worker(self, scheduler: Any, worker: str) -> None:
+                daemon.record(workers=len(scheduler.workers))
+
+            def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+                daemon.record(workers=len(scheduler.workers))
+
+        scheduler.add_plugin(CountWorkers())
+        low, high = self.spec.n_workers or (self.capacity.fit(self.shape),) * 2
+        if low == high:
+            await self.scale(low)
+        else:
+            await self.adapt(low, high)
+
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        # The scheduler's HTTP server always runs; it is a dashboard only with bokeh.
+        dashboard = scheduler.services.get("dashboard") if with_dashboard else None
+        port = dashboard.port if dashboard is not None else None
+        await loop.run_in_executor(
+            self.writer,
+            self._write,
+            {
+                "status": "running",
+                "address": scheduler.address,
+                "dashboard_port": port,
+                "pid": self.pid,
+                "started": self.started,
+                "python": sys.executable,
+                "directory": str(self.directory),
+                "spec": self.spec.to_json(),
+                "workers": len(scheduler.workers),
+            },
+        )
+        _answer({"address": scheduler.address, "pid": self.pid})
+
+        reason = await self.until_stopped(scheduler)
+        self.capacity.release(cluster)
+        await cluster._close()
+        await loop.run_in_executor(
+            self.writer,
+            self._write,
+            {"status": "stopped", "stopped": time.time(), "workers": 0, "reason": reason},
+        )
+
+    async def until_stopped(self, scheduler: Any) -> str:
+        """Wait for a stop request, the scheduler's end or ``idle_timeout`` without work."""
+        timeout = self.spec.idle_timeout
+        while not self.stopping.is_set():
+            if scheduler.status.name in ("closing", "closed"):
+                return "scheduler closed"
+            since = scheduler.idle_since
+            if timeout and since and time.time() > since + timeout:
+                logging.getLogger("taskcloud").warning(
+                    "cluster %s idle for %s s: shutting down", self.name, timeout
+                )
+                return "idle"
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), 0.25)
+        return "stopped"
+
+    async def stop(self) -> None:
+        """Close the cluster: first its workers, then its scheduler."""
+        self.stopping.set()
+
+    async def scale(self, n: int) -> int:
+        """Hold ``n`` workers, or as many as the host fits; stops adaptive scaling."""
+        cluster = self.cluster
+        if cluster._adaptive is not None:
+            cluster._adaptive.stop()
+            cluster._adaptive = None
+        granted = self.capacity.grant(cluster, self.shape, int(n), 0)
+        cluster.scale(granted)  # asynchronous: the workers start in the background
+        return granted
+
+    async def adapt(self, minimum: int, maximum: int) -> int:
+        """Scale between ``minimum`` and ``maximum`` from the work queued."""
+        from taskcloud.providers import local
+
+        self.cluster.adapt(
+            Adaptive=local.CapacityAdaptive,
+            minimum=int(minimum),
+            maximum=int(maximum),
+            interval=local.ADAPT_INTERVAL,
+            target_duration=local.TARGET_DURATION,
+            wait_count=max(1, round(5 / local.ADAPT_INTERVAL)),
+            capacity=self.capacity,
+            shape=self.shape,
+        )
+        return min(int(maximum), self.capacity.fit(self.shape))
+
+    def record(self, **changes: Any) -> None:
+        """Update this cluster's store record in the background."""
+        self.writer.submit(self._write, changes)
+
+    def _write(self, changes: dict[str, Any]) -> None:
+        def change(record: dict[str, Any] | None) -> dict[str, Any] | None:
+            record = record or {}
+            if record.get("pid") not in (None, self.pid) and record.get("status") == "running":
+                return record  # the name belongs to another cluster now
+            return {**record, **changes}
+
+        self.store.update(TABLE, self.name, change)
+
+
+def _has_dashboard() -> bool:
+    try:
+        import bokeh  # noqa: F401
+        import distributed.dashboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _answer(message: dict[str, Any]) -> None:
+    """Send the one line the starting process waits for, then let go of stdout."""
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    try:
+        request = json.loads(sys.stdin.readline())
+        daemon = _Daemon(
+            request["name"], ClusterSpec.from_json(request["spec"]), Path(request["directory"])
+        )
+        asyncio.run(daemon.serve())
+    except BaseException as exc:
+        _answer({"error": f"{type(exc).__name__}: {exc}"})
+        raise
+
+
+if __name__ == "__main__":
+    main()

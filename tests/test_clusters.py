@@ -1,0 +1,250 @@
+"""taskcloud.Cluster: detached clusters with TLS, found by name, stopping when idle."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+from distributed import Client
+from distributed.security import Security
+
+import taskcloud
+from taskcloud.errors import ClusterNotFoundError
+from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import ResourceUnavailableError
+from taskcloud.store import Store
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _stop_leftover_clusters(taskcloud_home):
+    """Every cluster a test starts runs detached; none may outlive the test."""
+    yield
+    for record in Store().all("clusters").values():
+        pid = record.get("pid")
+        if isinstance(pid, int) and pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _script(tmp_path: Path, source: str) -> subprocess.Popen:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(source))
+    return subprocess.Popen(
+        [sys.executable, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_cluster_runs_work_scales_and_closes():
+    with taskcloud.Cluster(n_workers=1, worker_memory="1 GiB") as cluster:
+        client = cluster.get_client()
+        assert client.submit(lambda x: x * 2, 21).result(timeout=60) == 42
+        cluster.scale(2)
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 60, "scaling to 2")
+        workers = client.scheduler_info()["workers"].values()
+        assert {w["memory_limit"] for w in workers} == {2**30}
+        assert all(w["host"] == "127.0.0.1" for w in workers)
+        pid = cluster.pid
+        client.close()
+    assert _gone(pid)
+    assert taskcloud.list_clusters() == {}
+    assert Store().get("clusters", cluster.name)["status"] == "stopped"
+
+
+def test_adapt_grows_from_zero_with_queued_work():
+    with taskcloud.Cluster(n_workers=0) as cluster:
+        client = cluster.get_client()
+        assert client.scheduler_info()["workers"] == {}
+        cluster.adapt(minimum=0, maximum=2)
+        assert client.submit(sum, [1, 2, 3]).result(timeout=60) == 6
+        client.close()
+
+
+def test_named_cluster_outlives_its_process_and_others_attach(tmp_path):
+    creator = _script(
+        tmp_path,
+        """
+        import json, taskcloud
+        cluster = taskcloud.Cluster(name="shared", n_workers=1)
+        cluster.wait_for_workers(1, timeout=60)
+        print(json.dumps(sorted(cluster.scheduler_info["workers"])), flush=True)
+        """,
+    )
+    out, err = creator.communicate(timeout=120)
+    assert creator.returncode == 0, err
+    workers = json.loads(out)
+
+    attached = taskcloud.Cluster(name="shared")
+    assert not attached.created
+    assert not attached.shutdown_on_close
+    assert sorted(attached.scheduler_info["workers"]) == workers
+    client = attached.get_client()
+    assert client.submit(lambda: "hello").result(timeout=60) == "hello"
+    client.close()
+    attached.close()
+
+    listing = taskcloud.list_clusters()
+    assert listing["shared"]["workers"] == 1
+    assert listing["shared"]["address"].startswith("tls://127.0.0.1:")
+    assert listing["shared"]["spec"]["n_workers"] == 1
+    assert listing["shared"]["age"] > 0
+    pid = listing["shared"]["pid"]
+
+    taskcloud.delete_cluster("shared")
+    assert _gone(pid)
+    assert "shared" not in taskcloud.list_clusters()
+    with pytest.raises(ClusterNotFoundError, match="shared"):
+        taskcloud.delete_cluster("shared")
+
+
+def test_attaching_with_other_options_warns_which_are_ignored():
+    with taskcloud.Cluster(name="warned", n_workers=1) as cluster:
+        with pytest.warns(UserWarning, match=r"n_workers=3 \(running: 1\)"):
+            other = taskcloud.Cluster(name="warned", n_workers=3)
+        assert other.scheduler_address == cluster.scheduler_address
+        other.close()
+        assert not _gone(cluster.pid)
+
+
+def test_idle_timeout_stops_a_cluster_whose_creator_was_killed(tmp_path):
+    creator = _script(
+        tmp_path,
+        """
+        import sys, taskcloud, threading
+        cluster = taskcloud.Cluster(name="orphan", n_workers=1, idle_timeout="2 s")
+        print(cluster.pid, flush=True)
+        threading.Event().wait()
+        """,
+    )
+    pid = int(creator.stdout.readline())
+    creator.send_signal(signal.SIGKILL)
+    creator.wait(timeout=30)
+    assert not _gone(pid)
+    wait_for(lambda: _gone(pid), 60, "the orphaned cluster stopping itself")
+    record = Store().get("clusters", "orphan")
+    assert record["status"] == "stopped"
+    assert record["reason"] == "idle"
+
+
+def test_list_drops_clusters_whose_process_died():
+    cluster = taskcloud.Cluster(name="crashing", n_workers=0)
+    os.killpg(cluster.pid, signal.SIGKILL)
+    wait_for(lambda: _gone(cluster.pid), 30, "the cluster process dying")
+    assert "crashing" not in taskcloud.list_clusters()
+    assert Store().get("clusters", "crashing") is None
+    cluster.shutdown_on_close = False
+    cluster.close()
+
+
+def test_credentials_are_private_and_required():
+    with taskcloud.Cluster(name="private", n_workers=1) as cluster:
+        directory = Path(cluster.record["directory"])
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700
+        for name in ("tls-cert.pem", "tls-key.pem"):
+            assert stat.S_IMODE((directory / name).stat().st_mode) == 0o600
+        address = cluster.scheduler_address
+        assert address.startswith("tls://127.0.0.1:")
+
+        # A client with credentials of its own is refused by the scheduler.
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address, security=Security.temporary(), timeout=3)
+        # So is one that does not speak TLS at all.
+        with pytest.raises((OSError, TimeoutError)):
+            Client(address.replace("tls://", "tcp://"), timeout=3)
+        # The cluster's own credentials work.
+        with Client(address, security=cluster.security, timeout=30) as client:
+            assert client.submit(len, "abc").result(timeout=60) == 3
+
+
+def test_dashboard_link_serves_the_dashboard():
+    with taskcloud.Cluster(n_workers=0) as cluster:
+        link = cluster.dashboard_link
+        assert link.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(link, timeout=30) as response:
+            assert response.status == 200
+
+
+def test_dashboard_link_without_bokeh_says_how_to_get_it(tmp_path, monkeypatch):
+    # bokeh is installed here; shadow it so that the cluster's process cannot import it.
+    fake = tmp_path / "no_bokeh" / "bokeh"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('bokeh is hidden by the test')\n")
+    monkeypatch.setenv("PYTHONPATH", str(fake.parent))
+    with (
+        taskcloud.Cluster(n_workers=0) as cluster,
+        pytest.warns(UserWarning, match=r"pip install 'bokeh"),
+    ):
+        assert cluster.dashboard_link == ""
+
+
+def test_two_processes_asking_for_one_name_share_one_cluster(tmp_path):
+    source = """
+        import taskcloud
+        cluster = taskcloud.Cluster(name="race", n_workers=0)
+        print(cluster.scheduler_address, cluster.pid, flush=True)
+        """
+    first = _script(tmp_path, source)
+    second = _script(tmp_path, source)
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    assert first.returncode == second.returncode == 0, outs
+    assert outs[0][0] == outs[1][0]
+    assert len(taskcloud.list_clusters()) == 1
+
+
+def test_configuration_gives_defaults_and_explicit_options_win():
+    taskcloud.create_cluster_configuration("small", worker_cpu=1, worker_memory="1 GiB")
+    with taskcloud.Cluster(configuration="small", n_workers=0) as cluster:
+        assert cluster.spec.worker_memory == 2**30
+        assert cluster.spec.worker_cpu == 1
+    with taskcloud.Cluster(configuration="small", worker_memory="512 MiB", n_workers=0) as c:
+        assert c.spec.worker_memory == 2**29
+
+
+@pytest.mark.parametrize(
+    ("options", "parameter"),
+    [
+        ({"worker_cpu": 0}, "worker_cpu"),
+        ({"worker_memory": "lots"}, "worker_memory"),
+        ({"n_workers": [3, 1]}, "n_workers"),
+        ({"idle_timeout": "soon"}, "idle_timeout"),
+        ({"name": "no spaces"}, "name"),
+        ({"provider": "cloud"}, "provider"),
+        ({"provider_options": {"region": "x"}}, "provider_options"),
+        ({"worker_options": {"plugin": object()}}, "worker_options"),
+        ({"worker_class": 5}, "worker_class"),
+    ],
+)
+def test_bad_options_name_the_parameter(options, parameter):
+    with pytest.raises(InvalidOptionError) as caught:
+        taskcloud.Cluster(**options)
+    assert caught.value.parameter == parameter
+    assert Store().all("clusters") == {}
+
+
+def test_a_shape_the_host_cannot_hold_is_refused_before_starting():
+    with pytest.raises(ResourceUnavailableError, match="cpu=512"):
+        taskcloud.Cluster(worker_cpu=512)
+    assert Store().all("clusters") == {}
