@@ -66,3 +66,68 @@ def test_bad_arguments_are_usage_errors(cli, args, message) -> None:
     assert message in result.output
     assert "Traceback" not in result.output
     assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+
+
+def test_env_create_list_delete(cli, tmp_path, monkeypatch) -> None:
+    """A pip environment built from a local wheel, offline, listed and deleted."""
+    from tests.test_environments import make_wheel
+
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    wheel = make_wheel(tmp_path)
+    made = cli.invoke(main, ["env", "create", "probe", "--pip", str(wheel)])
+    assert made.exit_code == 0, made.output
+    assert "built probe in" in made.output
+
+    again = cli.invoke(main, ["env", "create", "probe", "--pip", str(wheel), "--json"])
+    assert again.exit_code == 0, again.output
+    record = json.loads(again.output)["probe"]
+    assert record["kind"] == "pip"
+    assert record["spec"] == {"requirements": [str(wheel)]}
+
+    table = cli.invoke(main, ["env", "list"], env={"COLUMNS": "200"})
+    assert "probe" in table.output
+    assert wheel.name in table.output
+    assert cli.invoke(main, ["env", "delete", "probe"]).exit_code == 0
+    assert json.loads(cli.invoke(main, ["env", "list", "--json"]).output) == {}
+
+
+def test_env_create_needs_exactly_one_spec(cli) -> None:
+    none = cli.invoke(main, ["env", "create", "probe"])
+    assert none.exit_code == 2
+    assert "give one kind of spec" in none.output
+    both = cli.invoke(main, ["env", "create", "probe", "--pip", "a", "--container", "b"])
+    assert both.exit_code == 2
+    assert "--pip, --container" in both.output
+    assert "Traceback" not in none.output + both.output
+
+
+@pytest.mark.slow
+def test_cluster_start_list_stop(cli) -> None:
+    """A cluster started from the shell keeps running until it is stopped."""
+    started = cli.invoke(main, ["cluster", "start", "shell", "--n-workers", "0", "--json"])
+    assert started.exit_code == 0, started.output
+    info = json.loads(started.output)["shell"]
+    assert info["address"].startswith("tls://127.0.0.1:")
+
+    found = cli.invoke(main, ["cluster", "start", "shell"])
+    assert f"Found running cluster 'shell' at {info['address']}." in found.output
+
+    table = cli.invoke(main, ["cluster", "list"], env={"COLUMNS": "200"})
+    assert "shell" in table.output
+    assert info["address"] in table.output
+    listed = json.loads(cli.invoke(main, ["cluster", "list", "--json"]).output)
+    assert listed["shell"]["pid"] == info["pid"]
+
+    stopped = cli.invoke(main, ["cluster", "stop", "shell"])
+    assert stopped.exit_code == 0, stopped.output
+    assert json.loads(cli.invoke(main, ["cluster", "list", "--json"]).output) == {}
+    missing = cli.invoke(main, ["cluster", "stop", "shell"])
+    assert missing.exit_code == 1
+    assert "No running cluster named 'shell'" in missing.output
+
+
+def test_cluster_start_with_a_bad_option_is_one_line(cli) -> None:
+    bad = cli.invoke(main, ["cluster", "start", "x", "--worker-memory", "lots"])
+    assert bad.exit_code == 1
+    assert "worker_memory='lots' is invalid" in bad.output
+    assert "Traceback" not in bad.output

@@ -298,3 +298,44 @@ def test_records_are_json_with_the_interpreter(wheel) -> None:
     assert record["python"] == platform.python_version()
     assert json.loads(json.dumps(record)) == record
     assert environment_python("probe") == Path(record["path"]) / "bin" / "python"
+
+
+def _probe() -> str:
+    import taskcloud_probe_pkg  # only the software environment has it
+
+    return taskcloud_probe_pkg.VALUE
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("offline")
+def test_decorated_function_runs_in_its_software_environment(wheel) -> None:
+    create_software_environment("probe", pip=[str(wheel)], progress=False)
+    probe = taskcloud.function(_probe, software="probe", n_workers=[0, 1], keepalive=1)
+    try:
+        assert probe() == "1.0"
+        with pytest.raises(ModuleNotFoundError, match=PACKAGE):
+            probe.local()
+    finally:
+        probe.cluster.close()
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("offline")
+def test_cluster_runs_in_its_software_environment(wheel) -> None:
+    create_software_environment("probe", pip=[str(wheel)], progress=False)
+    def probe() -> str:  # local, so that it travels by value
+        import taskcloud_probe_pkg
+
+        return taskcloud_probe_pkg.VALUE
+
+    with taskcloud.Cluster(software="probe", n_workers=1) as cluster:
+        assert Path(cluster.record["python"]) == environment_python("probe")
+        with cluster.get_client() as client:
+            assert client.submit(probe).result(timeout=60) == "1.0"
+    assert importlib.util.find_spec(PACKAGE) is None
+
+
+def test_unknown_software_environment_is_named_at_first_call() -> None:
+    function = taskcloud.function(len, software="missing")
+    with pytest.raises(SoftwareEnvironmentNotFoundError, match="missing"):
+        function("abc")

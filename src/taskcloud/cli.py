@@ -50,7 +50,7 @@ def _n_workers(value: str | None) -> int | list[int] | None:
 @click.group()
 @click.version_option(package_name="taskcloud")
 def main() -> None:
-    """Manage taskcloud's saved cluster configurations."""
+    """Manage taskcloud's clusters, cluster configurations and software environments."""
 
 
 @main.group()
@@ -87,20 +87,30 @@ def config_list(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(saved, indent=2))
         return
-    table = Table(title="Cluster configurations", title_justify="left")
-    for column in ("name", "cpu", "memory", "gpu", "n_workers", "keepalive", "software"):
-        table.add_column(column)
+    rows = []
     for name, options in saved.items():
         memory = options.get("worker_memory")
-        table.add_row(
-            name,
-            str(options.get("worker_cpu", "")),
-            format_bytes(memory) if memory else "",
-            str(options.get("worker_gpu", "")),
-            str(options.get("n_workers", "")),
-            f"{options['keepalive']:g} s" if "keepalive" in options else "",
-            options.get("software") or "",
+        rows.append(
+            [
+                name,
+                str(options.get("worker_cpu", "")),
+                format_bytes(memory) if memory else "",
+                str(options.get("worker_gpu", "")),
+                str(options.get("n_workers", "")),
+                f"{options['keepalive']:g} s" if "keepalive" in options else "",
+                options.get("software") or "",
+            ]
         )
+    columns = ("name", "cpu", "memory", "gpu", "n_workers", "keepalive", "software")
+    _print_table("Cluster configurations", columns, rows)
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> None:
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
     Console(file=sys.stdout).print(table)
 
 
@@ -111,3 +121,167 @@ def config_delete(name: str) -> None:
     """Delete the configuration NAME."""
     delete_cluster_configuration(name)
     click.echo(f"Deleted cluster configuration {name!r}.")
+
+
+@main.group()
+def env() -> None:
+    """Software environments: packages that workers run with."""
+
+
+@env.command("create")
+@click.argument("name")
+@click.option("--pip", "pip", multiple=True, help="A pip requirement; repeat for more.")
+@click.option("--requirements", type=click.Path(dir_okay=False), help="A requirements.txt.")
+@click.option("--conda", "conda", multiple=True, help="A conda package; repeat for more.")
+@click.option("--conda-file", type=click.Path(dir_okay=False), help="An environment.yml.")
+@click.option("--container", help="A container image, e.g. ghcr.io/org/image:tag.")
+@click.option("--force-rebuild", is_flag=True, help="Build again even if a build exists.")
+@click.option("--json", "as_json", is_flag=True, help="Print the saved record as JSON.")
+@_errors_as_messages
+def env_create(
+    name: str,
+    pip: tuple[str, ...],
+    requirements: str | None,
+    conda: tuple[str, ...],
+    conda_file: str | None,
+    container: str | None,
+    force_rebuild: bool,
+    as_json: bool,
+) -> None:
+    """Build (or reuse) the software environment NAME."""
+    from taskcloud.environments import create_software_environment
+
+    given = {
+        "--pip": list(pip) or None,
+        "--requirements": requirements,
+        "--conda": list(conda) or None,
+        "--conda-file": conda_file,
+        "--container": container,
+    }
+    chosen = [option for option, value in given.items() if value is not None]
+    if len(chosen) != 1:
+        raise click.UsageError(
+            f"give one kind of spec: --pip (repeatable) or --requirements, --conda "
+            f"(repeatable) or --conda-file, or --container; got {', '.join(chosen) or 'none'}"
+        )
+    record = create_software_environment(
+        name,
+        pip=given["--pip"] or given["--requirements"],
+        conda=given["--conda"] or given["--conda-file"],
+        container=container,
+        force_rebuild=force_rebuild,
+        progress=not as_json,
+    )
+    if as_json:
+        click.echo(json.dumps({name: record}, indent=2))
+
+
+@env.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_errors_as_messages
+def env_list(as_json: bool) -> None:
+    """List the software environments."""
+    from taskcloud.environments import list_software_environments
+
+    saved = list_software_environments()
+    if as_json:
+        click.echo(json.dumps(saved, indent=2))
+        return
+    rows = [
+        [name, record["kind"], _describe_spec(record["spec"]), record["python"], record["key"]]
+        for name, record in saved.items()
+    ]
+    _print_table("Software environments", ("name", "kind", "spec", "python", "build"), rows)
+
+
+def _describe_spec(spec: dict[str, Any]) -> str:
+    if "file" in spec:
+        return str(spec["file"])
+    for key in ("requirements", "packages", "dependencies"):
+        if key in spec:
+            return " ".join(str(item) for item in spec[key])
+    return str(spec.get("image", spec))
+
+
+@env.command("delete")
+@click.argument("name")
+@_errors_as_messages
+def env_delete(name: str) -> None:
+    """Delete the software environment NAME (and its build, when unused)."""
+    from taskcloud.environments import delete_software_environment
+
+    delete_software_environment(name)
+    click.echo(f"Deleted software environment {name!r}.")
+
+
+@main.group()
+def cluster() -> None:
+    """Clusters that run detached until idle or stopped."""
+
+
+@cluster.command("start")
+@click.argument("name")
+@click.option("--n-workers", help="N for a fixed size, MIN,MAX for an adaptive range.")
+@click.option("--worker-cpu", type=int, help="Cores per worker.")
+@click.option("--worker-memory", help="Memory per worker, e.g. '8 GiB'.")
+@click.option("--software", help="Name of a software environment.")
+@click.option("--idle-timeout", help="Stop after this long without work, e.g. '20 minutes'.")
+@click.option("--configuration", help="Name of a saved cluster configuration.")
+@click.option("--json", "as_json", is_flag=True, help="Print the cluster as JSON.")
+@_errors_as_messages
+def cluster_start(name: str, n_workers: str | None, as_json: bool, **options: Any) -> None:
+    """Start the cluster NAME (or find it running) and leave it running."""
+    from taskcloud.clusters import Cluster
+    from taskcloud.clusters import list_clusters
+
+    started = Cluster(
+        name=name, n_workers=_n_workers(n_workers), shutdown_on_close=False, **options
+    )
+    verb = "Started" if started.created else "Found running"
+    started.close()
+    listing = list_clusters()[name]
+    if as_json:
+        click.echo(json.dumps({name: listing}, indent=2))
+    else:
+        click.echo(f"{verb} cluster {name!r} at {listing['address']}.")
+
+
+@cluster.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_errors_as_messages
+def cluster_list(as_json: bool) -> None:
+    """List the running clusters."""
+    from taskcloud.clusters import list_clusters
+
+    running = list_clusters()
+    if as_json:
+        click.echo(json.dumps(running, indent=2))
+        return
+    rows = []
+    for name, info in running.items():
+        spec = info["spec"]
+        memory = spec.get("worker_memory")
+        rows.append(
+            [
+                name,
+                info["status"],
+                info["address"],
+                str(info["workers"]),
+                f"cpu={spec['worker_cpu']}" + (f" memory={format_bytes(memory)}" if memory else ""),
+                f"{info['age']:.0f} s",
+                info["dashboard"] or "",
+            ]
+        )
+    columns = ("name", "status", "address", "workers", "worker", "age", "dashboard")
+    _print_table("Clusters", columns, rows)
+
+
+@cluster.command("stop")
+@click.argument("name")
+@_errors_as_messages
+def cluster_stop(name: str) -> None:
+    """Stop the cluster NAME and its workers."""
+    from taskcloud.clusters import delete_cluster
+
+    delete_cluster(name)
+    click.echo(f"Stopped cluster {name!r}.")

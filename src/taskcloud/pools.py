@@ -23,7 +23,6 @@ from attrs import field
 
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
-from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import MemoryLimitError
 from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
@@ -194,13 +193,11 @@ class Pool:
     @classmethod
     def start(cls, spec: PoolSpec, capacity: HostCapacity) -> Pool:
         """Start a pool for ``spec``; a shape the host can never hold is an error."""
+        python = None
         if spec.software is not None:
-            raise InvalidOptionError(
-                "software",
-                spec.software,
-                "None: named software environments are not available yet; workers use "
-                "the current environment",
-            )
+            from taskcloud.environments import environment_python
+
+            python = str(environment_python(spec.software))
         memory = spec.memory or capacity.default_memory(spec.cpu)
         shape = Shape(cpu=spec.cpu, memory=memory, gpu=spec.gpu)
         capacity.check(shape)
@@ -225,6 +222,7 @@ class Pool:
             low,
             high,
             spec.keepalive,
+            python=python,
         )
         cluster.scheduler.add_plugin(watch, name=watch.name)
         client = Client(cluster, set_as_default=False)

@@ -8,8 +8,11 @@ the pool from its queue, within what :class:`~taskcloud.capacity.HostCapacity` g
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import copy
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +23,7 @@ from distributed import Nanny
 from distributed import Scheduler
 from distributed import SpecCluster
 from distributed.deploy.adaptive import Adaptive
+from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import import_term
 
@@ -29,12 +33,15 @@ from taskcloud.providers import main_module_hidden
 
 __all__ = [
     "CapacityAdaptive",
+    "EnvironmentWorker",
     "LocalPoolCluster",
     "PoolWatch",
     "scheduler_spec",
     "start",
     "worker_spec",
 ]
+
+logger = logging.getLogger("taskcloud")
 
 #: How often a pool reconsiders its size.
 ADAPT_INTERVAL = 0.2
@@ -96,6 +103,97 @@ class PoolWatch(SchedulerPlugin):
             return self.memory_kills.get(worker)
 
 
+class EnvironmentWorker(ProcessInterface):
+    """A nanny and its worker run by another Python: that of a software environment.
+
+    multiprocessing starts every child with this process's interpreter, so these
+    workers start as ``python -m distributed.cli.dask_worker --nanny`` of the
+    environment instead. The nanny still enforces the memory limit and replaces a
+    worker that dies.
+    """
+
+    def __init__(
+        self,
+        scheduler: str,
+        name: Any = None,
+        *,
+        python: str,
+        nthreads: int,
+        memory_limit: int,
+        resources: dict[str, Any],
+        env: dict[str, str] | None = None,
+        security: Any = None,
+        **ignored: Any,
+    ) -> None:
+        super().__init__(scheduler, name)
+        self.name = name
+        self.command = [
+            python,
+            "-m",
+            "distributed.cli.dask_worker",
+            scheduler,
+            "--nanny",
+            "--name",
+            str(name),
+            "--nthreads",
+            str(nthreads),
+            "--memory-limit",
+            str(memory_limit),
+            "--resources",
+            ",".join(f"{key}={value}" for key, value in resources.items()),
+            "--host",
+            "127.0.0.1",
+            "--no-dashboard",
+        ]
+        if security is not None:
+            self.command += [
+                "--tls-ca-file",
+                security.tls_ca_file,
+                "--tls-cert",
+                security.tls_worker_cert,
+                "--tls-key",
+                security.tls_worker_key,
+            ]
+        self.env = {**os.environ, "DASK_LOGGING__DISTRIBUTED": "error", **(env or {})}
+        self.process: asyncio.subprocess.Process | None = None
+        self.errors: collections.deque[str] = collections.deque(maxlen=40)
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            *self.command,
+            env=self.env,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        self._reader = asyncio.ensure_future(self._read_errors())
+        await super().start()
+
+    async def _read_errors(self) -> None:
+        assert self.process is not None
+        assert self.process.stderr is not None
+        async for line in self.process.stderr:
+            self.errors.append(line.decode(errors="replace").rstrip())
+        code = await self.process.wait()
+        if code and self.status.name != "closed":
+            logger.error(
+                "worker %s of the software environment exited with %s:\n%s",
+                self.name,
+                code,
+                "\n".join(self.errors),
+            )
+
+    async def close(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            try:
+                await asyncio.wait_for(self.process.wait(), 10)
+            except asyncio.TimeoutError:
+                self.process.kill()
+                await self.process.wait()
+        await super().close()
+
+
 class LocalPoolCluster(SpecCluster):
     """Workers of one shape; GPU workers each get their own ``CUDA_VISIBLE_DEVICES``."""
 
@@ -103,6 +201,11 @@ class LocalPoolCluster(SpecCluster):
         self._capacity = capacity
         self._shape = shape
         super().__init__(*args, **kwargs)
+
+    def _new_worker_name(self, worker_number: int) -> str:
+        # Workers started from the command line report their name as a string; the
+        # spec must use the same, or adaptive scaling never finds them to retire.
+        return str(worker_number)
 
     def new_worker_spec(self) -> dict[str, Any]:
         spec = super().new_worker_spec()
@@ -151,10 +254,25 @@ def worker_spec(
     worker_class: str = "distributed.Nanny",
     security: Any = None,
     options: dict[str, Any] | None = None,
+    python: str | None = None,
 ) -> dict[str, Any]:
-    """Workers of ``shape`` on 127.0.0.1, each tagged with its resources."""
+    """Workers of ``shape`` on 127.0.0.1, each tagged with its resources.
+
+    With ``python`` (a software environment's interpreter) they run in that Python.
+    """
+    if python is not None:
+        settings = {
+            "python": python,
+            "nthreads": threads_per_worker,
+            "memory_limit": shape.memory,
+            "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
+            "env": {},
+            "security": security,
+            **(options or {}),
+        }
+        return {"cls": EnvironmentWorker, "options": settings}
     cls = import_term(worker_class)
-    settings: dict[str, Any] = {
+    settings = {
         "nthreads": threads_per_worker,
         "memory_limit": shape.memory,
         "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
@@ -179,6 +297,7 @@ def start(
     minimum: int,
     maximum: int,
     keepalive: float,
+    python: str | None = None,
 ) -> LocalPoolCluster:
     """Start an empty pool on this host and let it adapt between its bounds."""
     # A worker that dies fails its call at once; the pool decides about retries.
@@ -187,7 +306,7 @@ def start(
         cluster = LocalPoolCluster(
             workers={},
             scheduler=scheduler_spec(),
-            worker=worker_spec(shape, threads_per_worker),
+            worker=worker_spec(shape, threads_per_worker, python=python),
             asynchronous=False,
             name=name,
             silence_logs=logging.ERROR,
