@@ -323,6 +323,7 @@ def test_decorated_function_runs_in_its_software_environment(wheel) -> None:
 @pytest.mark.usefixtures("offline")
 def test_cluster_runs_in_its_software_environment(wheel) -> None:
     create_software_environment("probe", pip=[str(wheel)], progress=False)
+
     def probe() -> str:  # local, so that it travels by value
         import taskcloud_probe_pkg
 
