@@ -81,3 +81,27 @@ def test_configuration_example_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "[3, 2, 1]" in result.stdout
     assert "536870912 2.0" in result.stdout
+
+
+@pytest.mark.slow
+def test_cluster_example_runs() -> None:
+    """docs_src/clusters/named_cluster.py starts, attaches to and stops a cluster."""
+    result = _run_example("clusters", "named_cluster.py")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["285", "True False", "1", "[]"]
+
+
+@pytest.mark.slow
+def test_environment_example_runs(monkeypatch) -> None:
+    """docs_src/environments/use_environment.py builds offline and runs inside it."""
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    result = _run_example("environments", "use_environment.py")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "hello function, from greeting 1.0",
+        "hello cluster, from greeting 1.0",
+        "['greeting-env']",
+    ]
+    assert "built greeting-env in" in result.stderr
