@@ -35,8 +35,9 @@ def _local_cluster() -> float:
 
     start = time.perf_counter()
     with (
-        LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None)
-        as cluster,
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=None
+        ) as cluster,
         Client(cluster) as client,
     ):
         assert client.submit(_increment, 1).result() == 2
