@@ -155,6 +155,8 @@ def test_list_drops_clusters_whose_process_died():
     wait_for(lambda: _gone(cluster.pid), 30, "the cluster process dying")
     assert "crashing" not in taskcloud.list_clusters()
     assert Store().get("clusters", "crashing") is None
+    with pytest.raises(ClusterNotFoundError, match="No running cluster named 'crashing'"):
+        cluster.scale(1)
     cluster.shutdown_on_close = False
     cluster.close()
 

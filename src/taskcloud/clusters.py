@@ -267,7 +267,7 @@ class Cluster(_DaskCluster):
         """Hold ``n`` workers (as many as the host fits); turns adaptive scaling off."""
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise InvalidOptionError("n", n, "an int >= 0")
-        granted = self.sync(self.scheduler_comm.taskcloud_scale, n=n)
+        granted = self._ask("taskcloud_scale", n=n)
         if granted < n:
             warnings.warn(
                 f"Cluster {self.name!r} asked for {n} workers; the host fits {granted}.",
@@ -281,7 +281,13 @@ class Cluster(_DaskCluster):
         ends.
         """
         ClusterSpec(n_workers=[minimum, maximum])
-        self.sync(self.scheduler_comm.taskcloud_adapt, minimum=minimum, maximum=maximum)
+        self._ask("taskcloud_adapt", minimum=minimum, maximum=maximum)
+
+    def _ask(self, operation: str, **arguments: Any) -> Any:
+        """Call a handler of the cluster's process; a cluster that is gone says so."""
+        if not _alive(self.record):
+            raise ClusterNotFoundError(self.name, list_clusters(self._store))
+        return self.sync(getattr(self.scheduler_comm, operation), **arguments)
 
     @property
     def dashboard_link(self) -> str:
