@@ -24,6 +24,7 @@ from attrs import frozen
 from taskcloud.errors import BackendBuildError
 from taskcloud.errors import BackendNotFoundError
 from taskcloud.errors import InvalidOptionError
+from taskcloud.providers import forking_workers
 from taskcloud.providers import main_module_hidden
 
 __all__ = [
@@ -201,7 +202,7 @@ class _OwnedDaskExecutor(Executor):
         from distributed import Client
         from distributed import LocalCluster
 
-        with main_module_hidden():
+        with main_module_hidden(), forking_workers():
             cluster = LocalCluster(
                 n_workers=n_workers,
                 threads_per_worker=1,

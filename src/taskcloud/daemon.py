@@ -30,6 +30,7 @@ import psutil
 from taskcloud import credentials
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
+from taskcloud.providers import start_forkserver
 from taskcloud.specs import ClusterSpec
 from taskcloud.store import Store
 
@@ -215,26 +216,9 @@ def _answer(message: dict[str, Any]) -> None:
     os.close(devnull)
 
 
-def _start_forkserver() -> None:
-    """Start the process that forks workers now, so that it imports dask meanwhile.
-
-    A worker forked from a server that has distributed imported starts in a fraction
-    of the time a spawned one takes, and the server's imports run on another core
-    while this process imports the same modules to start the scheduler.
-    """
-    import multiprocessing
-    import multiprocessing.forkserver
-
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["distributed", "distributed.worker", "taskcloud.runner"])
-    multiprocessing.forkserver.ensure_running()
-    os.environ["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = "forkserver"
-
-
 def main() -> None:
-    _start_forkserver()
+    if start_forkserver():
+        os.environ["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = "forkserver"
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         request = json.loads(sys.stdin.readline())

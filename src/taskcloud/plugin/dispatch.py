@@ -57,6 +57,7 @@ from taskcloud.plugin.nodes import store_files
 from taskcloud.plugin.nodes import store_return
 from taskcloud.plugin.summary import where_table
 from taskcloud.pools import pools
+from taskcloud.providers import start_forkserver
 
 __all__ = ["ParallelExecution"]
 
@@ -109,6 +110,9 @@ class ParallelExecution:
         if backend.name != "dask":
             self._warm(backend)
             return
+        # The fork server imports dask in its own process while this one does the same
+        # for the scheduler; the cluster's workers then fork from it.
+        start_forkserver()
         self._warming = threading.Thread(
             target=self._warm, args=(backend,), name="taskcloud-warm", daemon=True
         )
