@@ -2,18 +2,21 @@
 
 A :class:`Pool` turns a call into a ``concurrent.futures.Future`` and watches it: a
 call whose worker died runs again up to ``retries`` times, a call that outgrew the
-memory limit or its timeout fails with an error that says so. :class:`PoolManager`
-hands out one pool per spec and closes them all on exit.
+memory limit or its timeout fails with an error that says so. A map's results come
+back in batches, each in one request to the workers. :class:`PoolManager` hands out
+one pool per spec and closes them all on exit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import itertools
 import logging
+import os
 import pickle
 import threading
-import uuid
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -34,6 +37,14 @@ from taskcloud.specs import format_bytes
 __all__ = ["Pool", "PoolManager", "PoolStats", "pools"]
 
 _POOL_IDS = itertools.count(1)
+
+#: How long a map's finished result waits for others before the pool fetches them,
+#: all in one request: a request costs the scheduler and the workers about as much
+#: as fetching a dozen small results.
+GATHER_WINDOW = 0.1
+
+#: The states of a dask future that is done (until its data is lost, say).
+_SETTLED = frozenset({"finished", "error", "cancelled"})
 
 
 @define
@@ -80,7 +91,7 @@ class _Call:
 
     def new_key(self) -> str:
         """A fresh dask key for the next attempt; arms the timeout for it."""
-        key = f"{self.name}-{uuid.uuid4().hex[:12]}"
+        key = f"{self.name}-{os.urandom(6).hex()}"
         if self.timeout is not None:
             self.pool.watch.on_start(key, self._started)
         return key
@@ -176,6 +187,85 @@ class _Call:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class _MapResults:
+    """Settles the calls of one map as their dask futures finish, in batches.
+
+    The client's event loop follows each dask future, as ``client.gather`` does; this
+    object's thread fetches the finished results, many in one request, and settles
+    their calls. A batch waits up to :data:`GATHER_WINDOW` after its first result,
+    unless every call has finished or one has failed.
+    """
+
+    def __init__(self, pool: Pool, calls: list[_Call]) -> None:
+        self.pool = pool
+        self.calls = {call._dask: call for call in calls}
+        self._changed = threading.Condition()
+        self._finished: list[Any] = []  # dask futures done, not yet taken
+        self._first_at = 0.0
+        self._following = len(calls)
+        self._urgent = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self) -> None:
+        self.pool.client.loop.add_callback(self._follow_all, list(self.calls))
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _follow_all(self, dask_futures: list[Any]) -> None:
+        for dask_future in dask_futures:
+            task = asyncio.ensure_future(self._follow(dask_future))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _follow(self, dask_future: Any) -> None:
+        # Waits on the future's state as dask's own gather does (a cheaper coroutine
+        # than as_completed's), and again should its data be lost.
+        while dask_future.status not in _SETTLED:
+            await dask_future._state.wait()
+        with self._changed:
+            self._finished.append(dask_future)
+            self._following -= 1
+            if dask_future.status != "finished":
+                self._urgent = True
+            if len(self._finished) == 1:
+                self._first_at = time.monotonic()
+                self._changed.notify()
+            elif self._urgent or not self._following:
+                self._changed.notify()
+
+    def _run(self) -> None:
+        while self.calls:
+            with self._changed:
+                self._changed.wait_for(lambda: self._finished)
+                wait = self._first_at + GATHER_WINDOW - time.monotonic()
+                if wait > 0:
+                    self._changed.wait_for(lambda: self._urgent or not self._following, wait)
+                batch, self._finished, self._urgent = self._finished, [], False
+            self._settle(batch)
+
+    def _settle(self, batch: list[Any]) -> None:
+        calls = self.calls
+        ready = [f for f in batch if f.status == "finished" and not calls[f].future.done()]
+        try:
+            # Straight from the workers: the scheduler need not pass the data on.
+            values = self.pool.client.gather(ready, direct=True) if ready else []
+        except Exception:  # a worker left between finishing and gathering
+            ready, values = [], []
+        for dask_future, value in zip(ready, values, strict=True):
+            calls.pop(dask_future).settle_with(dask_future, value)
+        for dask_future in batch:
+            call = calls.get(dask_future)
+            if call is None:
+                continue
+            if dask_future.status in _SETTLED or call.future.done():
+                # Errors retry or fail on their own from here on.
+                del calls[dask_future]
+                call._settle(dask_future)
+            else:  # its data was lost before it could be fetched; it runs again
+                with self._changed:
+                    self._following += 1
+                self.pool.client.loop.add_callback(self._follow_all, [dask_future])
 
 
 @define(eq=False)
@@ -287,7 +377,7 @@ class Pool:
         )
         for call, dask_future in zip(calls, dask_futures, strict=True):
             call.attach(dask_future)
-        threading.Thread(target=self._collect, args=(calls,), daemon=True).start()
+        _MapResults(self, calls).start()
         return [call.future for call in calls]
 
     def _call(
@@ -306,24 +396,6 @@ class Pool:
         call.future.add_done_callback(lambda f: call.cancel() if f.cancelled() else None)
         self.stats.calls += 1
         return call
-
-    def _collect(self, calls: list[_Call]) -> None:
-        """Gather the results of a map in batches, as they finish."""
-        from distributed import as_completed
-
-        pending = {call._dask: call for call in calls}
-        for done in as_completed(list(pending), loop=self.client.loop).batches():
-            ready = [f for f in done if f.status == "finished" and not pending[f].future.done()]
-            try:
-                values = self.client.gather(ready) if ready else []
-            except Exception:  # a worker left between finishing and gathering
-                ready, values = [], []
-            for dask_future, value in zip(ready, values, strict=True):
-                pending.pop(dask_future).settle_with(dask_future, value)
-            for dask_future in done:
-                if dask_future in pending:
-                    # Errors retry or fail on their own from here on.
-                    pending.pop(dask_future)._settle(dask_future)
 
     def restart_worker(self, address: str) -> None:
         """Replace the worker process at ``address`` (its nanny starts a new one)."""

@@ -54,7 +54,10 @@ def invoke(
     """Run a pickled call with ``environ`` set; return its pickled result."""
     name, function = _load_function(function_blob)
     args, kwargs = pickle.loads(arguments_blob)
-    with _environ(environ):
+    if environ:
+        with _environ(environ):
+            result = function(*args, **kwargs)
+    else:
         result = function(*args, **kwargs)
     try:
         return _dumps(result)
