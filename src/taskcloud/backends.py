@@ -186,7 +186,7 @@ def build_dask_executor(n_workers: int) -> Executor:
         client = Client.current()
     except ValueError:
         return _OwnedDaskExecutor.start(n_workers)
-    return client.get_executor()
+    return client.get_executor(pure=False)
 
 
 class _OwnedDaskExecutor(Executor):
@@ -195,7 +195,7 @@ class _OwnedDaskExecutor(Executor):
     def __init__(self, client: Any, cluster: Any) -> None:
         self._client = client
         self._cluster = cluster
-        self._executor = client.get_executor()
+        self._executor = client.get_executor(pure=False)
 
     @classmethod
     def start(cls, n_workers: int) -> _OwnedDaskExecutor:
@@ -211,7 +211,7 @@ class _OwnedDaskExecutor(Executor):
                 dashboard_address=None,
                 worker_dashboard_address=None,
             )
-        return cls(Client(cluster, set_as_default=False), cluster)
+        return cls(Client(cluster, set_as_default=False, direct_to_workers=True), cluster)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return self._executor.submit(fn, *args, **kwargs)

@@ -111,8 +111,12 @@ class ParallelExecution:
             self._warm(backend)
             return
         # The fork server imports dask in its own process while this one does the same
-        # for the scheduler; the cluster's workers then fork from it.
+        # for the scheduler; the cluster's workers then fork from it. This thread
+        # imports dask before the cluster starts in another: imports racing between
+        # threads can see half-initialised modules.
         start_forkserver()
+        import distributed  # noqa: F401
+
         self._warming = threading.Thread(
             target=self._warm, args=(backend,), name="taskcloud-warm", daemon=True
         )
