@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import itertools
 import logging
 import os
@@ -145,10 +146,13 @@ class _Call:
         self._drop(dask_future)
 
     def _drop(self, dask_future: Any) -> None:
-        # The result lives here now; once no future refers to it, the worker
-        # holding it may leave when idle.
+        # The result lives here now: release it at once, rather than when the
+        # garbage collector gets to the future, so that the worker holding it may
+        # leave as soon as it is idle.
         if self._dask is dask_future:
             self._dask = None
+        with contextlib.suppress(Exception):
+            dask_future.release()
 
     def _finish(self, dask_future: Any) -> None:
         try:

@@ -35,6 +35,7 @@ __all__ = [
     "CapacityAdaptive",
     "EnvironmentWorker",
     "LocalPoolCluster",
+    "PoolAdaptive",
     "PoolWatch",
     "scheduler_spec",
     "start",
@@ -231,6 +232,26 @@ class CapacityAdaptive(Adaptive):
         return self._capacity.grant(self.cluster, self._shape, wanted, len(self.plan))
 
 
+class PoolAdaptive(CapacityAdaptive):
+    """A pool's scaling: when nothing runs or waits, every worker may go.
+
+    dask keeps workers while they hold data, and a pool's results leave its workers
+    as soon as they are fetched; but the release of the last ones can lag the
+    scheduler's decision by a few seconds, which would keep a worker beyond its
+    keepalive. An idle pool therefore aims for its minimum.
+    """
+
+    async def target(self) -> int:
+        wanted = int(await super().target())
+        scheduler = self.cluster.scheduler  # type: ignore[attr-defined]  # in-process
+        busy = (
+            scheduler.queued
+            or scheduler.unrunnable
+            or any(worker.processing for worker in scheduler.workers.values())
+        )
+        return wanted if busy else min(wanted, self.minimum)
+
+
 def scheduler_spec(
     *, dashboard: bool = False, security: Any = None, options: dict[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -314,7 +335,7 @@ def start(
             shape=shape,
         )
     cluster.adapt(
-        Adaptive=CapacityAdaptive,
+        Adaptive=PoolAdaptive,
         minimum=minimum,
         maximum=maximum,
         interval=ADAPT_INTERVAL,
