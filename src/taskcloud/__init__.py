@@ -27,6 +27,7 @@ __all__ = [
     "Function",
     "InvalidOptionError",
     "MemoryLimitError",
+    "NameNotFoundError",
     "ParallelBackend",
     "ParallelBackendRegistry",
     "RemoteTaskError",
@@ -66,6 +67,7 @@ _EXPORTS = {
     "Function": "taskcloud.functions",
     "InvalidOptionError": "taskcloud.errors",
     "MemoryLimitError": "taskcloud.errors",
+    "NameNotFoundError": "taskcloud.errors",
     "ParallelBackend": "taskcloud.backends",
     "ParallelBackendRegistry": "taskcloud.backends",
     "RemoteTaskError": "taskcloud.errors",
@@ -128,6 +130,7 @@ if TYPE_CHECKING:
     from taskcloud.errors import EnvironmentToolNotFoundError
     from taskcloud.errors import InvalidOptionError
     from taskcloud.errors import MemoryLimitError
+    from taskcloud.errors import NameNotFoundError
     from taskcloud.errors import RemoteTaskError
     from taskcloud.errors import ResourceUnavailableError
     from taskcloud.errors import SerializationError

@@ -21,6 +21,7 @@ __all__ = [
     "EnvironmentToolNotFoundError",
     "InvalidOptionError",
     "MemoryLimitError",
+    "NameNotFoundError",
     "RemoteTaskError",
     "ResourceUnavailableError",
     "SerializationError",
@@ -49,17 +50,32 @@ class InvalidOptionError(TaskcloudError, ValueError):
         return f"{self.parameter}={self.value!r} is invalid. Expected {self.accepted}."
 
 
-class BackendNotFoundError(TaskcloudError, LookupError):
-    """A parallel backend name that nothing registered."""
+class NameNotFoundError(TaskcloudError, LookupError):
+    """A name that nothing saved, registered or runs; the message lists those that do."""
 
-    def __init__(self, name: str, registered: Iterable[str]) -> None:
+    #: What the name was looked up as, and the word for the names that exist.
+    what = "thing"
+    listing = "Known"
+    message = "No {what} named {name!r}. {listing}: {names}."
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
         self.name = name
-        self.registered = tuple(registered)
-        super().__init__(name, self.registered)
+        self.known = tuple(known)
+        super().__init__(name, self.known)
 
     def __str__(self) -> str:
-        names = ", ".join(repr(name) for name in self.registered)
-        return f"Unknown parallel backend {self.name!r}. Registered: {names}."
+        names = ", ".join(repr(name) for name in self.known) or "none"
+        return self.message.format(
+            what=self.what, name=self.name, listing=self.listing, names=names
+        )
+
+
+class BackendNotFoundError(NameNotFoundError):
+    """A parallel backend name that nothing registered."""
+
+    what = "parallel backend"
+    listing = "Registered"
+    message = "Unknown {what} {name!r}. {listing}: {names}."
 
 
 class BackendBuildError(TaskcloudError, RuntimeError):
@@ -179,30 +195,18 @@ class StoreError(TaskcloudError, RuntimeError):
         )
 
 
-class ConfigurationNotFoundError(TaskcloudError, LookupError):
+class ConfigurationNotFoundError(NameNotFoundError):
     """A cluster configuration name that nothing saved."""
 
-    def __init__(self, name: str, saved: Iterable[str]) -> None:
-        self.name = name
-        self.saved = tuple(saved)
-        super().__init__(name, self.saved)
-
-    def __str__(self) -> str:
-        names = ", ".join(repr(name) for name in self.saved) or "none"
-        return f"No cluster configuration named {self.name!r}. Saved: {names}."
+    what = "cluster configuration"
+    listing = "Saved"
 
 
-class SoftwareEnvironmentNotFoundError(TaskcloudError, LookupError):
+class SoftwareEnvironmentNotFoundError(NameNotFoundError):
     """A software environment name that nothing saved."""
 
-    def __init__(self, name: str, saved: Iterable[str]) -> None:
-        self.name = name
-        self.saved = tuple(saved)
-        super().__init__(name, self.saved)
-
-    def __str__(self) -> str:
-        names = ", ".join(repr(name) for name in self.saved) or "none"
-        return f"No software environment named {self.name!r}. Saved: {names}."
+    what = "software environment"
+    listing = "Saved"
 
 
 class EnvironmentBuildError(TaskcloudError, RuntimeError):
@@ -249,17 +253,11 @@ class EnvironmentNotSupportedError(TaskcloudError, NotImplementedError):
         )
 
 
-class ClusterNotFoundError(TaskcloudError, LookupError):
+class ClusterNotFoundError(NameNotFoundError):
     """A cluster name with no running cluster behind it."""
 
-    def __init__(self, name: str, running: Iterable[str]) -> None:
-        self.name = name
-        self.running = tuple(running)
-        super().__init__(name, self.running)
-
-    def __str__(self) -> str:
-        names = ", ".join(repr(name) for name in self.running) or "none"
-        return f"No running cluster named {self.name!r}. Running: {names}."
+    what = "running cluster"
+    listing = "Running"
 
 
 class ClusterStartError(TaskcloudError, RuntimeError):
