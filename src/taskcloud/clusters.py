@@ -15,6 +15,7 @@ import re
 import secrets
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -138,15 +139,11 @@ class Cluster(_DaskCluster):
                 "provider_options", spec.provider_options, "{} for the local provider"
             )
         super().__init__(asynchronous=False, name=name)
-        self.spec = spec
-        self._explicit = ClusterSpec(**options) if explicit else None
-        self._given = set(explicit)
         self._loop_runner.start()
-        python = self._python(spec)
         record = self._claim(name)
         if record is None:
             try:
-                record = self._launch(name, spec, python)
+                record = self._launch(name, spec, self._python(spec))
             except BaseException:
                 self._store.update(TABLE, name, lambda record: None)
                 self._loop_runner.stop()
@@ -154,7 +151,7 @@ class Cluster(_DaskCluster):
             created = True
         else:
             created = False
-            self._warn_ignored(record)
+            self._warn_ignored(record, spec, set(explicit))
         self.created = created
         self.shutdown_on_close = created if shutdown_on_close is None else shutdown_on_close
         self.spec = ClusterSpec.from_json(record["spec"])
@@ -244,14 +241,12 @@ class Cluster(_DaskCluster):
         assert record is not None
         return record
 
-    def _warn_ignored(self, record: dict[str, Any]) -> None:
-        if self._explicit is None:
-            return
+    def _warn_ignored(self, record: dict[str, Any], spec: ClusterSpec, given: set[str]) -> None:
         running = record.get("spec", {})
-        wanted = self._explicit.to_json()
+        wanted = spec.to_json()
         ignored = [
             f"{key}={wanted[key]!r} (running: {running.get(key)!r})"
-            for key in sorted(self._given)
+            for key in sorted(given)
             if running.get(key) != wanted[key]
         ]
         if ignored:
@@ -369,8 +364,6 @@ def _wait_stopped(pid: int, timeout: float) -> None:
 
 def _kill_group(pid: int) -> None:
     """Kill a cluster's process and its workers (they share its process group)."""
-    import signal
-
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
 
@@ -407,8 +400,6 @@ def list_clusters(store: Store | None = None) -> dict[str, dict[str, Any]]:
 
 def delete_cluster(name: str, store: Store | None = None, timeout: float = STOP_TIMEOUT) -> None:
     """Stop the cluster ``name`` and its workers."""
-    import signal
-
     store = store or Store()
     record = store.get(TABLE, name)
     if record is None or record.get("status") == "stopped" or not _alive(record):

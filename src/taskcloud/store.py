@@ -24,9 +24,9 @@ __all__ = ["TABLES", "Store", "home"]
 #: Every table holds named JSON records.
 TABLES = ("clusters", "configurations", "environments")
 
-_SCHEMA = "".join(
+_SCHEMA = tuple(
     f"CREATE TABLE IF NOT EXISTS {table} "
-    "(name TEXT PRIMARY KEY, options TEXT NOT NULL, created REAL NOT NULL);"
+    "(name TEXT PRIMARY KEY, options TEXT NOT NULL, created REAL NOT NULL)"
     for table in TABLES
 )
 
@@ -58,9 +58,8 @@ class Store:
             connection.execute("PRAGMA busy_timeout = 30000")
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA.split(";"):
-                if statement:
-                    connection.execute(statement)
+            for statement in _SCHEMA:
+                connection.execute(statement)
             yield connection
             connection.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
