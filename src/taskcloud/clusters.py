@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import secrets
 import select
 import shutil
@@ -39,13 +38,13 @@ from taskcloud.errors import ClusterNotFoundError
 from taskcloud.errors import ClusterStartError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.specs import ClusterSpec
+from taskcloud.specs import check_name
 from taskcloud.store import Store
 from taskcloud.store import home
 
 __all__ = ["Cluster", "delete_cluster", "list_clusters"]
 
 TABLE = "clusters"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 #: How long a new cluster's process may take to answer.
 START_TIMEOUT = 60.0
@@ -121,10 +120,7 @@ class Cluster(_DaskCluster):
             "provider_options": provider_options,
         }
         explicit = {key: value for key, value in given.items() if value is not None}
-        if name is None:
-            name = f"taskcloud-{secrets.token_hex(4)}"
-        elif not isinstance(name, str) or not _NAME.match(name):
-            raise InvalidOptionError("name", name, "a name of letters, digits, '_', '-' or '.'")
+        name = f"taskcloud-{secrets.token_hex(4)}" if name is None else check_name(name)
         if shutdown_on_close not in (None, True, False):
             raise InvalidOptionError("shutdown_on_close", shutdown_on_close, "None, True or False")
         self._store = store or Store()

@@ -6,12 +6,12 @@ configuration ``big``; options given to the decorator win.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from taskcloud.errors import ConfigurationNotFoundError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.specs import FunctionSpec
+from taskcloud.specs import check_name
 from taskcloud.store import Store
 
 __all__ = [
@@ -23,7 +23,6 @@ __all__ = [
 ]
 
 _TABLE = "configurations"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 #: Configuration options, by the decorator option each one sets.
 _TO_FUNCTION = {
@@ -38,12 +37,6 @@ _TO_FUNCTION = {
     "provider": "provider",
 }
 _FROM_FUNCTION = {value: key for key, value in _TO_FUNCTION.items()}
-
-
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidOptionError("name", name, "a name of letters, digits, '_', '-' or '.'")
-    return name
 
 
 def create_cluster_configuration(
@@ -78,7 +71,7 @@ def create_cluster_configuration(
     }
     options = {key: value for key, value in given.items() if value is not None}
     saved = _normalise(options)
-    (store or Store()).put(_TABLE, _check_name(name), saved)
+    (store or Store()).put(_TABLE, check_name(name), saved)
     return saved
 
 

@@ -42,6 +42,7 @@ from taskcloud.errors import EnvironmentNotSupportedError
 from taskcloud.errors import EnvironmentToolNotFoundError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import SoftwareEnvironmentNotFoundError
+from taskcloud.specs import check_name
 from taskcloud.store import Store
 from taskcloud.store import home
 
@@ -54,7 +55,6 @@ __all__ = [
 ]
 
 _TABLE = "environments"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 #: Written last into a build; a directory without it is not an environment.
 _COMPLETE = ".taskcloud-complete"
 #: The distributions a worker imports, pinned to the running versions.
@@ -191,12 +191,6 @@ def _existing_file(parameter: str, value: str | os.PathLike[str], accepted: str)
     return path
 
 
-def _check_name(name: Any) -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidOptionError("name", name, "a name of letters, digits, '_', '-' or '.'")
-    return name
-
-
 def _running_site_packages() -> list[str]:
     paths = sysconfig.get_paths()
     return list(dict.fromkeys([paths["purelib"], paths["platlib"]]))
@@ -251,7 +245,7 @@ def create_software_environment(
     changed. Returns the saved record.
     """
     spec = SoftwareSpec.from_options(pip=pip, conda=conda, container=container)
-    name = _check_name(name)
+    name = check_name(name)
     store = store or Store()
     key = spec.key
     final = _root() / key

@@ -22,6 +22,7 @@ __all__ = [
     "ClusterSpec",
     "FunctionSpec",
     "PoolSpec",
+    "check_name",
     "format_bytes",
     "parse_duration",
     "parse_memory",
@@ -79,6 +80,16 @@ def parse_duration(value: Any, parameter: str) -> float:
     if match is None or match.group(2) not in _SECONDS:
         raise InvalidOptionError(parameter, value, _DURATION_FORM)
     return float(match.group(1)) * _SECONDS[match.group(2)]
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+
+
+def check_name(name: Any) -> str:
+    """A saved thing's name: letters, digits, '_', '-' or '.', not starting with a mark."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidOptionError("name", name, "a name of letters, digits, '_', '-' or '.'")
+    return name
 
 
 def format_bytes(n: int) -> str:
