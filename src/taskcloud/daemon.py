@@ -38,6 +38,9 @@ __all__ = ["main"]
 
 TABLE = "clusters"
 
+#: How long an idle worker of an adaptive cluster stays.
+_KEEPALIVE = 5.0
+
 
 class _Daemon:
     def __init__(self, name: str, spec: ClusterSpec, directory: Path) -> None:
@@ -172,16 +175,7 @@ class _Daemon:
         """Scale between ``minimum`` and ``maximum`` from the work queued."""
         from taskcloud.providers import local
 
-        self.cluster.adapt(
-            Adaptive=local.CapacityAdaptive,
-            minimum=int(minimum),
-            maximum=int(maximum),
-            interval=local.ADAPT_INTERVAL,
-            target_duration=local.TARGET_DURATION,
-            wait_count=max(1, round(5 / local.ADAPT_INTERVAL)),
-            capacity=self.capacity,
-            shape=self.shape,
-        )
+        local.adapt(self.cluster, self.capacity, self.shape, int(minimum), int(maximum), _KEEPALIVE)
         return min(int(maximum), self.capacity.fit(self.shape))
 
     def record(self, **changes: Any) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "LocalPoolCluster",
     "PoolAdaptive",
     "PoolWatch",
+    "adapt",
     "scheduler_spec",
     "start",
     "worker_spec",
@@ -334,8 +335,23 @@ def start(
             capacity=capacity,
             shape=shape,
         )
+    adapt(cluster, capacity, shape, minimum, maximum, keepalive, adaptive=PoolAdaptive)
+    return cluster
+
+
+def adapt(
+    cluster: SpecCluster,
+    capacity: HostCapacity,
+    shape: Shape,
+    minimum: int,
+    maximum: int,
+    keepalive: float,
+    adaptive: type[CapacityAdaptive] = CapacityAdaptive,
+) -> None:
+    """Scale ``cluster`` from its queue, within the host's capacity; an idle worker
+    goes after ``keepalive`` seconds."""
     cluster.adapt(
-        Adaptive=PoolAdaptive,
+        Adaptive=adaptive,
         minimum=minimum,
         maximum=maximum,
         interval=ADAPT_INTERVAL,
@@ -344,4 +360,3 @@ def start(
         capacity=capacity,
         shape=shape,
     )
-    return cluster
