@@ -3,7 +3,9 @@
 Offline, in a fresh ``TASKCLOUD_HOME``, from a one-module wheel this script writes:
 
 * the first build of the environment, against the bar of 5 s;
-* creating the same spec again (the median of 20), against the bar of 0.2 s.
+* creating the same spec again (the median of 20), against the bar of 0.2 s;
+
+and, side by side, ``python -m venv`` plus ``pip install`` of the same wheel.
 
     python bench/environments.py
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,13 +42,36 @@ def make_wheel(directory: Path, package: str = "bench_probe", version: str = "1.
     return path
 
 
+def _plain_venv(scratch: Path, wheel: Path) -> float:
+    """The baseline: ``python -m venv`` and ``pip install`` of the same wheel, offline."""
+    target = scratch / "plain-venv"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "venv", str(target)], check=True)
+    subprocess.run(
+        [
+            str(target / "bin" / "python"),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--disable-pip-version-check",
+            str(wheel),
+        ],
+        check=True,
+    )
+    return time.perf_counter() - start
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["TASKCLOUD_HOME"] = str(Path(scratch) / "home")
         os.environ["UV_OFFLINE"] = "1"
         from taskcloud.environments import create_software_environment
 
-        spec = [str(make_wheel(Path(scratch)))]
+        wheel = make_wheel(Path(scratch))
+        spec = [str(wheel)]
+        plain = _plain_venv(Path(scratch), wheel)
         start = time.perf_counter()
         create_software_environment("bench", pip=spec, progress=False)
         first = time.perf_counter() - start
@@ -57,7 +83,10 @@ def main() -> None:
                 create_software_environment(f"bench-{n}", pip=spec)
                 cached.append(time.perf_counter() - start)
     median = statistics.median(cached)
-    print(f"first build, one local wheel:  {first:6.2f} s   (bar {FIRST_BUILD_BAR:.1f} s)")
+    print(
+        f"first build, one local wheel:  {first:6.2f} s   (bar {FIRST_BUILD_BAR:.1f} s; "
+        f"{first / plain:.2f} x a plain venv + pip install of it, {plain:.2f} s)"
+    )
     print(
         f"cached create, median of 20:   {median:6.3f} s   (bar {CACHED_BAR:.1f} s; "
         f"max {max(cached):.3f} s)"
