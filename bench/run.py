@@ -2,8 +2,10 @@
 
 Every workflow is written into a fresh directory for every variant and run with
 ``pytask`` in a subprocess; the figure is the execution time pytask reports at the
-end of the run. All variants run side by side in one invocation, and the table gives
-each one as a ratio to its baseline together with the issue's target.
+end of the run. All variants run side by side in one invocation, in rounds (each variant
+once per round), and the table gives each one as a ratio to its baseline together
+with the issue's target. Next to each run is the CPU time the hypervisor stole from
+this machine meanwhile: where that is seconds, the run measured the host.
 
     python bench/run.py                 # all workflows, median of 3 runs each
     python bench/run.py --repeat 1 cpu  # one workflow, one run
@@ -229,7 +231,27 @@ def _workflows() -> list[Workflow]:
     return [fanout, chain, cpu, sleep]
 
 
-def _run_once(workflow: Workflow, variant: Variant) -> float:
+def _stolen() -> float:
+    """CPU seconds the hypervisor has given to other guests so far (0 off Linux).
+
+    On a shared virtual machine this is the noise: a run that lost much CPU to
+    steal is slow for reasons of the host, not of the code.
+    """
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+@dataclass
+class Run:
+    seconds: float  # as pytask reports the execution
+    steal: float  # CPU seconds stolen from this machine meanwhile
+
+
+def _run_once(workflow: Workflow, variant: Variant) -> Run:
+    stolen = _stolen()
     with tempfile.TemporaryDirectory(prefix=f"bench-{workflow.name}-") as tmp:
         root = Path(tmp)
         root.joinpath("task_workflow.py").write_text(textwrap.dedent(workflow.source))
@@ -252,7 +274,7 @@ def _run_once(workflow: Workflow, variant: Variant) -> float:
             sys.stderr.write(result.stdout[-3000:] + result.stderr[-3000:])
             msg = f"{workflow.name} / {variant.label} failed ({result.returncode})"
             raise RuntimeError(msg)
-        return float(match[-1])
+        return Run(float(match[-1]), _stolen() - stolen)
 
 
 def main() -> None:
@@ -271,18 +293,24 @@ def main() -> None:
             continue
         times: dict[str, float] = {}
         print(f"\n== {workflow.name}")
-        for variant in workflow.variants:
-            if variant.plugin == "pytask_parallel" and not HAS_PYTASK_PARALLEL:
-                continue
-            # Runs interleave across variants would be fairer still; one variant's
-            # runs back to back keep caches of that variant warm, like a user's.
-            runs = [_run_once(workflow, variant) for _ in range(args.repeat)]
-            times[variant.label] = statistics.median(runs)
+        variants = [
+            v for v in workflow.variants if v.plugin != "pytask_parallel" or HAS_PYTASK_PARALLEL
+        ]
+        # Rounds: each variant once per round, so that a noisy minute of the host
+        # falls on all variants rather than on one.
+        runs: dict[str, list[Run]] = {v.label: [] for v in variants}
+        for _ in range(args.repeat):
+            for variant in variants:
+                runs[variant.label].append(_run_once(workflow, variant))
+        for variant in variants:
+            its = runs[variant.label]
+            times[variant.label] = statistics.median(run.seconds for run in its)
             base = times.get("serial")
             rel = f"{times[variant.label] / base:6.2f} x serial" if base else ""
             print(
                 f"  {variant.label:34s} {times[variant.label]:7.2f} s  {rel}"
-                f"   runs: {', '.join(f'{r:.2f}' for r in runs)}"
+                f"   runs: {', '.join(f'{r.seconds:.2f}' for r in its)}"
+                f"   steal: {', '.join(f'{r.steal:.1f}' for r in its)}"
             )
         for target in workflow.targets:
             value = times[target.variant]

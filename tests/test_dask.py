@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+
+import psutil
 import pytest
 from distributed import Client
 from distributed import LocalCluster
 from pytask import ExitCode
 from pytask import build
+
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -59,8 +68,6 @@ def test_new_cluster_listens_on_loopback_only(tmp_path, write) -> None:
 
 def test_new_cluster_opens_no_socket_beyond_loopback() -> None:
     """Every socket the scheduler, nannies and workers listen on is on 127.0.0.1."""
-    import psutil
-
     from taskcloud.backends import build_dask_executor
 
     me = psutil.Process()
@@ -80,3 +87,74 @@ def test_new_cluster_opens_no_socket_beyond_loopback() -> None:
 
     assert len(listening) >= 3  # scheduler, and a nanny and a worker per worker
     assert {address.ip for address in listening} == {"127.0.0.1"}
+
+
+def test_new_cluster_schedules_outside_this_process() -> None:
+    """The scheduler has a process of its own, configured like this one."""
+    import dask
+
+    from taskcloud.backends import build_dask_executor
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 7}):
+        executor = build_dask_executor(1)
+    try:
+        client = executor._client  # type: ignore[attr-defined]
+        scheduler_pid = client.run_on_scheduler(os.getpid)
+        setting = client.run_on_scheduler(dask.config.get, "distributed.scheduler.allowed-failures")
+    finally:
+        executor.shutdown()
+
+    assert scheduler_pid != os.getpid()
+    assert setting == 7
+    wait_for(lambda: not psutil.pid_exists(scheduler_pid), 10, "the scheduler process exiting")
+
+
+OWNER = """
+import time
+from taskcloud.backends import build_dask_executor
+
+if __name__ == "__main__":
+    executor = build_dask_executor(2)
+    assert executor.submit(sum, [1, 2]).result(timeout=60) == 3
+    print("ready", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_new_cluster_ends_when_its_owner_is_killed(tmp_path) -> None:
+    """SIGKILL to the process that started the cluster leaves no process behind."""
+    script = tmp_path / "owner.py"
+    script.write_text(OWNER)
+    owner = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "ready"
+        children = psutil.Process(owner.pid).children(recursive=True)
+        assert len(children) >= 3  # the scheduler and two workers, at least
+        owner.kill()
+        owner.wait(timeout=30)
+    finally:
+        if owner.poll() is None:
+            os.killpg(owner.pid, signal.SIGKILL)
+
+    wait_for(lambda: not any(_alive(child) for child in children), 30, "every process exiting")
+
+
+def test_scheduler_process_that_fails_says_why() -> None:
+    """A scheduler that cannot start reports the error from its process."""
+    from taskcloud.providers.local import SchedulerProcess
+
+    async def start() -> None:
+        await SchedulerProcess(no_such_option=1)
+
+    with pytest.raises(RuntimeError, match=r"did not start: TypeError.*no_such_option"):
+        asyncio.run(start())
+
+
+def _alive(process: psutil.Process) -> bool:
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -8,6 +8,7 @@ also accepts plain string names.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -199,19 +200,44 @@ class _OwnedDaskExecutor(Executor):
 
     @classmethod
     def start(cls, n_workers: int) -> _OwnedDaskExecutor:
-        from distributed import Client
-        from distributed import LocalCluster
+        """Start a scheduler and ``n_workers`` one-thread workers, each its own process.
 
-        with main_module_hidden(), forking_workers():
-            cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=1,
-                processes=True,
-                host="127.0.0.1",
-                dashboard_address=None,
-                worker_dashboard_address=None,
+        The scheduler runs apart from pytask's process, so that routing each task's
+        messages does not take turns with pytask's bookkeeping for the interpreter
+        lock; scheduler and workers fork from the fork server.
+        """
+        import dask
+        from distributed import Client
+        from distributed import Nanny
+        from distributed import SpecCluster
+        from distributed import system
+
+        from taskcloud.providers import local
+
+        worker = {
+            "cls": Nanny,
+            "options": {
+                "nthreads": 1,
+                "host": "127.0.0.1",
+                "dashboard": False,
+                # As LocalCluster does: the memory dask sees, shared out evenly.
+                "memory_limit": system.MEMORY_LIMIT // n_workers,
+                "silence_logs": logging.WARNING,
+            },
+        }
+        # No dashboard shows the workers' profiles; sampling them costs each worker a
+        # thread's wake-up every 10 ms.
+        settings = {"distributed.worker.profile.enabled": False}
+        with dask.config.set(settings), main_module_hidden(), forking_workers():
+            cluster = SpecCluster(
+                scheduler=local.scheduler_spec(own_process=True),
+                workers={str(i): worker for i in range(n_workers)},
+                silence_logs=logging.WARNING,
+                name="taskcloud-dask-backend",
             )
-        return cls(Client(cluster, set_as_default=False, direct_to_workers=True), cluster)
+        # Results come through the scheduler: one request from this process per
+        # result instead of two (where is it, then fetch it from that worker).
+        return cls(Client(cluster, set_as_default=False), cluster)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return self._executor.submit(fn, *args, **kwargs)

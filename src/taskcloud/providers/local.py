@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
 import logging
 import os
@@ -37,6 +38,7 @@ __all__ = [
     "LocalPoolCluster",
     "PoolAdaptive",
     "PoolWatch",
+    "SchedulerProcess",
     "adapt",
     "scheduler_spec",
     "start",
@@ -196,6 +198,87 @@ class EnvironmentWorker(ProcessInterface):
         await super().close()
 
 
+class SchedulerProcess(ProcessInterface):
+    """A scheduler in a process of its own, started the way nannies start workers.
+
+    A scheduler in the caller's process shares its interpreter lock: every message
+    between scheduler, workers and client runs between the caller's own Python. In
+    its own process it runs beside it. The process is a dask ``AsyncProcess``, so it
+    forks from the fork server inside :func:`~taskcloud.providers.forking_workers`
+    and exits should this process die; it takes this process's dask config as it
+    is when the scheduler starts, as a nanny does for its worker.
+    """
+
+    def __init__(self, *, timeout: float = 60.0, **options: Any) -> None:
+        super().__init__()
+        self.options = options
+        self.timeout = timeout
+        self.process: Any = None
+
+    async def start(self) -> None:
+        from distributed.process import AsyncProcess
+        from distributed.utils import get_mp_context
+        from tornado.ioloop import IOLoop
+
+        receiver, sender = get_mp_context().Pipe(duplex=False)
+        self.process = AsyncProcess(
+            loop=IOLoop.current(),
+            target=_serve_scheduler,
+            name="taskcloud scheduler",
+            args=(sender, self.options, copy.deepcopy(dask.config.config)),
+        )
+        await self.process.start()
+        sender.close()
+        loop = asyncio.get_running_loop()
+        try:
+            reply = await loop.run_in_executor(None, _receive, receiver, self.timeout)
+        finally:
+            receiver.close()
+        if "address" not in reply:
+            await self.close()
+            raise RuntimeError(f"the scheduler process did not start: {reply.get('error')}")
+        self.address = reply["address"]
+        await super().start()
+
+    async def close(self) -> None:
+        process = self.process
+        if process is not None and process.is_alive():
+            await process.join(10)
+            if process.is_alive():
+                await process.terminate()
+                await process.join(5)
+        await super().close()
+
+
+def _serve_scheduler(sender: Any, options: dict[str, Any], config: dict[str, Any]) -> None:
+    """Run a scheduler until it is told to stop; its address goes to ``sender``."""
+    dask.config.set(config)
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    async def serve() -> None:
+        async with Scheduler(**options) as scheduler:
+            sender.send({"address": scheduler.address})
+            sender.close()
+            await scheduler.finished()
+
+    try:
+        asyncio.run(serve())
+    except BaseException as exc:
+        # The starting process raises this as its own error.
+        with contextlib.suppress(OSError):
+            sender.send({"error": f"{type(exc).__name__}: {exc}"})
+        raise SystemExit(1) from None
+
+
+def _receive(receiver: Any, timeout: float) -> dict[str, Any]:
+    try:
+        if receiver.poll(timeout):
+            return dict(receiver.recv())
+    except EOFError:
+        return {"error": "it exited before it answered"}
+    return {"error": f"no answer in {timeout:g} s"}
+
+
 class LocalPoolCluster(SpecCluster):
     """Workers of one shape; GPU workers each get their own ``CUDA_VISIBLE_DEVICES``."""
 
@@ -254,9 +337,17 @@ class PoolAdaptive(CapacityAdaptive):
 
 
 def scheduler_spec(
-    *, dashboard: bool = False, security: Any = None, options: dict[str, Any] | None = None
+    *,
+    dashboard: bool = False,
+    security: Any = None,
+    options: dict[str, Any] | None = None,
+    own_process: bool = False,
 ) -> dict[str, Any]:
-    """A scheduler on 127.0.0.1; TLS when ``security`` is given."""
+    """A scheduler on 127.0.0.1; TLS when ``security`` is given.
+
+    With ``own_process`` it runs in a :class:`SchedulerProcess` rather than in the
+    cluster's process.
+    """
     settings: dict[str, Any] = {
         "host": "127.0.0.1",
         # Without a dashboard the scheduler still serves /health; keep it on loopback.
@@ -266,7 +357,7 @@ def scheduler_spec(
     if security is not None:
         settings.update(security=security, protocol="tls")
     settings.update(options or {})
-    return {"cls": Scheduler, "options": settings}
+    return {"cls": SchedulerProcess if own_process else Scheduler, "options": settings}
 
 
 def worker_spec(
