@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -231,6 +232,54 @@ def test_markers_behave_as_in_a_serial_run(backend, tmp_path, write) -> None:
     first, second = outcomes[1]
     assert first["task_persisted"] == TaskOutcome.PERSISTENCE
     assert second["task_plain"] == TaskOutcome.SKIP_UNCHANGED
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_chains_run_in_order_and_record_their_state(backend, tmp_path, write) -> None:
+    """A chain's links start before pytask has recorded their predecessor; still each
+    sees its predecessor's product, a failed link skips the rest of its chain, and a
+    second run finds every finished link unchanged."""
+    write(
+        "task_chains.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        from pytask import Product, task
+
+        for i in range(8):
+            @task(id=f"good{i}")
+            def task_good(
+                i: int = i,
+                src: Path = Path(f"good{i - 1}.txt") if i else Path("seed.txt"),
+                path: Annotated[Path, Product] = Path(f"good{i}.txt"),
+            ) -> None:
+                path.write_text(src.read_text() + str(i))
+
+        for i in range(4):
+            @task(id=f"bad{i}")
+            def task_bad(
+                i: int = i,
+                src: Path = Path(f"bad{i - 1}.txt") if i else Path("seed.txt"),
+                path: Annotated[Path, Product] = Path(f"bad{i}.txt"),
+            ) -> None:
+                if i == 1:
+                    raise RuntimeError("the second link breaks")
+                path.write_text(src.read_text() + str(i))
+        """,
+    )
+    (tmp_path / "seed.txt").write_text("s")
+
+    first = _outcomes(build(paths=tmp_path, n_workers=2, parallel_backend=backend))
+    for name in [name for name in sys.modules if name.endswith("task_chains")]:
+        del sys.modules[name]  # else pytask finds the module imported and no tasks in it
+    second = _outcomes(build(paths=tmp_path, n_workers=2, parallel_backend=backend))
+
+    assert (tmp_path / "good7.txt").read_text() == "s01234567"
+    assert [first[f"task_good[good{i}]"] for i in range(8)] == [TaskOutcome.SUCCESS] * 8
+    assert first["task_bad[bad1]"] == TaskOutcome.FAIL
+    assert first["task_bad[bad2]"] == first["task_bad[bad3]"] == TaskOutcome.SKIP_PREVIOUS_FAILED
+    assert [second[f"task_good[good{i}]"] for i in range(8)] == [TaskOutcome.SKIP_UNCHANGED] * 8
+    assert second["task_bad[bad0]"] == TaskOutcome.SKIP_UNCHANGED
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -33,6 +33,7 @@ from pytask import ExecutionError
 from pytask import ExecutionReport
 from pytask import PTask
 from pytask import Session
+from pytask import TaskOutcome
 from pytask import WarningReport
 from pytask import console
 from pytask import get_marks
@@ -204,8 +205,8 @@ class _Loop:
                 if not self.running:
                     break
                 done, _ = wait(self.running, return_when=FIRST_COMPLETED)
-                for future in done:
-                    self._finish(self.running.pop(future), future)
+                reports = [self._finish(self.running.pop(future), future) for future in done]
+                self._report_all(reports)
         except KeyboardInterrupt:
             cancelled = {future: future.cancel() for future in self.running}
             owner.kill()
@@ -301,7 +302,7 @@ class _Loop:
             future = self.executor.submit(worker.run_serialized, cloudpickle.dumps(call))
         return future, _Running(task, arguments, where, local=True)
 
-    def _finish(self, running: _Running, future: Future[Any]) -> None:
+    def _finish(self, running: _Running, future: Future[Any]) -> ExecutionReport:
         task, session = running.task, self.session
         self.local_running -= running.local
         self.where[running.where] += 1
@@ -315,10 +316,26 @@ class _Loop:
             for text, path, line in outcome.warnings
         )
         if outcome.exc_info is not None:
-            report = ExecutionReport.from_task_and_exception(task, outcome.exc_info)
-        else:
-            report = self._teardown(running, outcome)
-        self._report(report)
+            return ExecutionReport.from_task_and_exception(task, outcome.exc_info)
+        return self._teardown(running, outcome)
+
+    def _report_all(self, reports: list[ExecutionReport]) -> None:
+        """Report finished calls; when all succeeded, start their dependents first.
+
+        For a success pytask's report hooks only record the task's state, which
+        its dependents do not read, and that bookkeeping is most of what this
+        process does per task. Starting the dependents before it lets a worker run
+        the next link of a chain meanwhile. A failure is reported first, as in a
+        serial run, since it marks dependents to skip and may stop the session.
+        """
+        released = all(
+            report.outcome == TaskOutcome.SUCCESS and report.exc_info is None for report in reports
+        )
+        if released:
+            self.session.scheduler.done(*(report.task.signature for report in reports))  # type: ignore[union-attr]
+            self._start_ready()
+        for report in reports:
+            self._report(report, done=released)
 
     def _teardown(self, running: _Running, outcome: CallOutcome) -> ExecutionReport:
         task, session = running.task, self.session
@@ -333,12 +350,13 @@ class _Loop:
             return ExecutionReport.from_task_and_exception(task, sys.exc_info())
         return ExecutionReport.from_task(task)
 
-    def _report(self, report: ExecutionReport) -> None:
+    def _report(self, report: ExecutionReport, *, done: bool = False) -> None:
         session, task = self.session, report.task
         session.hook.pytask_execute_task_process_report(session=session, report=report)
         session.hook.pytask_execute_task_log_end(session=session, task=task, report=report)
         session.execution_reports.append(report)
-        session.scheduler.done(task.signature)  # type: ignore[union-attr]
+        if not done:
+            session.scheduler.done(task.signature)  # type: ignore[union-attr]
 
     def _interrupt(self, cancelled: dict[Future[Any], bool]) -> None:
         """Report the tasks Ctrl-C stopped or cancelled, and stop the session."""
