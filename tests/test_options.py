@@ -68,6 +68,22 @@ def test_configuration_file_keys(tmp_path, write, runner) -> None:
     assert "Running tasks on 2 workers of the 'threads' backend." in result.output
 
 
+@pytest.mark.parametrize("command", ["collect", "clean", "markers"])
+def test_other_commands_start_no_workers(command, tmp_path, write, runner) -> None:
+    """Commands that run no task read n_workers from the file but start nothing."""
+    from _pytask.pluginmanager import storage
+    from pytask import cli
+
+    write("pyproject.toml", "[tool.pytask.ini_options]\nn_workers = 2\n")
+    write("task_pid.py", TASK)
+    storage.create()
+    result = runner.invoke(cli, [command, tmp_path.as_posix()], env={"COLUMNS": "150"})
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "workers of the" not in result.output
+    assert not (tmp_path / "pid.txt").exists()
+
+
 def test_n_above_one_defaults_to_loky(tmp_path, write, runner) -> None:
     """-n 2 without a backend runs on loky, in another process."""
     write("task_pid.py", TASK)

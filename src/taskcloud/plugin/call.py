@@ -1,16 +1,16 @@
 """The values that travel between pytask's process and a worker.
 
 A :class:`TaskCall` goes out, a :class:`CallOutcome` comes back. This module is
-imported by every worker, so it imports nothing heavy: no pytask, no rich.
+imported by every worker, so it imports nothing heavy: no pytask, no rich, and
+dataclasses rather than attrs, which a fresh worker would otherwise import first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
-
-from attrs import field
-from attrs import frozen
 
 __all__ = [
     "CallOutcome",
@@ -25,7 +25,7 @@ __all__ = [
 WarningFilter = tuple[str, str, type, str, int]
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RemoteFile:
     """A local file that travels to a worker that cannot see this file system.
 
@@ -38,7 +38,7 @@ class RemoteFile:
     content: bytes | None
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class RenderOptions:
     """How the worker renders a traceback so it looks like pytask's own."""
 
@@ -58,7 +58,7 @@ class RenderedTraceback(str):
         return Text.from_ansi(str(self))
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class TaskCall:
     """One execution of a task function, with its arguments already loaded."""
 
@@ -72,7 +72,7 @@ class TaskCall:
     has_files: bool = False
 
 
-@frozen
+@dataclass(frozen=True, slots=True)
 class CallOutcome:
     """What a worker reports about one :class:`TaskCall`.
 
@@ -85,7 +85,7 @@ class CallOutcome:
     stdout: str = ""
     stderr: str = ""
     warnings: tuple[tuple[str, str, int], ...] = ()
-    files: dict[int, bytes] = field(factory=dict)
+    files: dict[int, bytes] = field(default_factory=dict)
     start: float = 0.0
     end: float = 0.0
     where: str = ""

@@ -1,6 +1,6 @@
 """The ``-n`` and ``--parallel-backend`` options, their configuration keys and checks.
 
-When parallel execution is on, :func:`pytask_post_parse` registers a
+When parallel execution is on, :func:`pytask_parse_config` registers a
 :class:`~taskcloud.plugin.dispatch.ParallelExecution` for this session only.
 """
 
@@ -83,28 +83,38 @@ def pytask_extend_command_line_interface(cli: click.Group) -> None:
     )
 
 
-@hookimpl
+@hookimpl(trylast=True)
 def pytask_parse_config(config: dict[str, Any]) -> None:
-    """Validate ``n_workers`` and ``parallel_backend`` from any source."""
+    """Validate ``n_workers`` and ``parallel_backend`` from any source; for a build
+    with parallel execution, register it and start its workers.
+
+    The workers start here, the first moment the configuration is known, so that
+    they boot while pytask finishes configuring and collects the tasks.
+    """
     __tracebackhide__ = True
     config["n_workers"] = parse_n_workers(config.get("n_workers", 1))
     backend = config.get("parallel_backend") or ParallelBackend.NONE
     config["parallel_backend"] = backend_name(backend)
     if config["n_workers"] > 1 and config["parallel_backend"] == "none":
         config["parallel_backend"] = ParallelBackend.LOKY.value
+    if _runs_in_parallel(config):
+        load_extensions(registry)
+        execution = ParallelExecution(config["parallel_backend"], config["n_workers"])
+        config["pm"].register(execution, name="taskcloud-parallel")
+        execution.start()
 
 
-@hookimpl(trylast=True)
-def pytask_post_parse(config: dict[str, Any]) -> None:
-    """Turn parallel execution on unless it is off or a debugger needs one process."""
+def _runs_in_parallel(config: dict[str, Any]) -> bool:
+    """Parallel execution is on for builds, unless off or a debugger needs one process.
+
+    ``pytask collect``, ``clean``, ``markers`` and ``dag`` read the same configuration
+    but run no task.
+    """
+    if config.get("command") != "build":
+        return False
     if config["parallel_backend"] == ParallelBackend.NONE.value:
-        return
-    if any(config.get(key) for key in ("pdb", "trace", "dry_run", "explain")):
-        return
-    load_extensions(registry)
-    execution = ParallelExecution(backend=config["parallel_backend"], n_workers=config["n_workers"])
-    config["pm"].register(execution, name="taskcloud-parallel")
-    execution.start()
+        return False
+    return not any(config.get(key) for key in ("pdb", "trace", "dry_run", "explain"))
 
 
 @hookimpl

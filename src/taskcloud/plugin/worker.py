@@ -23,12 +23,12 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from typing import TextIO
 
 import cloudpickle
-from attrs import evolve
 
 from taskcloud.errors import RemoteTaskError
 from taskcloud.plugin.call import CallOutcome
@@ -305,7 +305,7 @@ def _with_rendered_traceback(outcome: CallOutcome, options: RenderOptions) -> Ca
     except Exception:
         exc = RemoteTaskError(etype.__qualname__, str(exc))
         etype = RemoteTaskError
-    return evolve(outcome, exc_info=(etype, exc, text))
+    return replace(outcome, exc_info=(etype, exc, text))
 
 
 def _render(
@@ -334,5 +334,5 @@ def _dumps(outcome: CallOutcome, name: str) -> bytes:
         "PicklingError",
         f"the return value of task {name!r} cannot be sent back from the worker ({reason}).",
     )
-    failed = evolve(outcome, value=None, exc_info=(RemoteTaskError, error, None))
+    failed = replace(outcome, value=None, exc_info=(RemoteTaskError, error, None))
     return cloudpickle.dumps(failed)
