@@ -246,25 +246,18 @@ def test_chains_run_in_order_and_record_their_state(backend, tmp_path, write) ->
         from typing import Annotated
         from pytask import Product, task
 
-        for i in range(8):
-            @task(id=f"good{i}")
-            def task_good(
-                i: int = i,
-                src: Path = Path(f"good{i - 1}.txt") if i else Path("seed.txt"),
-                path: Annotated[Path, Product] = Path(f"good{i}.txt"),
-            ) -> None:
-                path.write_text(src.read_text() + str(i))
-
-        for i in range(4):
-            @task(id=f"bad{i}")
-            def task_bad(
-                i: int = i,
-                src: Path = Path(f"bad{i - 1}.txt") if i else Path("seed.txt"),
-                path: Annotated[Path, Product] = Path(f"bad{i}.txt"),
-            ) -> None:
-                if i == 1:
-                    raise RuntimeError("the second link breaks")
-                path.write_text(src.read_text() + str(i))
+        for chain, length, broken in (("good", 8, None), ("bad", 4, 1)):
+            for i in range(length):
+                @task(id=f"{chain}{i}")
+                def task_link(
+                    i: int = i,
+                    broken: int | None = broken,
+                    src: Path = Path(f"{chain}{i - 1}.txt") if i else Path("seed.txt"),
+                    path: Annotated[Path, Product] = Path(f"{chain}{i}.txt"),
+                ) -> None:
+                    if i == broken:
+                        raise RuntimeError("this link breaks")
+                    path.write_text(src.read_text() + str(i))
         """,
     )
     (tmp_path / "seed.txt").write_text("s")
@@ -275,11 +268,11 @@ def test_chains_run_in_order_and_record_their_state(backend, tmp_path, write) ->
     second = _outcomes(build(paths=tmp_path, n_workers=2, parallel_backend=backend))
 
     assert (tmp_path / "good7.txt").read_text() == "s01234567"
-    assert [first[f"task_good[good{i}]"] for i in range(8)] == [TaskOutcome.SUCCESS] * 8
-    assert first["task_bad[bad1]"] == TaskOutcome.FAIL
-    assert first["task_bad[bad2]"] == first["task_bad[bad3]"] == TaskOutcome.SKIP_PREVIOUS_FAILED
-    assert [second[f"task_good[good{i}]"] for i in range(8)] == [TaskOutcome.SKIP_UNCHANGED] * 8
-    assert second["task_bad[bad0]"] == TaskOutcome.SKIP_UNCHANGED
+    assert [first[f"task_link[good{i}]"] for i in range(8)] == [TaskOutcome.SUCCESS] * 8
+    assert first["task_link[bad1]"] == TaskOutcome.FAIL
+    assert first["task_link[bad2]"] == first["task_link[bad3]"] == TaskOutcome.SKIP_PREVIOUS_FAILED
+    assert [second[f"task_link[good{i}]"] for i in range(8)] == [TaskOutcome.SKIP_UNCHANGED] * 8
+    assert second["task_link[bad0]"] == TaskOutcome.SKIP_UNCHANGED
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -230,23 +230,15 @@ class _OwnedDaskExecutor(Executor):
         """
         import dask
         from distributed import Client
-        from distributed import Nanny
         from distributed import SpecCluster
         from distributed import system
 
+        from taskcloud.capacity import Shape
         from taskcloud.providers import local
 
-        worker = {
-            "cls": Nanny,
-            "options": {
-                "nthreads": 1,
-                "host": "127.0.0.1",
-                "dashboard": False,
-                # As LocalCluster does: the memory dask sees, shared out evenly.
-                "memory_limit": system.MEMORY_LIMIT // n_workers,
-                "silence_logs": logging.WARNING,
-            },
-        }
+        # As LocalCluster does: one thread each, the memory dask sees shared out evenly.
+        shape = Shape(cpu=1, memory=system.MEMORY_LIMIT // n_workers)
+        worker = local.worker_spec(shape, 1, options={"silence_logs": logging.WARNING})
         # No dashboard shows the workers' profiles; sampling them costs each worker a
         # thread's wake-up every 10 ms.
         settings = {"distributed.worker.profile.enabled": False}
