@@ -5,15 +5,24 @@ from __future__ import annotations
 import os
 import time
 
+import dask
+import distributed  # noqa: F401 (loads its config defaults before dask.config.set)
 import pytest
+from pytask import ExitCode
 
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import detect_gpus
 from taskcloud.functions import Function
 from taskcloud.pools import PoolManager
+from taskcloud.pools import pools
 from taskcloud.specs import FunctionSpec
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
+
+needs_gpu = pytest.mark.skipif(
+    not detect_gpus(), reason="needs an NVIDIA GPU (nvidia-smi finds none here)"
+)
 
 
 def _visible(seconds: float) -> str:
@@ -25,15 +34,19 @@ def test_each_gpu_worker_gets_its_own_devices() -> None:
     """Two concurrent gpu=1 workers on a host with two GPU ids see one id each."""
     capacity = HostCapacity(cores=2, gpus=("0", "1"))
     manager = PoolManager(capacity=capacity)
+    # The two ids are made up: on a host with one real GPU, dask's NVML monitor
+    # would refuse to start a worker that is shown the id "1".
     try:
-        remote = Function(_visible, FunctionSpec(gpu=1, memory="300 MiB", n_workers=2), manager)
-        seen = {f.result(timeout=120) for f in [remote.submit(3), remote.submit(3)]}
+        with dask.config.set({"distributed.diagnostics.nvml": False}):
+            spec = FunctionSpec(gpu=1, memory="300 MiB", n_workers=2)
+            remote = Function(_visible, spec, manager)
+            seen = {f.result(timeout=120) for f in [remote.submit(3), remote.submit(3)]}
     finally:
         manager.close_all()
     assert seen == {"0", "1"}
 
 
-@pytest.mark.skipif(not detect_gpus(), reason="needs an NVIDIA GPU (nvidia-smi finds none here)")
+@needs_gpu
 def test_gpu_worker_on_a_real_gpu() -> None:
     """On a machine with a GPU, a gpu=1 worker sees exactly one of its ids."""
     manager = PoolManager()
@@ -42,3 +55,48 @@ def test_gpu_worker_on_a_real_gpu() -> None:
         assert remote(0) in detect_gpus()
     finally:
         manager.close_all()
+
+
+GPU_TASKS = """
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pytask import Product
+
+import taskcloud
+
+
+@taskcloud.function(gpu=1, memory="2 GiB", n_workers=[0, 1], keepalive="5 s")
+def task_on_gpu(path: Annotated[Path, Product] = Path("gpu.txt")) -> None:
+    import torch
+
+    a = torch.arange(16.0, device="cuda").reshape(4, 4)
+    total = float((a @ a).sum().item())
+    visible = os.environ["CUDA_VISIBLE_DEVICES"]
+    path.write_text(f"{visible} {torch.cuda.device_count()} {total}")
+
+
+def task_on_cpu(path: Annotated[Path, Product] = Path("cpu.txt")) -> None:
+    path.write_text(str(os.getpid()))
+"""
+
+
+@needs_gpu
+def test_gpu_task_computes_on_its_gpu(tmp_path, write, runner) -> None:
+    """A gpu=1 task in a pytask run computes on one real GPU while the rest runs locally."""
+    torch = pytest.importorskip("torch")
+    write("task_gpu.py", GPU_TASKS)
+    try:
+        result = run_cli(runner, tmp_path, "-n", "2")
+    finally:
+        pools.close_all()
+
+    assert result.exit_code == ExitCode.OK, result.output
+    visible, count, total = (tmp_path / "gpu.txt").read_text().split()
+    assert visible in detect_gpus()
+    assert count == "1"
+    a = torch.arange(16.0).reshape(4, 4)
+    assert float(total) == float((a @ a).sum())
+    assert (tmp_path / "cpu.txt").read_text() != str(os.getpid())
+    assert any("gpu=1" in line for line in result.output.splitlines())
