@@ -57,6 +57,11 @@ def test_ctrl_c_stops_workers_and_keeps_results(backend, tmp_path, write) -> Non
 
     assert pytask.returncode != 0
     assert "KeyboardInterrupt" in output or "Interrupted" in output, output
+    # The two tasks that were running say so; nothing of the backend's own shutdown
+    # (a scheduler already gone, a worker that would not stop) reaches the user.
+    assert output.count("Ctrl-C stopped the run before this task finished.") >= 2, output
+    assert "Traceback" not in output, output
+    assert "WARNING" not in output, output
     wait_for(lambda: all(_gone(w) for w in workers), 10, "every worker process exiting")
     assert (tmp_path / "quick.txt").read_text() == "done"
     assert not list(tmp_path.glob("long-*.txt"))

@@ -11,10 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+import signal
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
+from concurrent.futures import Future
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from contextlib import suppress
 from enum import Enum
 from typing import Any
@@ -208,20 +212,28 @@ def build_dask_executor(n_workers: int) -> Executor:
     try:
         client = Client.current()
     except ValueError:
-        return _OwnedDaskExecutor.start(n_workers)
-    return client.get_executor(pure=False)
+        return DaskExecutor.start(n_workers)
+    return DaskExecutor(client)
 
 
-class _OwnedDaskExecutor(Executor):
-    """A dask client executor that also owns, and closes, its local cluster."""
+class DaskExecutor(Executor):
+    """Calls on a dask client, as ``concurrent.futures`` futures.
 
-    def __init__(self, client: Any, cluster: Any) -> None:
+    A call handed to dask cannot be taken back by ``Future.cancel()``: its future is
+    running from the start, as it is once a process pool has sent a call to a worker.
+    Ctrl-C is :meth:`kill`. With a ``cluster``, the executor started that cluster
+    and closes it, and its client, on shutdown.
+    """
+
+    def __init__(self, client: Any, cluster: Any = None) -> None:
         self._client = client
         self._cluster = cluster
-        self._executor = client.get_executor(pure=False)
+        self._calls: dict[Future[Any], Any] = {}
+        self._lock = threading.Lock()
+        self._closed = False
 
     @classmethod
-    def start(cls, n_workers: int) -> _OwnedDaskExecutor:
+    def start(cls, n_workers: int) -> DaskExecutor:
         """Start a scheduler and ``n_workers`` one-thread workers, each its own process.
 
         The scheduler runs apart from pytask's process, so that routing each task's
@@ -253,17 +265,60 @@ class _OwnedDaskExecutor(Executor):
         # result instead of two (where is it, then fetch it from that worker).
         return cls(Client(cluster, set_as_default=False), cluster)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        return self._executor.submit(fn, *args, **kwargs)
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self._closed:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: Future[Any] = Future()
+        future.set_running_or_notify_cancel()
+        call = self._client.submit(fn, *args, pure=False, **kwargs)
+        with self._lock:
+            self._calls[future] = call
+        future.add_done_callback(self._forget)
+        self._client.loop.add_callback(_settle, call, future)
+        return future
+
+    def _forget(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._calls.pop(future, None)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._executor.shutdown(wait=wait and not cancel_futures)
-        self._client.close()
-        self._cluster.close()
+        self._closed = True
+        with self._lock:
+            calls = dict(self._calls)
+        if cancel_futures and calls:
+            self._client.cancel(list(calls.values()))
+        elif wait and calls:
+            futures_wait(calls)
+        if self._cluster is not None:
+            self._client.close()
+            self._cluster.close()
 
     def kill(self) -> None:
-        """Stop the cluster's worker processes at once."""
+        """Cancel every call; end the worker processes of a cluster this executor started."""
+        if self._cluster is not None:
+            self._cluster.sync(_kill_workers, self._cluster)
         self.shutdown(wait=False, cancel_futures=True)
+
+
+async def _settle(call: Any, future: Future[Any]) -> None:
+    """Pass a dask future's outcome on to its ``concurrent.futures`` future."""
+    try:
+        result = await call
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+async def _kill_workers(cluster: Any) -> None:
+    """SIGKILL a cluster's worker processes, telling their nannies not to restart them."""
+    for nanny in list(cluster.workers.values()):
+        pid = getattr(nanny, "pid", None)
+        if hasattr(nanny, "close_gracefully"):
+            nanny.close_gracefully(reason="taskcloud-interrupted")
+        if pid:
+            with suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 _BUILTIN: tuple[tuple[ParallelBackend, Callable[..., Executor], WorkerType], ...] = (

@@ -365,7 +365,7 @@ class _Loop:
             exc = KeyboardInterrupt(
                 "Ctrl-C cancelled this task before it started."
                 if cancelled[future]
-                else "Ctrl-C stopped the run before this task finished; its worker was shut down."
+                else "Ctrl-C stopped the run before this task finished."
             )
             report = ExecutionReport.from_task_and_exception(
                 running.task, (KeyboardInterrupt, exc, None)

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -252,6 +253,9 @@ class SchedulerProcess(ProcessInterface):
 
 def _serve_scheduler(sender: Any, options: dict[str, Any], config: dict[str, Any]) -> None:
     """Run a scheduler until it is told to stop; its address goes to ``sender``."""
+    # Ctrl-C in a terminal reaches the whole process group. The owner handles it and
+    # closes the cluster through this scheduler, which must still be there to do so.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     dask.config.set(config)
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
