@@ -149,7 +149,7 @@ def test_ctrl_c_with_busy_pools_leaves_no_worker(tmp_path, write) -> None:
         workers = psutil.Process(pytask.pid).children(recursive=True)
         assert len(workers) >= 2
         os.killpg(pytask.pid, signal.SIGINT)
-        pytask.communicate(timeout=60)
+        output, _ = pytask.communicate(timeout=60)
     finally:
         if pytask.poll() is None:
             os.killpg(pytask.pid, signal.SIGKILL)
@@ -162,3 +162,7 @@ def test_ctrl_c_with_busy_pools_leaves_no_worker(tmp_path, write) -> None:
 
     wait_for(lambda: all(gone(w) for w in workers), 15, "every pool worker exiting")
     assert pytask.returncode != 0
+    # The two running calls are not reported as cancelled before they started, and no
+    # nanny complains of a worker that would not stop.
+    assert output.count("Ctrl-C stopped the run before this task finished.") >= 2, output
+    assert "WARNING" not in output, output

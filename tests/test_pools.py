@@ -173,3 +173,29 @@ def test_timeout_frees_the_worker() -> None:
         limited(60)
     assert time.monotonic() - start < 30
     assert limited(0) == "rested"
+
+
+def _mark_and_sleep(path: str, seconds: float) -> str:
+    Path(path).touch()
+    time.sleep(seconds)
+    return path
+
+
+def test_cancel_takes_back_only_calls_no_worker_has(tmp_path) -> None:
+    """As with a process pool: a call on a worker is running and cannot be cancelled."""
+    slow = taskcloud.function(memory="300 MiB", n_workers=[1, 1], keepalive="5 s")(_mark_and_sleep)
+    first = slow.submit(str(tmp_path / "first"), 2)
+    wait_for(first.running, 60, "the first call reaching its worker")
+    # The worker takes two calls at a time (dask's worker-saturation); the third waits.
+    second = slow.submit(str(tmp_path / "second"), 0)
+    third = slow.submit(str(tmp_path / "third"), 0)
+    wait_for(second.running, 30, "the second call reaching its worker")
+
+    assert not first.cancel()
+    assert third.cancel()
+    assert third.cancelled()
+    assert first.result(timeout=60) == str(tmp_path / "first")
+    assert second.result(timeout=60) == str(tmp_path / "second")
+    # A later call runs after the cancelled one would have; it still never ran.
+    assert slow(str(tmp_path / "fourth"), 0) == str(tmp_path / "fourth")
+    assert not (tmp_path / "third").exists()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -296,7 +295,9 @@ class DaskExecutor(Executor):
     def kill(self) -> None:
         """Cancel every call; end the worker processes of a cluster this executor started."""
         if self._cluster is not None:
-            self._cluster.sync(_kill_workers, self._cluster)
+            from taskcloud.providers import local
+
+            self._cluster.sync(local.kill_workers, self._cluster)
         self.shutdown(wait=False, cancel_futures=True)
 
 
@@ -308,17 +309,6 @@ async def _settle(call: Any, future: Future[Any]) -> None:
         future.set_exception(exc)
     else:
         future.set_result(result)
-
-
-async def _kill_workers(cluster: Any) -> None:
-    """SIGKILL a cluster's worker processes, telling their nannies not to restart them."""
-    for nanny in list(cluster.workers.values()):
-        pid = getattr(nanny, "pid", None)
-        if hasattr(nanny, "close_gracefully"):
-            nanny.close_gracefully(reason="taskcloud-interrupted")
-        if pid:
-            with suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 _BUILTIN: tuple[tuple[ParallelBackend, Callable[..., Executor], WorkerType], ...] = (

@@ -93,8 +93,7 @@ class _Call:
     def new_key(self) -> str:
         """A fresh dask key for the next attempt; arms the timeout for it."""
         key = f"{self.name}-{os.urandom(6).hex()}"
-        if self.timeout is not None:
-            self.pool.watch.on_start(key, self._started)
+        self.pool.watch.on_start(key, self._started)
         return key
 
     def attach(self, dask_future: Any) -> None:
@@ -103,7 +102,15 @@ class _Call:
         self._dask = dask_future
 
     def _started(self, key: str) -> None:
-        self._timer = threading.Timer(self.timeout, self._expire)  # type: ignore[arg-type]
+        # From here on ``cancel()`` cannot take the call back, as with a process pool.
+        try:
+            if not self.future.set_running_or_notify_cancel():
+                return
+        except RuntimeError:  # a retry of a call that is running already
+            pass
+        if self.timeout is None:
+            return
+        self._timer = threading.Timer(self.timeout, self._expire)
         self._timer.daemon = True
         self._timer.start()
 
@@ -409,6 +416,16 @@ class Pool:
     def n_workers(self) -> int:
         return len(self.cluster.scheduler.workers)
 
+    def kill(self) -> None:
+        """Stop the pool at once: its worker processes are killed, not asked to stop."""
+        from taskcloud.providers import local
+
+        adaptive = getattr(self.cluster, "_adaptive", None)
+        if adaptive is not None:
+            adaptive.stop(reason="pool-killed")
+        self.cluster.sync(local.kill_workers, self.cluster)
+        self.close()
+
     def close(self) -> None:
         """Stop the pool's workers and scheduler."""
         from distributed.utils import silence_logging_cmgr
@@ -448,13 +465,16 @@ class PoolManager:
         """The pools started so far, oldest first."""
         return list(self._pools.values())
 
-    def close_all(self) -> None:
-        """Stop every pool."""
+    def close_all(self, *, kill: bool = False) -> None:
+        """Stop every pool; with ``kill``, without waiting for busy workers."""
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             self.capacity.release(pool.cluster)
-            pool.close()
+            if kill:
+                pool.kill()
+            else:
+                pool.close()
 
 
 #: The pools of this process.

@@ -162,7 +162,7 @@ class ParallelExecution:
         executor, self._executor, self._built_from = self._executor, None, None
         if executor is not None:
             _kill(executor)
-        pools.close_all()
+        pools.close_all(kill=True)
 
     def _shutdown(self) -> None:
         executor, self._executor, self._built_from = self._executor, None, None

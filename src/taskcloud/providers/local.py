@@ -283,6 +283,21 @@ def _receive(receiver: Any, timeout: float) -> dict[str, Any]:
     return {"error": f"no answer in {timeout:g} s"}
 
 
+async def kill_workers(cluster: SpecCluster) -> None:
+    """SIGKILL a cluster's worker processes at once; their nannies do not restart them.
+
+    Closing a nanny asks its worker to stop and waits four seconds for a busy one;
+    after Ctrl-C nothing the workers hold is wanted.
+    """
+    for nanny in list(cluster.workers.values()):
+        pid = getattr(nanny, "pid", None)
+        if hasattr(nanny, "close_gracefully"):
+            nanny.close_gracefully(reason="taskcloud-killed")
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 class LocalPoolCluster(SpecCluster):
     """Workers of one shape; GPU workers each get their own ``CUDA_VISIBLE_DEVICES``."""
 
