@@ -158,3 +158,38 @@ def _alive(process: psutil.Process) -> bool:
         return process.status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def _echo(value: object) -> object:
+    return value
+
+
+def _fail() -> None:
+    raise ValueError("raised on the worker")
+
+
+def test_executor_sends_small_results_as_events_and_fetches_the_rest() -> None:
+    """Small bytes come back as events, large ones and other objects by a fetch."""
+    from taskcloud.backends import EVENT_RESULT_LIMIT
+    from taskcloud.backends import DaskExecutor
+
+    small, large = b"s" * 100, b"l" * (EVENT_RESULT_LIMIT + 1)
+    with (
+        LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        executor = DaskExecutor(client)
+        futures = [executor.submit(_echo, value) for value in (small, large, [1, 2])]
+        assert [f.result(timeout=60) for f in futures] == [small, large, [1, 2]]
+        assert [msg[1] for _, msg in client.get_events(executor.topic)] == [small]
+
+        failing = executor.submit(_fail)
+        assert not failing.cancel(), "a call handed to dask is running"
+        with pytest.raises(ValueError, match="raised on the worker"):
+            failing.result(timeout=60)
+        executor.shutdown()
+        # The client was the caller's: it stays open.
+        assert client.status == "running"
+        assert client.submit(_echo, 3).result(timeout=60) == 3
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            executor.submit(_echo, 1)

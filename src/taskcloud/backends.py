@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from concurrent.futures import Future
@@ -222,14 +223,22 @@ class DaskExecutor(Executor):
     running from the start, as it is once a process pool has sent a call to a worker.
     Ctrl-C is :meth:`kill`. With a ``cluster``, the executor started that cluster
     and closes it, and its client, on shutdown.
+
+    A small ``bytes`` result (pytask's calls return their pickled outcome) comes back
+    as a dask event that the worker sends just before it reports the task done: it
+    rides on the streams that carry that report anyway, where fetching it would cost
+    a request from here to the scheduler and one from there to the worker.
     """
 
     def __init__(self, client: Any, cluster: Any = None) -> None:
         self._client = client
         self._cluster = cluster
         self._calls: dict[Future[Any], Any] = {}
+        self._by_key: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._topic = f"taskcloud-results-{uuid.uuid4().hex}"
+        client.subscribe_topic(self._topic, self._on_result)
 
     @classmethod
     def start(cls, n_workers: int) -> DaskExecutor:
@@ -269,16 +278,48 @@ class DaskExecutor(Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         future: Future[Any] = Future()
         future.set_running_or_notify_cancel()
-        call = self._client.submit(fn, *args, pure=False, **kwargs)
+        key = f"{getattr(fn, '__name__', 'call')}-{uuid.uuid4().hex}"
+        with self._lock:
+            self._by_key[key] = future
+        call = self._client.submit(_publish, self._topic, fn, *args, key=key, pure=False, **kwargs)
         with self._lock:
             self._calls[future] = call
         future.add_done_callback(self._forget)
-        self._client.loop.add_callback(_settle, call, future)
+        self._client.loop.add_callback(self._settle, key, call, future)
         return future
+
+    def _on_result(self, event: tuple[float, Any]) -> None:
+        """A small result, sent by the worker as an event ahead of its task's end."""
+        key, payload = event[1]
+        with self._lock:
+            future = self._by_key.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(payload)
+
+    async def _settle(self, key: str, call: Any, future: Future[Any]) -> None:
+        """Pass on the outcome of ``call``, unless its result came as an event."""
+        try:
+            while call.status not in ("finished", "error", "cancelled"):
+                await call._state.wait()
+            if not future.done():
+                result = await call
+                if not future.done():
+                    future.set_result(result)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+        finally:
+            with self._lock:
+                self._by_key.pop(key, None)
 
     def _forget(self, future: Future[Any]) -> None:
         with self._lock:
             self._calls.pop(future, None)
+
+    @property
+    def topic(self) -> str:
+        """The dask event topic on which small results arrive."""
+        return self._topic
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._closed = True
@@ -291,6 +332,8 @@ class DaskExecutor(Executor):
         if self._cluster is not None:
             self._client.close()
             self._cluster.close()
+        elif self._client.status == "running":
+            self._client.unsubscribe_topic(self._topic)
 
     def kill(self) -> None:
         """Cancel every call; end the worker processes of a cluster this executor started."""
@@ -301,14 +344,22 @@ class DaskExecutor(Executor):
         self.shutdown(wait=False, cancel_futures=True)
 
 
-async def _settle(call: Any, future: Future[Any]) -> None:
-    """Pass a dask future's outcome on to its ``concurrent.futures`` future."""
-    try:
-        result = await call
-    except BaseException as exc:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
+#: Results up to this size travel from the worker in an event, on the streams that
+#: already carry the task's end, instead of in a fetch of their own; the scheduler
+#: keeps the last thousand events of a topic.
+EVENT_RESULT_LIMIT = 32 * 2**10
+
+
+def _publish(topic: str, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn`` on a dask worker; a small ``bytes`` result goes out as an event."""
+    result = fn(*args, **kwargs)
+    if isinstance(result, bytes) and len(result) <= EVENT_RESULT_LIMIT:
+        from distributed import get_worker
+
+        worker = get_worker()
+        worker.log_event(topic, (worker.get_current_task(), result))
+        return None
+    return result
 
 
 _BUILTIN: tuple[tuple[ParallelBackend, Callable[..., Executor], WorkerType], ...] = (
