@@ -330,6 +330,9 @@ class DaskExecutor(Executor):
         elif wait and calls:
             futures_wait(calls)
         if self._cluster is not None:
+            # A worker's heartbeat that meets the closing scheduler logs a traceback.
+            with suppress(Exception):
+                self._client.run(_stop_heartbeat)
             self._client.close()
             self._cluster.close()
         elif self._client.status == "running":
@@ -342,6 +345,11 @@ class DaskExecutor(Executor):
 
             self._cluster.sync(local.kill_workers, self._cluster)
         self.shutdown(wait=False, cancel_futures=True)
+
+
+def _stop_heartbeat(dask_worker: Any) -> None:
+    """Run on each worker of a cluster about to close: no more heartbeats."""
+    dask_worker.periodic_callbacks["heartbeat"].stop()
 
 
 #: Results up to this size travel from the worker in an event, on the streams that
