@@ -269,8 +269,8 @@ class DaskExecutor(Executor):
                 silence_logs=logging.WARNING,
                 name="taskcloud-dask-backend",
             )
-        # Results come through the scheduler: one request from this process per
-        # result instead of two (where is it, then fetch it from that worker).
+        # Results too large for an event come through the scheduler: one request
+        # from this process instead of two (where is it, then fetch it from there).
         return cls(Client(cluster, set_as_default=False), cluster)
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
