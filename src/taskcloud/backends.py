@@ -32,6 +32,7 @@ from taskcloud.errors import BackendNotFoundError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.providers import forking_workers
 from taskcloud.providers import main_module_hidden
+from taskcloud.providers import settled
 
 __all__ = [
     "Backend",
@@ -299,8 +300,7 @@ class DaskExecutor(Executor):
     async def _settle(self, key: str, call: Any, future: Future[Any]) -> None:
         """Pass on the outcome of ``call``, unless its result came as an event."""
         try:
-            while call.status not in ("finished", "error", "cancelled"):
-                await call._state.wait()
+            await settled(call)
             if not future.done():
                 result = await call
                 if not future.done():

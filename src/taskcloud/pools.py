@@ -32,6 +32,8 @@ from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
 from taskcloud.pickling import dumps_arguments
 from taskcloud.pickling import dumps_function
+from taskcloud.providers import SETTLED
+from taskcloud.providers import settled
 from taskcloud.specs import PoolSpec
 from taskcloud.specs import format_bytes
 
@@ -43,9 +45,6 @@ _POOL_IDS = itertools.count(1)
 #: all in one request: a request costs the scheduler and the workers about as much
 #: as fetching a dozen small results.
 GATHER_WINDOW = 0.1
-
-#: The states of a dask future that is done (until its data is lost, say).
-_SETTLED = frozenset({"finished", "error", "cancelled"})
 
 
 @define
@@ -230,10 +229,7 @@ class _MapResults:
             task.add_done_callback(self._tasks.discard)
 
     async def _follow(self, dask_future: Any) -> None:
-        # Waits on the future's state as dask's own gather does (a cheaper coroutine
-        # than as_completed's), and again should its data be lost.
-        while dask_future.status not in _SETTLED:
-            await dask_future._state.wait()
+        await settled(dask_future)
         with self._changed:
             self._finished.append(dask_future)
             self._following -= 1
@@ -269,7 +265,7 @@ class _MapResults:
             call = calls.get(dask_future)
             if call is None:
                 continue
-            if dask_future.status in _SETTLED or call.future.done():
+            if dask_future.status in SETTLED or call.future.done():
                 # Errors retry or fail on their own from here on.
                 del calls[dask_future]
                 call._settle(dask_future)
@@ -416,24 +412,18 @@ class Pool:
     def n_workers(self) -> int:
         return len(self.cluster.scheduler.workers)
 
-    def kill(self) -> None:
-        """Stop the pool at once: its worker processes are killed, not asked to stop."""
-        from taskcloud.providers import local
-
-        adaptive = getattr(self.cluster, "_adaptive", None)
-        if adaptive is not None:
-            adaptive.stop(reason="pool-killed")
-        self.cluster.sync(local.kill_workers, self.cluster)
-        self.close()
-
-    def close(self) -> None:
-        """Stop the pool's workers and scheduler."""
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the pool's workers and scheduler; with ``kill``, kill busy workers at once."""
         from distributed.utils import silence_logging_cmgr
 
         with silence_logging_cmgr(logging.ERROR):
             adaptive = getattr(self.cluster, "_adaptive", None)
             if adaptive is not None:
                 adaptive.stop(reason="pool-closed")
+            if kill:
+                from taskcloud.providers import local
+
+                self.cluster.sync(local.kill_workers, self.cluster)
             try:
                 self.client.close()
             finally:
@@ -471,10 +461,7 @@ class PoolManager:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
             self.capacity.release(pool.cluster)
-            if kill:
-                pool.kill()
-            else:
-                pool.close()
+            pool.close(kill=kill)
 
 
 #: The pools of this process.

@@ -7,7 +7,19 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["forking_workers", "main_module_hidden", "start_forkserver"]
+__all__ = ["SETTLED", "forking_workers", "main_module_hidden", "settled", "start_forkserver"]
+
+#: The states of a dask future that is done (until its data is lost, say).
+SETTLED = frozenset({"finished", "error", "cancelled"})
+
+
+async def settled(dask_future: Any) -> None:
+    """Wait until ``dask_future`` is finished, erred or cancelled, fetching nothing.
+
+    This is how dask's own gather waits, a cheaper coroutine than ``as_completed``.
+    """
+    while dask_future.status not in SETTLED:
+        await dask_future._state.wait()
 
 
 @contextmanager
