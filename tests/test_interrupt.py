@@ -62,6 +62,7 @@ def test_ctrl_c_stops_workers_and_keeps_results(backend, tmp_path, write) -> Non
     assert output.count("Ctrl-C stopped the run before this task finished.") >= 2, output
     assert "Traceback" not in output, output
     assert "WARNING" not in output, output
+    assert "ERROR" not in output, output
     wait_for(lambda: all(_gone(w) for w in workers), 10, "every worker process exiting")
     assert (tmp_path / "quick.txt").read_text() == "done"
     assert not list(tmp_path.glob("long-*.txt"))

@@ -238,6 +238,7 @@ class DaskExecutor(Executor):
         self._by_key: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._killed = False
         self._topic = f"taskcloud-results-{uuid.uuid4().hex}"
         client.subscribe_topic(self._topic, self._on_result)
 
@@ -256,10 +257,12 @@ class DaskExecutor(Executor):
 
         from taskcloud.capacity import Shape
         from taskcloud.providers import local
+        from taskcloud.providers import owned
 
         # As LocalCluster does: one thread each, the memory dask sees shared out evenly.
         shape = Shape(cpu=1, memory=system.MEMORY_LIMIT // n_workers)
-        worker = local.worker_spec(shape, 1, options={"silence_logs": logging.WARNING})
+        options = {"silence_logs": logging.WARNING, "preload": [owned.PRELOAD]}
+        worker = local.worker_spec(shape, 1, options=options)
         # No dashboard shows the workers' profiles; sampling them costs each worker a
         # thread's wake-up every 10 ms.
         settings = {"distributed.worker.profile.enabled": False}
@@ -331,8 +334,11 @@ class DaskExecutor(Executor):
             futures_wait(calls)
         if self._cluster is not None:
             # A worker's heartbeat that meets the closing scheduler logs a traceback.
-            with suppress(Exception):
-                self._client.run(_stop_heartbeat)
+            # Killed workers send none, and the scheduler may not know yet that they
+            # are gone: asking them would wait 30 s for each to answer.
+            if not self._killed:
+                with suppress(Exception):
+                    self._client.run(_stop_heartbeat)
             self._client.close()
             self._cluster.close()
         elif self._client.status == "running":
@@ -344,6 +350,7 @@ class DaskExecutor(Executor):
             from taskcloud.providers import local
 
             self._cluster.sync(local.kill_workers, self._cluster)
+            self._killed = True
         self.shutdown(wait=False, cancel_futures=True)
 
 
