@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import pickle
 import sys
 import threading
 import types
@@ -49,6 +50,8 @@ from taskcloud.functions import Function
 from taskcloud.functions import decorated
 from taskcloud.pickling import ship
 from taskcloud.plugin import worker
+from taskcloud.plugin.batches import BUDGET
+from taskcloud.plugin.batches import Batches
 from taskcloud.plugin.call import CallOutcome
 from taskcloud.plugin.call import RenderOptions
 from taskcloud.plugin.call import TaskCall
@@ -79,6 +82,8 @@ class _Running:
     arguments: Arguments
     where: str
     local: bool
+    #: The call as it travels: pickled, except to a thread of this process.
+    payload: Any = None
 
 
 @define
@@ -193,9 +198,17 @@ class _Loop:
     executor: Executor
     n_workers: int
     where: Counter[str]
-    running: dict[Future[Any], _Running] = field(factory=dict)
+    #: What each future on the backend or a pool carries: one task, or a batch.
+    running: dict[Future[Any], list[_Running]] = field(factory=dict)
     waiting: list[tuple[int, int, PTask]] = field(factory=list)
     local_running: int = 0
+    batches: Batches = field(factory=Batches)
+
+    def __attrs_post_init__(self) -> None:
+        # Threads need no trip to a worker. With -x or --max-failures, a batch
+        # already sent would run on after the failure that stops the session.
+        stops = self.session.config.get("max_failures", float("inf")) < float("inf")
+        self.batches.enabled = self.backend.worker_type is not WorkerType.THREADS and not stops
 
     def run(self, owner: ParallelExecution) -> None:
         try:
@@ -205,7 +218,11 @@ class _Loop:
                 if not self.running:
                     break
                 done, _ = wait(self.running, return_when=FIRST_COMPLETED)
-                reports = [self._finish(self.running.pop(future), future) for future in done]
+                reports = [
+                    report
+                    for future in done
+                    for report in self._finish(self.running.pop(future), future)
+                ]
                 self._report_all(reports)
         except KeyboardInterrupt:
             cancelled = {future: future.cancel() for future in self.running}
@@ -218,6 +235,9 @@ class _Loop:
 
     def _may_start_waiting(self) -> bool:
         return bool(self.waiting) and not self.session.should_stop
+
+    def _free(self) -> int:
+        return self.n_workers * _QUEUE_DEPTH - self.local_running
 
     def _start_ready(self) -> bool:
         """Start what may start; True if some task finished without a worker.
@@ -234,18 +254,42 @@ class _Loop:
             for signature in reversed(ready):
                 task = self.session.dag.nodes[signature]
                 if _pool_function(task) is not None:  # type: ignore[arg-type]
-                    finished |= self._start(task)  # type: ignore[arg-type]
+                    finished |= self._start_on_pool(task)  # type: ignore[arg-type]
                 else:
                     entry = (-priorities.get(signature, 0), next(_ORDER), task)
                     heapq.heappush(self.waiting, entry)  # type: ignore[misc]
-        free = self.n_workers * _QUEUE_DEPTH - self.local_running
-        while self._may_start_waiting() and free > 0:
-            _, _, task = heapq.heappop(self.waiting)
-            finished |= self._start(task)
-            free = self.n_workers * _QUEUE_DEPTH - self.local_running
+        while self._may_start_waiting() and self._free() > 0:
+            finished |= self._start_batch(self.batches.size(len(self.waiting), self._free()))
         return finished
 
-    def _start(self, task: PTask) -> bool:
+    def _start_batch(self, size: int) -> bool:
+        """Send up to ``size`` waiting tasks in one submission; only tiny ones share."""
+        finished = False
+        batch: list[_Running] = []
+        while len(batch) < size and self._may_start_waiting():
+            task = self.waiting[0][2]
+            tiny = self.batches.tiny(task.function)
+            if batch and not tiny:
+                break
+            heapq.heappop(self.waiting)
+            prepared = self._prepare(task, where=f"{self.backend.name} backend")
+            if prepared is None:
+                finished = True
+            else:
+                batch.append(prepared)
+            if not tiny:
+                break
+        if batch:
+            self._submit_batch(batch)
+        return finished
+
+    def _prepare(self, task: PTask, where: str) -> _Running | None:
+        """Set ``task`` up and return it with its call, pickled unless it stays in
+        this process; None once the task finished here instead.
+
+        A task that is no plain function, or generates tasks, runs in this process;
+        a failing setup or a call that cannot be pickled is reported like any failure.
+        """
         session = self.session
         session.hook.pytask_execute_task_log_start(session=session, task=task)
         try:
@@ -254,10 +298,10 @@ class _Loop:
                 session.hook.pytask_execute_task(session=session, task=task)
                 session.hook.pytask_execute_task_teardown(session=session, task=task)
             else:
-                future, running = self._submit(task)
-                self.running[future] = running
-                self.local_running += running.local
-                return False
+                running, call = self._call(task, where)
+                threads = self.backend.worker_type is WorkerType.THREADS
+                running.payload = call if running.local and threads else cloudpickle.dumps(call)
+                return running
         except KeyboardInterrupt:
             raise
         except Exception:
@@ -265,9 +309,9 @@ class _Loop:
         else:
             report = ExecutionReport.from_task(task)
         self._report(report)
-        return True
+        return None
 
-    def _submit(self, task: PTask) -> tuple[Future[Any], _Running]:
+    def _call(self, task: PTask, where: str) -> tuple[_Running, TaskCall]:
         function = _pool_function(task)
         arguments = load_arguments(task, remote=self.backend.remote and function is None)
         call = TaskCall(
@@ -284,29 +328,72 @@ class _Loop:
             wants_return="return" in task.produces,
             has_files=arguments.has_files,
         )
-        if function is not None:
-            pool, spec = function.pool, function.spec
+        return _Running(task, arguments, where, local=function is None), call
+
+    def _start_on_pool(self, task: PTask) -> bool:
+        function = _pool_function(task)
+        assert function is not None
+        pool, spec = function.pool, function.spec
+        running = self._prepare(task, where=pool.label)
+        if running is None:
+            return True
+        try:
             future = pool.submit(
                 task.name,
                 worker.run_serialized,
-                (cloudpickle.dumps(call),),
+                (running.payload,),
                 environ=spec.environ,
                 retries=spec.retries,
                 timeout=spec.timeout,
             )
-            return future, _Running(task, arguments, pool.label, local=False)
-        where = f"{self.backend.name} backend"
-        if self.backend.worker_type is WorkerType.THREADS:
-            future = self.executor.submit(worker.run_call, call)
-        else:
-            future = self.executor.submit(worker.run_serialized, cloudpickle.dumps(call))
-        return future, _Running(task, arguments, where, local=True)
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            self._report(ExecutionReport.from_task_and_exception(task, sys.exc_info()))
+            return True
+        self.running[future] = [running]
+        return False
 
-    def _finish(self, running: _Running, future: Future[Any]) -> ExecutionReport:
+    def _submit_batch(self, batch: list[_Running]) -> None:
+        """Submit the calls of ``batch`` as one item of the backend's executor; if the
+        executor refuses it, every task of the batch fails with its error."""
+        payloads = [running.payload for running in batch]
+        future: Future[Any]
+        try:
+            if self.backend.worker_type is WorkerType.THREADS:
+                future = self.executor.submit(worker.run_call, *payloads)
+            elif len(payloads) == 1:
+                future = self.executor.submit(worker.run_serialized, *payloads)
+            else:
+                future = self.executor.submit(worker.run_batch, pickle.dumps(payloads), BUDGET)
+        except KeyboardInterrupt:
+            raise
+        except Exception:
+            failure = sys.exc_info()
+            for running in batch:
+                self._report(ExecutionReport.from_task_and_exception(running.task, failure))
+            return
+        self.running[future] = batch
+        self.local_running += 1
+
+    def _finish(self, runnings: list[_Running], future: Future[Any]) -> list[ExecutionReport]:
+        """Turn a finished future into the reports of the tasks it carried.
+
+        A batch that ran out of its time budget gives back the calls it did not
+        start; they go out again at once, in the slot the batch held.
+        """
+        self.local_running -= runnings[0].local
+        outcomes = _outcomes(future, len(runnings))
+        pairs = zip(runnings, outcomes, strict=False)
+        reports = [self._finish_one(running, outcome) for running, outcome in pairs]
+        if len(outcomes) < len(runnings):
+            self._submit_batch(runnings[len(outcomes) :])
+        return reports
+
+    def _finish_one(self, running: _Running, outcome: CallOutcome) -> ExecutionReport:
         task, session = running.task, self.session
-        self.local_running -= running.local
         self.where[running.where] += 1
-        outcome = _outcome(future)
+        self.batches.record(task.function, outcome.start, outcome.end)
         if outcome.stdout:
             task.report_sections.append(("call", "stdout", outcome.stdout))
         if outcome.stderr:
@@ -361,16 +448,17 @@ class _Loop:
     def _interrupt(self, cancelled: dict[Future[Any], bool]) -> None:
         """Report the tasks Ctrl-C stopped or cancelled, and stop the session."""
         self.session.should_stop = True
-        for future, running in list(self.running.items()):
-            exc = KeyboardInterrupt(
-                "Ctrl-C cancelled this task before it started."
-                if cancelled[future]
-                else "Ctrl-C stopped the run before this task finished."
-            )
-            report = ExecutionReport.from_task_and_exception(
-                running.task, (KeyboardInterrupt, exc, None)
-            )
-            self._report(report)
+        for future, runnings in list(self.running.items()):
+            for running in runnings:
+                exc = KeyboardInterrupt(
+                    "Ctrl-C cancelled this task before it started."
+                    if cancelled[future]
+                    else "Ctrl-C stopped the run before this task finished."
+                )
+                report = ExecutionReport.from_task_and_exception(
+                    running.task, (KeyboardInterrupt, exc, None)
+                )
+                self._report(report)
         self.running.clear()
 
 
@@ -390,15 +478,18 @@ def _filters(session: Session, task: PTask) -> tuple[Any, ...]:
     return tuple(parse_warning_filter(arg, escape=False) for arg in args)
 
 
-def _outcome(future: Future[Any]) -> CallOutcome:
-    """Read a finished future; a failure of the backend itself fails the task."""
+def _outcomes(future: Future[Any], n_calls: int) -> list[CallOutcome]:
+    """Read a finished future of ``n_calls`` calls; a failure of the backend itself
+    (a worker lost, the submission cancelled) fails each of them."""
     try:
         result = future.result()
     except (Exception, CancelledError) as exc:
-        return CallOutcome(exc_info=(type(exc), exc, exc.__traceback__))
+        return [CallOutcome(exc_info=(type(exc), exc, exc.__traceback__))] * n_calls
+    if n_calls > 1:
+        return [cloudpickle.loads(blob) for blob in pickle.loads(result)]
     if isinstance(result, bytes):
-        return cloudpickle.loads(result)
-    return result
+        return [cloudpickle.loads(result)]
+    return [result]
 
 
 @contextmanager

@@ -38,7 +38,7 @@ from taskcloud.plugin.call import RenderOptions
 from taskcloud.plugin.call import TaskCall
 from taskcloud.plugin.call import WarningFilter
 
-__all__ = ["interceptor", "run_call", "run_serialized", "warm_up"]
+__all__ = ["interceptor", "run_batch", "run_call", "run_serialized", "warm_up"]
 
 _BREAKPOINT_MESSAGE = (
     "breakpoint() and pdb.set_trace() cannot open a debugger in a parallel worker. "
@@ -289,6 +289,24 @@ def run_serialized(blob: bytes) -> bytes:
     if outcome.exc_info is not None:
         outcome = _with_rendered_traceback(outcome, call.render)
     return _dumps(outcome, call.name)
+
+
+def run_batch(blob: bytes, budget: float) -> bytes:
+    """Run several cloudpickled calls one after another; return their outcomes.
+
+    Once the batch has run for ``budget`` seconds it starts no further call: the
+    outcomes list is then shorter than the calls, and the dispatcher sends the rest
+    again. Each call and each outcome is pickled on its own, so a return value that
+    cannot be pickled fails only its own task.
+    """
+    calls: list[bytes] = pickle.loads(blob)
+    outcomes = []
+    start = time.monotonic()
+    for call in calls:
+        outcomes.append(run_serialized(call))
+        if time.monotonic() - start >= budget:
+            break
+    return pickle.dumps(outcomes)
 
 
 def warm_up() -> int:
