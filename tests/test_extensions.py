@@ -23,6 +23,7 @@ def build(n_workers):
 @taskcloud.hookimpl
 def taskcloud_add_parallel_backends(registry):
     registry.register_parallel_backend("plugin-threads", build, worker_type="threads")
+    registry.register_parallel_backend("processes", build, worker_type="threads")
 """
 
 TASK = """
@@ -72,6 +73,19 @@ def test_installed_plugin_adds_a_backend(tmp_path, site) -> None:
     (project / "task_where.py").write_text(TASK)
 
     result = _pytask(project, "--parallel-backend", "plugin-threads", site=site)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (project / "where.txt").read_text().startswith("from-plugin")
+
+
+def test_plugin_that_replaces_a_builtin_name_wins(tmp_path, site) -> None:
+    """The built-in backend's workers start before extensions load; the one that
+    replaces it still runs the tasks."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "task_where.py").write_text(TASK)
+
+    result = _pytask(project, "-n", "2", "--parallel-backend", "processes", site=site)
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert (project / "where.txt").read_text().startswith("from-plugin")

@@ -98,10 +98,13 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
     if config["n_workers"] > 1 and config["parallel_backend"] == "none":
         config["parallel_backend"] = ParallelBackend.LOKY.value
     if _runs_in_parallel(config):
-        load_extensions(registry)
         execution = ParallelExecution(config["parallel_backend"], config["n_workers"])
         config["pm"].register(execution, name="taskcloud-parallel")
+        # A built-in backend's workers start before the extensions load (scanning
+        # the installed packages takes tens of milliseconds); an extension that
+        # replaces a built-in name gets its own executor built at execution instead.
         execution.start()
+        load_extensions(registry)
 
 
 def _runs_in_parallel(config: dict[str, Any]) -> bool:
