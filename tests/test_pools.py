@@ -43,6 +43,16 @@ def test_workers_have_the_requested_shape() -> None:
     assert worker["resources"] == {"cpu": 1, "memory": 700 * 2**20, "gpu": 0}
 
 
+def _ignores_ctrl_c() -> bool:
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def test_workers_leave_ctrl_c_to_this_process() -> None:
+    """A terminal's Ctrl-C reaches the workers too; this process kills them instead."""
+    assert taskcloud.function(keepalive="5 s")(_ignores_ctrl_c)()
+    assert not _ignores_ctrl_c()
+
+
 def test_same_spec_shares_a_pool_and_others_get_their_own() -> None:
     """Equal specs share workers; a different shape gets a pool of its own."""
     one = taskcloud.function(memory="600 MiB", keepalive="5 s")(_pid)

@@ -257,12 +257,10 @@ class DaskExecutor(Executor):
 
         from taskcloud.capacity import Shape
         from taskcloud.providers import local
-        from taskcloud.providers import owned
 
         # As LocalCluster does: one thread each, the memory dask sees shared out evenly.
         shape = Shape(cpu=1, memory=system.MEMORY_LIMIT // n_workers)
-        options = {"silence_logs": logging.WARNING, "preload": [owned.PRELOAD]}
-        worker = local.worker_spec(shape, 1, options=options)
+        worker = local.worker_spec(shape, 1, options={"silence_logs": logging.WARNING})
         # No dashboard shows the workers' profiles; sampling them costs each worker a
         # thread's wake-up every 10 ms.
         settings = {"distributed.worker.profile.enabled": False}

@@ -253,8 +253,9 @@ class _Loop:
             # get_ready lists the highest priority last; start that first.
             for signature in reversed(ready):
                 task = self.session.dag.nodes[signature]
-                if _pool_function(task) is not None:  # type: ignore[arg-type]
-                    finished |= self._start_on_pool(task)  # type: ignore[arg-type]
+                function = _pool_function(task)  # type: ignore[arg-type]
+                if function is not None:
+                    finished |= self._start_on_pool(task, function)  # type: ignore[arg-type]
                 else:
                     entry = (-priorities.get(signature, 0), next(_ORDER), task)
                     heapq.heappush(self.waiting, entry)  # type: ignore[misc]
@@ -330,9 +331,7 @@ class _Loop:
         )
         return _Running(task, arguments, where, local=function is None), call
 
-    def _start_on_pool(self, task: PTask) -> bool:
-        function = _pool_function(task)
-        assert function is not None
+    def _start_on_pool(self, task: PTask, function: Function[Any]) -> bool:
         pool, spec = function.pool, function.spec
         running = self._prepare(task, where=pool.label)
         if running is None:

@@ -32,6 +32,7 @@ from distributed.utils import import_term
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
 from taskcloud.providers import main_module_hidden
+from taskcloud.providers.owned import PRELOAD
 
 __all__ = [
     "CapacityAdaptive",
@@ -418,6 +419,10 @@ def worker_spec(
     if security is not None:
         settings["security"] = security
     settings.update(options or {})
+    if issubclass(cls, Nanny):
+        # The owner of these workers handles Ctrl-C and kills them (kill_workers).
+        preload = settings.get("preload") or []
+        settings["preload"] = [*([preload] if isinstance(preload, str) else preload), PRELOAD]
     return {"cls": cls, "options": settings}
 
 
