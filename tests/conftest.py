@@ -48,9 +48,11 @@ def run_cli(runner: CliRunner, tmp_path: Path, *args: str):
     return runner.invoke(cli, [tmp_path.as_posix(), *args], env={"COLUMNS": "150"})
 
 
-def run_subprocess(tmp_path: Path, *args: str, **kwargs) -> subprocess.Popen:
-    """Start ``pytask`` as its own process in its own session."""
-    env = {**os.environ, "COLUMNS": "150", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
+def run_subprocess(
+    tmp_path: Path, *args: str, env: dict[str, str] | None = None, **kwargs
+) -> subprocess.Popen:
+    """Start ``pytask`` as its own process in its own session, ``env`` added to ours."""
+    env = {**os.environ, "COLUMNS": "150", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "pytask", *args],
         cwd=tmp_path,

@@ -388,4 +388,17 @@ def default_n_workers() -> int:
     return max((os.cpu_count() or 1) - 1, 1)
 
 
+def parse_n_workers(value: Any) -> int:
+    """Turn ``-n`` into a number of workers: an integer >= 1, or 'auto'."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text == "auto":
+            return default_n_workers()
+        if text.lstrip("-").isdigit():
+            value = int(text)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise InvalidOptionError("n_workers", value, "an integer >= 1 or 'auto'")
+
+
 registry = ParallelBackendRegistry()

@@ -5,7 +5,12 @@ from __future__ import annotations
 from pluggy import PluginManager
 from pytask import hookimpl
 
-from taskcloud.plugin import options
+from taskcloud.plugin import early
+
+# First of all, so that loky's workers boot while pytask loads the rest.
+early.start()
+
+from taskcloud.plugin import options  # noqa: E402
 
 #: pytask-parallel's plugins, which add the same options; taskcloud replaces them.
 _REPLACED = ("pytask_parallel", "pytask_parallel.build", "pytask_parallel.config")

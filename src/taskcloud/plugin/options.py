@@ -13,28 +13,12 @@ from pytask import hookimpl
 
 from taskcloud.backends import ParallelBackend
 from taskcloud.backends import backend_name
-from taskcloud.backends import default_n_workers
+from taskcloud.backends import parse_n_workers
 from taskcloud.backends import registry
 from taskcloud.errors import InvalidOptionError
 from taskcloud.extensions import load_extensions
+from taskcloud.plugin import early
 from taskcloud.plugin.dispatch import ParallelExecution
-
-__all__ = ["parse_n_workers"]
-
-_N_WORKERS_FORM = "an integer >= 1 or 'auto'"
-
-
-def parse_n_workers(value: Any) -> int:
-    """Turn ``-n`` into a number of workers: an integer >= 1, or 'auto'."""
-    if isinstance(value, str):
-        text = value.strip()
-        if text == "auto":
-            return default_n_workers()
-        if text.lstrip("-").isdigit():
-            value = int(text)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-        return value
-    raise InvalidOptionError("n_workers", value, _N_WORKERS_FORM)
 
 
 class _NWorkers(click.ParamType):
@@ -89,7 +73,9 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
     with parallel execution, register it and start its workers.
 
     The workers start here, the first moment the configuration is known, so that
-    they boot while pytask finishes configuring and collects the tasks.
+    they boot while pytask finishes configuring and collects the tasks; a loky pool
+    that :mod:`~taskcloud.plugin.early` started from the command line is kept for
+    the build or stopped.
     """
     __tracebackhide__ = True
     config["n_workers"] = parse_n_workers(config.get("n_workers", 1))
@@ -97,7 +83,9 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
     config["parallel_backend"] = backend_name(backend)
     if config["n_workers"] > 1 and config["parallel_backend"] == "none":
         config["parallel_backend"] = ParallelBackend.LOKY.value
-    if _runs_in_parallel(config):
+    parallel = _runs_in_parallel(config)
+    early.settle(config, parallel)
+    if parallel:
         execution = ParallelExecution(config["parallel_backend"], config["n_workers"])
         config["pm"].register(execution, name="taskcloud-parallel")
         # A built-in backend's workers start before the extensions load (scanning

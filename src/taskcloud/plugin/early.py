@@ -1,0 +1,154 @@
+"""The early start: loky's workers boot while pytask itself is still starting.
+
+loky's workers are fresh interpreters; each needs a few tenths of a second of CPU
+before it runs a first task. pytask imports this plugin well before it parses its
+command line, so when the ``pytask`` command line and the configuration file ask for a
+build on loky, :func:`start` starts that pool at import. Once pytask has parsed the
+options, :func:`settle` keeps the pool for the build, whose loky backend gets the same
+reusable pool back from loky, or stops it when pytask parsed something else.
+
+Only the ``pytask`` command itself starts early: called from Python, or with any
+option read here that this cannot make sense of, pytask starts its workers as it
+always does, once the configuration is known.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+from taskcloud.backends import ParallelBackend
+from taskcloud.backends import backend_name
+from taskcloud.backends import build_loky_executor
+from taskcloud.backends import parse_n_workers
+from taskcloud.errors import InvalidOptionError
+from taskcloud.plugin import worker
+
+__all__ = ["requested_workers", "settle", "start"]
+
+#: Options read from the command line, by each of their spellings.
+_OPTIONS = {
+    "-n": "n_workers",
+    "--n-workers": "n_workers",
+    "--parallel-backend": "parallel_backend",
+    "-c": "config",
+    "--config": "config",
+}
+#: Flags that make pytask run no task, or run them one by one in this process.
+_SERIAL = ("pdb", "trace", "dry_run", "explain")
+_NO_BUILD = {"-h", "--help", "--version", *(f"--{key.replace('_', '-')}" for key in _SERIAL)}
+
+_pool: tuple[int, Executor] | None = None
+
+
+def start(argv: Sequence[str] | None = None) -> None:
+    """Start the loky pool that the command line ``argv`` asks for, if it asks for one.
+
+    Anything that goes wrong here is left for the regular start to report.
+    """
+    global _pool
+    try:
+        n_workers = requested_workers(_command_line() if argv is None else argv)
+        if n_workers is None:
+            return
+        executor = build_loky_executor(n_workers)
+        for _ in range(n_workers):
+            executor.submit(worker.warm_up)
+    except Exception:
+        return
+    _pool = (n_workers, executor)
+
+
+def settle(config: dict[str, Any], parallel: bool) -> None:
+    """Keep the early pool for a build on ``n_workers`` loky workers; else stop it."""
+    global _pool
+    if _pool is None:
+        return
+    (n_workers, executor), _pool = _pool, None
+    wanted = parallel and config["parallel_backend"] == ParallelBackend.LOKY.value
+    if not wanted or config["n_workers"] != n_workers:
+        executor.shutdown(wait=False, kill_workers=True)  # type: ignore[call-arg]
+
+
+def requested_workers(argv: Sequence[str]) -> int | None:
+    """The number of loky workers that a ``pytask`` command line asks for.
+
+    None unless ``argv`` runs the ``pytask`` command for a build on loky (``-n`` above
+    one and no other backend, from the command line or the configuration file), with
+    no flag that makes pytask run tasks serially or not at all.
+    """
+    if not argv or not _is_pytask(argv[0]):
+        return None
+    args = list(argv[1:])
+    if args and args[0] == "build":
+        args = args[1:]
+    elif args and not args[0].startswith("-") and not Path(args[0]).exists():
+        return None  # another command, such as ``pytask collect``
+    given = _read_options(args)
+    if given is None:
+        return None
+    from_file = _configuration(given.get("config"))
+    if from_file is None or any(from_file.get(key) for key in _SERIAL):
+        return None
+    values = from_file | given
+    try:
+        n_workers = parse_n_workers(values.get("n_workers", 1))
+        backend = backend_name(values.get("parallel_backend") or ParallelBackend.NONE)
+    except InvalidOptionError:
+        return None
+    if backend == ParallelBackend.NONE.value:
+        backend = ParallelBackend.LOKY.value
+    return n_workers if backend == ParallelBackend.LOKY.value and n_workers > 1 else None
+
+
+def _command_line() -> list[str]:
+    """``sys.argv``, also while ``python -m pytask`` imports the pytask package.
+
+    Until the package is imported, ``sys.argv[0]`` is ``-m``; the interpreter's own
+    command line says which module runs.
+    """
+    if sys.argv[:1] != ["-m"]:
+        return sys.argv
+    original = sys.orig_argv
+    runs = [original[i + 1] for i, arg in enumerate(original[:-1]) if arg == "-m"]
+    return ["pytask", *sys.argv[1:]] if runs[:1] == ["pytask"] else []
+
+
+def _is_pytask(program: str) -> bool:
+    path = Path(program)
+    return path.stem == "pytask" or path.parts[-2:] == ("pytask", "__main__.py")
+
+
+def _read_options(args: list[str]) -> dict[str, str] | None:
+    """The options of :data:`_OPTIONS` in ``args``; None for a flag of ``_NO_BUILD``."""
+    given: dict[str, str] = {}
+    tokens = iter(args)
+    for token in tokens:
+        if token == "--":
+            break
+        if token in _NO_BUILD:
+            return None
+        name, equals, value = token.partition("=")
+        if name in _OPTIONS:
+            given[_OPTIONS[name]] = value if equals else next(tokens, "")
+        elif token.startswith("-n") and not token.startswith("--"):
+            given["n_workers"] = token[2:]
+    return given
+
+
+def _configuration(path: str | None) -> dict[str, Any] | None:
+    """What pytask will read from its configuration file; None if that is unreadable."""
+    try:
+        from _pytask.config_utils import find_project_root_and_config
+        from _pytask.config_utils import read_config
+
+        if path:
+            found: Path | None = Path(path)
+        else:
+            _, found = find_project_root_and_config([Path.cwd()])
+        return dict(read_config(found)) if found else {}
+    except Exception:
+        return None
