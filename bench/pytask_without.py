@@ -23,7 +23,9 @@ def _load_without(self: pluggy.PluginManager, group: str, name: str | None = Non
 pluggy.PluginManager.load_setuptools_entrypoints = _load_without  # type: ignore[method-assign]
 
 if __name__ == "__main__":
+    # The command line the plugins see as pytask imports them is the one ``pytask``
+    # would have: taskcloud starts a loky pool from it.
+    sys.argv = ["pytask", *sys.argv[2:]]
     from pytask import cli
 
-    sys.argv = ["pytask", *sys.argv[2:]]
     cli()
