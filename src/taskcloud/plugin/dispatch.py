@@ -101,8 +101,9 @@ class ParallelExecution:
     def pytask_log_session_header(self) -> None:
         console.print(f"Running tasks on {self.n_workers} workers of the {self.backend!r} backend.")
 
-    def start(self) -> None:
-        """Start the workers now, so they boot while pytask collects the tasks.
+    def start(self, ready: Executor | None = None) -> None:
+        """Start the workers now, so they boot while pytask collects the tasks; or
+        take ``ready``, a pool of this backend's that already started.
 
         Only built-in backends start early: a user's builder may rely on what the
         task modules set up. Process pools start here and boot in the background; a
@@ -112,6 +113,9 @@ class ParallelExecution:
             return
         backend = registry.get(self.backend)
         if backend.builder.__module__ != "taskcloud.backends":
+            return
+        if ready is not None:
+            self._executor, self._built_from = ready, backend
             return
         if backend.name != "dask":
             self._warm(backend)
@@ -132,8 +136,7 @@ class ParallelExecution:
         try:
             executor = backend.build(self.n_workers)
             if backend.worker_type is WorkerType.PROCESSES:
-                for _ in range(self.n_workers):
-                    executor.submit(worker.warm_up)
+                worker.warm(executor, self.n_workers)
         except Exception:
             return
         else:

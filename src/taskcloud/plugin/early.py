@@ -4,8 +4,8 @@ loky's workers are fresh interpreters; each needs a few tenths of a second of CP
 before it runs a first task. pytask imports this plugin well before it parses its
 command line, so when the ``pytask`` command line and the configuration file ask for a
 build on loky, :func:`start` starts that pool at import. Once pytask has parsed the
-options, :func:`settle` keeps the pool for the build, whose loky backend gets the same
-reusable pool back from loky, or stops it when pytask parsed something else.
+options, :func:`settle` hands the pool to the build, or stops it when pytask parsed
+something else.
 
 Only the ``pytask`` command itself starts early: called from Python, or with any
 option read here that this cannot make sense of, pytask starts its workers as it
@@ -37,9 +37,10 @@ _OPTIONS = {
     "-c": "config",
     "--config": "config",
 }
-#: Flags that make pytask run no task, or run them one by one in this process.
+#: Configuration keys, and below flags, that make pytask run no task, or run them one
+#: by one in this process.
 _SERIAL = ("pdb", "trace", "dry_run", "explain")
-_NO_BUILD = {"-h", "--help", "--version", *(f"--{key.replace('_', '-')}" for key in _SERIAL)}
+_NO_BUILD = {"-h", "--help", "--version", "--pdb", "--trace", "--dry-run", "--explain"}
 
 _pool: tuple[int, Executor] | None = None
 
@@ -55,22 +56,23 @@ def start(argv: Sequence[str] | None = None) -> None:
         if n_workers is None:
             return
         executor = build_loky_executor(n_workers)
-        for _ in range(n_workers):
-            executor.submit(worker.warm_up)
+        worker.warm(executor, n_workers)
     except Exception:
         return
     _pool = (n_workers, executor)
 
 
-def settle(config: dict[str, Any], parallel: bool) -> None:
-    """Keep the early pool for a build on ``n_workers`` loky workers; else stop it."""
+def settle(config: dict[str, Any], parallel: bool) -> Executor | None:
+    """The early pool, for a build on as many loky workers as it has; else stop it."""
     global _pool
     if _pool is None:
-        return
+        return None
     (n_workers, executor), _pool = _pool, None
     wanted = parallel and config["parallel_backend"] == ParallelBackend.LOKY.value
-    if not wanted or config["n_workers"] != n_workers:
-        executor.shutdown(wait=False, kill_workers=True)  # type: ignore[call-arg]
+    if wanted and config["n_workers"] == n_workers:
+        return executor
+    executor.shutdown(wait=False, kill_workers=True)  # type: ignore[call-arg]
+    return None
 
 
 def requested_workers(argv: Sequence[str]) -> int | None:

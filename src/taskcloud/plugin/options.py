@@ -84,14 +84,14 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
     if config["n_workers"] > 1 and config["parallel_backend"] == "none":
         config["parallel_backend"] = ParallelBackend.LOKY.value
     parallel = _runs_in_parallel(config)
-    early.settle(config, parallel)
+    started = early.settle(config, parallel)
     if parallel:
         execution = ParallelExecution(config["parallel_backend"], config["n_workers"])
         config["pm"].register(execution, name="taskcloud-parallel")
         # A built-in backend's workers start before the extensions load (scanning
         # the installed packages takes tens of milliseconds); an extension that
         # replaces a built-in name gets its own executor built at execution instead.
-        execution.start()
+        execution.start(ready=started)
         load_extensions(registry)
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from taskcloud.plugin.call import RenderOptions
 from taskcloud.plugin.call import TaskCall
 from taskcloud.plugin.call import WarningFilter
 
-__all__ = ["interceptor", "run_batch", "run_call", "run_serialized", "warm_up"]
+__all__ = ["interceptor", "run_batch", "run_call", "run_serialized", "warm", "warm_up"]
 
 _BREAKPOINT_MESSAGE = (
     "breakpoint() and pdb.set_trace() cannot open a debugger in a parallel worker. "
@@ -313,6 +314,12 @@ def warm_up() -> int:
     """Run in a fresh worker so its first real call finds everything imported."""
     _INTERCEPTOR.install()
     return os.getpid()
+
+
+def warm(executor: Executor, n_workers: int) -> None:
+    """Have each of the ``n_workers`` workers of a process pool run :func:`warm_up`."""
+    for _ in range(n_workers):
+        executor.submit(warm_up)
 
 
 def _with_rendered_traceback(outcome: CallOutcome, options: RenderOptions) -> CallOutcome:
