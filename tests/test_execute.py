@@ -306,7 +306,9 @@ def test_stop_after_first_failure(backend, tmp_path, write) -> None:
     succeeded = [r for r in session.execution_reports if r.outcome == TaskOutcome.SUCCESS]
     assert session.exit_code == ExitCode.FAILED
     assert len(written) < 10
-    assert len(succeeded) == len(written)
+    # Every reported success wrote its file; a task stopped right after writing its
+    # file is dropped unreported, at most one per worker.
+    assert len(succeeded) <= len(written) <= len(succeeded) + 2
 
 
 def test_max_failures_stops_submission(tmp_path, write) -> None:
@@ -326,6 +328,71 @@ def test_max_failures_stops_submission(tmp_path, write) -> None:
 
     failed = [r for r in session.execution_reports if r.outcome == TaskOutcome.FAIL]
     assert 2 <= len(failed) < 6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_priorities_hold_with_two_workers(backend, tmp_path, write) -> None:
+    """With two workers the first report is a try_first task, the last a try_last one."""
+    write(
+        "task_order.py",
+        """
+        import time
+        import pytask
+
+        @pytask.mark.try_first
+        def task_0():
+            time.sleep(0.1)
+
+        def task_1():
+            time.sleep(0.1)
+
+        @pytask.mark.try_last
+        def task_2():
+            time.sleep(0.1)
+
+        @pytask.mark.try_first
+        def task_3():
+            time.sleep(0.1)
+
+        def task_4():
+            time.sleep(0.1)
+
+        @pytask.mark.try_last
+        def task_5():
+            time.sleep(0.1)
+        """,
+    )
+    session = build(paths=tmp_path, n_workers=2, parallel_backend=backend)
+
+    assert session.exit_code == ExitCode.OK
+    names = [r.task.name.split("::")[-1] for r in session.execution_reports]
+    assert names[0] in ("task_0", "task_3"), names
+    assert names[-1] in ("task_2", "task_5"), names
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_python_node_saved_in_the_task_arrives(backend, tmp_path, write) -> None:
+    """A PythonNode product that the task saves into reaches its dependents."""
+    write(
+        "task_node.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        from pytask import Product, PythonNode
+
+        TEXT = PythonNode(name="text")
+
+        def task_save(node: Annotated[PythonNode, Product] = TEXT) -> None:
+            node.save("saved in a worker")
+
+        def task_use(text: Annotated[str, TEXT], path: Annotated[Path, Product] = Path("out.txt")) -> None:
+            path.write_text(text)
+        """,
+    )
+    session = build(paths=tmp_path, n_workers=2, parallel_backend=backend)
+
+    assert session.exit_code == ExitCode.OK, [r.exc_info for r in session.execution_reports]
+    assert (tmp_path / "out.txt").read_text() == "saved in a worker"
 
 
 @pytest.mark.parametrize("backend", ["loky", "threads"])

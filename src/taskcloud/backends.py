@@ -8,6 +8,7 @@ also accepts plain string names.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -240,6 +241,7 @@ class DaskExecutor(Executor):
         self._closed = False
         self._killed = False
         self._topic = f"taskcloud-results-{uuid.uuid4().hex}"
+        self._order = itertools.count()
         client.subscribe_topic(self._topic, self._on_result)
 
     @classmethod
@@ -283,7 +285,12 @@ class DaskExecutor(Executor):
         key = f"{getattr(fn, '__name__', 'call')}-{uuid.uuid4().hex}"
         with self._lock:
             self._by_key[key] = future
-        call = self._client.submit(_publish, self._topic, fn, *args, key=key, pure=False, **kwargs)
+        # dask runs what it was given in its own order; earlier submissions first, as
+        # in a process pool, keeps pytask's try_first and try_last.
+        priority = -next(self._order)
+        call = self._client.submit(
+            _publish, self._topic, fn, *args, key=key, pure=False, priority=priority, **kwargs
+        )
         with self._lock:
             self._calls[future] = call
         future.add_done_callback(self._forget)
@@ -316,6 +323,11 @@ class DaskExecutor(Executor):
     def _forget(self, future: Future[Any]) -> None:
         with self._lock:
             self._calls.pop(future, None)
+
+    @property
+    def owns_cluster(self) -> bool:
+        """Whether this executor started its cluster (and so knows its workers)."""
+        return self._cluster is not None
 
     @property
     def topic(self) -> str:

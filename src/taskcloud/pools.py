@@ -67,6 +67,7 @@ class _Call:
     environ: tuple[tuple[str, str], ...]
     retries: int
     timeout: float | None
+    on_start: Callable[[], None] | None = None
     future: Future[Any] = field(factory=Future)
     attempts: int = 0
     _dask: Any = None
@@ -107,6 +108,9 @@ class _Call:
                 return
         except RuntimeError:  # a retry of a call that is running already
             pass
+        else:
+            if self.on_start is not None:
+                self.on_start()
         if self.timeout is None:
             return
         self._timer = threading.Timer(self.timeout, self._expire)
@@ -335,8 +339,12 @@ class Pool:
         environ: tuple[tuple[str, str], ...] = (),
         retries: int = 1,
         timeout: float | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> Future[Any]:
-        """Run ``function(*args, **kwargs)`` on a worker; the future holds its result."""
+        """Run ``function(*args, **kwargs)`` on a worker; the future holds its result.
+
+        ``on_start`` is called, from another thread, when the call starts on a worker.
+        """
         call = self._call(
             name,
             dumps_function(name, function),
@@ -347,6 +355,7 @@ class Pool:
             retries,
             timeout,
         )
+        call.on_start = on_start
         call.start()
         return call.future
 
@@ -407,6 +416,14 @@ class Pool:
     def restart_worker(self, address: str) -> None:
         """Replace the worker process at ``address`` (its nanny starts a new one)."""
         self.client.restart_workers([address], raise_for_error=False)
+
+    @property
+    def dashboard_link(self) -> str:
+        """The address of the pool's dashboard; empty when it has none."""
+        try:
+            return str(self.cluster.dashboard_link or "")
+        except Exception:  # the cluster closed, or a scheduler without services
+            return ""
 
     @property
     def n_workers(self) -> int:

@@ -66,10 +66,14 @@ class TaskCall:
     function: Callable[..., Any]
     kwargs: dict[str, Any]
     capture: bool = True
+    #: Whether output also reaches the worker's own streams as it is written.
+    live: bool = False
     filters: tuple[WarningFilter, ...] = ()
     render: RenderOptions = RenderOptions()
     wants_return: bool = False
     has_files: bool = False
+    #: Product nodes the function may ``save`` into, whose values travel back.
+    carried: tuple[Any, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +93,5 @@ class CallOutcome:
     start: float = 0.0
     end: float = 0.0
     where: str = ""
+    #: The values of :attr:`TaskCall.carried` after the call, in that order.
+    carried: tuple[Any, ...] = ()

@@ -1,10 +1,9 @@
-"""Runs a pytask session's tasks on a parallel backend.
+"""The dispatch loop of one parallel build.
 
-:class:`ParallelExecution` is registered only when parallel execution is on. It
-replaces pytask's serial ``pytask_execute_build``: ready tasks are set up in this
-process, shipped to the backend's executor and, as each future finishes (the loop
-waits on the first one to complete, it never polls), their outcomes are turned into
-pytask's reports.
+Ready tasks are set up in pytask's process, shipped to the backend's executor or to
+their pool and, as each call finishes, their outcomes are turned into pytask's
+reports. The loop sleeps on one queue of events (a call started on a pool's worker, a
+call finished); it never polls.
 """
 
 from __future__ import annotations
@@ -12,42 +11,34 @@ from __future__ import annotations
 import heapq
 import itertools
 import pickle
+import queue
 import sys
-import threading
 import types
 from collections import Counter
-from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED
+from collections import deque
 from concurrent.futures import CancelledError
 from concurrent.futures import Executor
 from concurrent.futures import Future
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import wait
-from contextlib import contextmanager
 from contextlib import suppress
 from typing import Any
 
 import cloudpickle
 from attrs import define
 from attrs import field
-from pytask import ExecutionError
 from pytask import ExecutionReport
 from pytask import PTask
 from pytask import Session
+from pytask import TaskExecutionStatus
 from pytask import TaskOutcome
 from pytask import WarningReport
 from pytask import console
 from pytask import get_marks
-from pytask import hookimpl
 from pytask import parse_warning_filter
-from rich.text import Text
 
 from taskcloud.backends import Backend
 from taskcloud.backends import WorkerType
-from taskcloud.backends import registry
 from taskcloud.errors import TaskcloudError
 from taskcloud.functions import Function
-from taskcloud.functions import decorated
 from taskcloud.pickling import ship
 from taskcloud.plugin import worker
 from taskcloud.plugin.batches import BUDGET
@@ -57,24 +48,20 @@ from taskcloud.plugin.call import RenderOptions
 from taskcloud.plugin.call import TaskCall
 from taskcloud.plugin.nodes import Arguments
 from taskcloud.plugin.nodes import load_arguments
+from taskcloud.plugin.nodes import store_carried
 from taskcloud.plugin.nodes import store_files
 from taskcloud.plugin.nodes import store_return
-from taskcloud.plugin.summary import where_table
-from taskcloud.pools import pools
-from taskcloud.providers import start_forkserver
+from taskcloud.plugin.routing import pool_function
+from taskcloud.plugin.routing import submit_to_pool
 
-__all__ = ["ParallelExecution"]
-
-#: Calls kept on the backend per worker: one running and one queued behind it, so a
-#: worker never idles while this process reports on the call it just finished.
-_QUEUE_DEPTH = 2
+__all__ = ["Dispatch"]
 
 #: Ask pytask's scheduler for every ready task at once.
 _ALL = 2**31
 _ORDER = itertools.count()
 
 
-@define
+@define(eq=False)
 class _Running:
     """A task whose call is on the backend or on a pool."""
 
@@ -87,150 +74,65 @@ class _Running:
 
 
 @define
-class ParallelExecution:
-    """Executes one session's tasks on the backend ``backend`` with ``n_workers``."""
+class Dispatch:
+    """Runs one build's tasks: on ``executor``, or on their pools.
 
-    backend: str
-    n_workers: int
-    _executor: Executor | None = field(default=None, init=False)
-    _built_from: Backend | None = field(default=None, init=False)
-    _warming: threading.Thread | None = field(default=None, init=False)
-    where: Counter[str] = field(factory=Counter, init=False)
-
-    @hookimpl(trylast=True)
-    def pytask_log_session_header(self) -> None:
-        console.print(f"Running tasks on {self.n_workers} workers of the {self.backend!r} backend.")
-
-    def start(self, ready: Executor | None = None) -> None:
-        """Start the workers now, so they boot while pytask collects the tasks; or
-        take ``ready``, a pool of this backend's that already started.
-
-        Only built-in backends start early: a user's builder may rely on what the
-        task modules set up. Process pools start here and boot in the background; a
-        dask cluster, whose start blocks, starts in a thread.
-        """
-        if self.backend not in registry:
-            return
-        backend = registry.get(self.backend)
-        if backend.builder.__module__ != "taskcloud.backends":
-            return
-        if ready is not None:
-            self._executor, self._built_from = ready, backend
-            return
-        if backend.name != "dask":
-            self._warm(backend)
-            return
-        # The fork server imports dask in its own process while this one does the same
-        # for the scheduler; the cluster's workers then fork from it. This thread
-        # imports dask before the cluster starts in another: imports racing between
-        # threads can see half-initialised modules.
-        start_forkserver()
-        import distributed  # noqa: F401
-
-        self._warming = threading.Thread(
-            target=self._warm, args=(backend,), name="taskcloud-warm", daemon=True
-        )
-        self._warming.start()
-
-    def _warm(self, backend: Backend) -> None:
-        try:
-            executor = backend.build(self.n_workers)
-            if backend.worker_type is WorkerType.PROCESSES:
-                worker.warm(executor, self.n_workers)
-        except Exception:
-            return
-        else:
-            self._executor, self._built_from = executor, backend
-
-    def _take_executor(self, backend: Backend) -> Executor:
-        if self._warming is not None:
-            self._warming.join()
-            self._warming = None
-        if self._built_from is backend and self._executor is not None:
-            return self._executor
-        self._shutdown()
-        self._executor, self._built_from = backend.build(self.n_workers), backend
-        return self._executor
-
-    @hookimpl(tryfirst=True)
-    def pytask_execute_build(self, session: Session) -> bool:
-        """Run all tasks; returning True tells pytask the build is done."""
-        try:
-            backend = registry.get(self.backend)
-            executor = self._take_executor(backend)
-        except TaskcloudError as exc:
-            console.print(Text(str(exc), style="red"))
-            raise ExecutionError(str(exc)) from None
-        with _threads_capture(session, backend):
-            _Loop(session, backend, executor, self.n_workers, self.where).run(self)
-        return True
-
-    def kill(self) -> None:
-        """Stop every worker now: queued calls are cancelled, running ones killed."""
-        executor, self._executor, self._built_from = self._executor, None, None
-        if executor is not None:
-            _kill(executor)
-        pools.close_all(kill=True)
-
-    def _shutdown(self) -> None:
-        executor, self._executor, self._built_from = self._executor, None, None
-        if executor is not None:
-            executor.shutdown(wait=True)
-
-    @hookimpl
-    def pytask_unconfigure(self) -> None:
-        """Stop the workers once pytask has reported."""
-        if self._warming is not None:
-            self._warming.join()
-        self._shutdown()
-        pools.close_all()
-
-    @hookimpl(tryfirst=True)
-    def pytask_log_session_footer(self) -> None:
-        """Say where the tasks ran, and what each pool did."""
-        if self.where:
-            console.print(where_table(self.where, pools.active()))
-
-
-@define
-class _Loop:
-    """The dispatch loop of one build."""
+    Up to ``depth`` calls per worker are on the backend at once, so that a worker
+    never idles while this process reports on the call it just finished; the live
+    display shows ``n_workers`` of them as running, the others as pending.
+    """
 
     session: Session
     backend: Backend
     executor: Executor
     n_workers: int
     where: Counter[str]
+    depth: int = 2
     #: What each future on the backend or a pool carries: one task, or a batch.
     running: dict[Future[Any], list[_Running]] = field(factory=dict)
     waiting: list[tuple[int, int, PTask]] = field(factory=list)
+    events: queue.SimpleQueue[tuple[str, Any]] = field(factory=queue.SimpleQueue)
+    #: Submissions to the backend, and those of them the display shows as pending.
     local_running: int = 0
+    unshown: deque[Future[Any]] = field(factory=deque)
     batches: Batches = field(factory=Batches)
 
     def __attrs_post_init__(self) -> None:
         # Threads need no trip to a worker. With -x or --max-failures, a batch
         # already sent would run on after the failure that stops the session.
-        stops = self.session.config.get("max_failures", float("inf")) < float("inf")
-        self.batches.enabled = self.backend.worker_type is not WorkerType.THREADS and not stops
+        self.batches.enabled = (
+            self.backend.worker_type is not WorkerType.THREADS and not _stops_early(self.session)
+        )
 
-    def run(self, owner: ParallelExecution) -> None:
-        try:
-            while self.running or self._can_start() or self._may_start_waiting():
-                if self._start_ready():
-                    continue
-                if not self.running:
-                    break
-                done, _ = wait(self.running, return_when=FIRST_COMPLETED)
-                reports = [
-                    report
-                    for future in done
-                    for report in self._finish(self.running.pop(future), future)
-                ]
-                self._report_all(reports)
-        except KeyboardInterrupt:
-            cancelled = {future: future.cancel() for future in self.running}
-            owner.kill()
-            self._interrupt(cancelled)
+    def run(self) -> None:
+        """Run every task; stops at once on Ctrl-C or when pytask says to stop.
+
+        Either way the caller kills what still runs: :meth:`stopped` says which tasks
+        those were.
+        """
+        while True:
+            finished_here = self._start_ready()
+            if self.session.should_stop or not (self.running or finished_here):
+                return
+            if finished_here:
+                continue
+            self._handle(self.events.get())
+
+    def _handle(self, event: tuple[str, Any]) -> None:
+        """Act on ``event`` and on every other event already queued."""
+        done: list[Future[Any]] = []
+        while True:
+            kind, subject = event
+            if kind == "start":
+                self._show(subject.task)
+            elif subject in self.running:
+                done.append(subject)
+            try:
+                event = self.events.get_nowait()
+            except queue.Empty:
+                break
+        reports = [report for future in done for report in self._finish(future)]
+        self._report_all(reports)
 
     def _can_start(self) -> bool:
         scheduler = self.session.scheduler
@@ -240,7 +142,7 @@ class _Loop:
         return bool(self.waiting) and not self.session.should_stop
 
     def _free(self) -> int:
-        return self.n_workers * _QUEUE_DEPTH - self.local_running
+        return self.n_workers * self.depth - self.local_running
 
     def _start_ready(self) -> bool:
         """Start what may start; True if some task finished without a worker.
@@ -256,7 +158,7 @@ class _Loop:
             # get_ready lists the highest priority last; start that first.
             for signature in reversed(ready):
                 task = self.session.dag.nodes[signature]
-                function = _pool_function(task)  # type: ignore[arg-type]
+                function = pool_function(task)  # type: ignore[arg-type]
                 if function is not None:
                     finished |= self._start_on_pool(task, function)  # type: ignore[arg-type]
                 else:
@@ -284,7 +186,7 @@ class _Loop:
             if not tiny:
                 break
         if batch:
-            self._submit_batch(batch)
+            finished |= self._submit_batch(batch)
         return finished
 
     def _prepare(self, task: PTask, where: str) -> _Running | None:
@@ -299,6 +201,7 @@ class _Loop:
         try:
             session.hook.pytask_execute_task_setup(session=session, task=task)
             if not isinstance(task.function, types.FunctionType) or _generates(task):
+                self._show(task)
                 session.hook.pytask_execute_task(session=session, task=task)
                 session.hook.pytask_execute_task_teardown(session=session, task=task)
             else:
@@ -316,13 +219,14 @@ class _Loop:
         return None
 
     def _call(self, task: PTask, where: str) -> tuple[_Running, TaskCall]:
-        function = _pool_function(task)
+        function = pool_function(task)
         arguments = load_arguments(task, remote=self.backend.remote and function is None)
         call = TaskCall(
             name=task.name,
             function=ship(task.function, getattr(task, "path", None)),
             kwargs=arguments.kwargs,
-            capture=self.session.config.get("capture") != "no",
+            capture=_capture_method(self.session) != "no",
+            live=_capture_method(self.session) in ("no", "tee-sys"),
             filters=_filters(self.session, task),
             render=RenderOptions(
                 width=console.width,
@@ -331,34 +235,46 @@ class _Loop:
             ),
             wants_return="return" in task.produces,
             has_files=arguments.has_files,
+            carried=tuple(arguments.nodes),
         )
         return _Running(task, arguments, where, local=function is None), call
 
     def _start_on_pool(self, task: PTask, function: Function[Any]) -> bool:
-        pool, spec = function.pool, function.spec
-        running = self._prepare(task, where=pool.label)
+        """Send ``task`` to its pool; True if it failed here instead."""
+        try:
+            where = function.pool.label
+        except TaskcloudError as exc:
+            # A shape no worker can have, say: this task fails, in one line.
+            self._fail_here(task, exc)
+            return True
+        running = self._prepare(task, where=where)
         if running is None:
             return True
+        events = self.events
         try:
-            future = pool.submit(
-                task.name,
-                worker.run_serialized,
-                (running.payload,),
-                environ=spec.environ,
-                retries=spec.retries,
-                timeout=spec.timeout,
+            future = submit_to_pool(
+                function, task.name, running.payload, lambda: events.put(("start", running))
             )
         except KeyboardInterrupt:
             raise
+        except TaskcloudError as exc:
+            self._fail_here(task, exc, logged=True)
+            return True
         except Exception:
             self._report(ExecutionReport.from_task_and_exception(task, sys.exc_info()))
             return True
-        self.running[future] = [running]
+        self._follow(future, [running])
         return False
 
-    def _submit_batch(self, batch: list[_Running]) -> None:
+    def _fail_here(self, task: PTask, exc: BaseException, *, logged: bool = False) -> None:
+        """Report ``task`` failed with ``exc``, whose traceback is only taskcloud's."""
+        if not logged:
+            self.session.hook.pytask_execute_task_log_start(session=self.session, task=task)
+        self._report(ExecutionReport.from_task_and_exception(task, (type(exc), exc, None)))
+
+    def _submit_batch(self, batch: list[_Running]) -> bool:
         """Submit the calls of ``batch`` as one item of the backend's executor; if the
-        executor refuses it, every task of the batch fails with its error."""
+        executor refuses it, every task of the batch fails with its error (True)."""
         payloads = [running.payload for running in batch]
         future: Future[Any]
         try:
@@ -374,23 +290,48 @@ class _Loop:
             failure = sys.exc_info()
             for running in batch:
                 self._report(ExecutionReport.from_task_and_exception(running.task, failure))
-            return
-        self.running[future] = batch
+            return True
         self.local_running += 1
+        if self.local_running - len(self.unshown) <= self.n_workers:
+            for running in batch:
+                self._show(running.task)
+        else:
+            self.unshown.append(future)
+        self._follow(future, batch)
+        return False
 
-    def _finish(self, runnings: list[_Running], future: Future[Any]) -> list[ExecutionReport]:
+    def _follow(self, future: Future[Any], runnings: list[_Running]) -> None:
+        self.running[future] = runnings
+        future.add_done_callback(lambda done: self.events.put(("done", done)))
+
+    def _show(self, task: PTask) -> None:
+        """Show ``task`` as running in pytask's live display."""
+        _set_status(self.session, task, TaskExecutionStatus.RUNNING)
+
+    def _finish(self, future: Future[Any]) -> list[ExecutionReport]:
         """Turn a finished future into the reports of the tasks it carried.
 
         A batch that ran out of its time budget gives back the calls it did not
         start; they go out again at once, in the slot the batch held.
         """
-        self.local_running -= runnings[0].local
+        runnings = self.running.pop(future)
+        if runnings[0].local:
+            self._release_slot(future)
         outcomes = _outcomes(future, len(runnings))
         pairs = zip(runnings, outcomes, strict=False)
         reports = [self._finish_one(running, outcome) for running, outcome in pairs]
         if len(outcomes) < len(runnings):
             self._submit_batch(runnings[len(outcomes) :])
         return reports
+
+    def _release_slot(self, future: Future[Any]) -> None:
+        """A backend submission ended: the next pending one is shown as running."""
+        self.local_running -= 1
+        if future in self.unshown:
+            self.unshown.remove(future)
+        elif self.unshown:
+            for running in self.running.get(self.unshown.popleft(), ()):
+                self._show(running.task)
 
     def _finish_one(self, running: _Running, outcome: CallOutcome) -> ExecutionReport:
         task, session = running.task, self.session
@@ -431,6 +372,7 @@ class _Loop:
         try:
             store_return(task, outcome.value)
             store_files(running.arguments, outcome.files)
+            store_carried(running.arguments, outcome.carried)
             task.attributes["duration"] = (outcome.start, outcome.end)
             session.hook.pytask_execute_task_teardown(session=session, task=task)
         except KeyboardInterrupt:
@@ -447,14 +389,26 @@ class _Loop:
         if not done:
             session.scheduler.done(task.signature)  # type: ignore[union-attr]
 
-    def _interrupt(self, cancelled: dict[Future[Any], bool]) -> None:
-        """Report the tasks Ctrl-C stopped or cancelled, and stop the session."""
+    def cancel(self) -> dict[Future[Any], bool]:
+        """Cancel every call not yet running; which ones were cancelled."""
+        return {future: future.cancel() for future in self.running}
+
+    def stopped(self) -> None:
+        """After ``-x``/``--max-failures``: the calls that were still on a worker are
+        dropped, not reported; the display no longer shows them running."""
+        for runnings in self.running.values():
+            for running in runnings:
+                _set_status(self.session, running.task, TaskExecutionStatus.PENDING)
+        self.running.clear()
+
+    def interrupted(self, cancelled: dict[Future[Any], bool]) -> None:
+        """After Ctrl-C: report the tasks it stopped or cancelled; stop the session."""
         self.session.should_stop = True
         for future, runnings in list(self.running.items()):
             for running in runnings:
                 exc = KeyboardInterrupt(
                     "Ctrl-C cancelled this task before it started."
-                    if cancelled[future]
+                    if cancelled.get(future)
                     else "Ctrl-C stopped the run before this task finished."
                 )
                 report = ExecutionReport.from_task_and_exception(
@@ -464,9 +418,24 @@ class _Loop:
         self.running.clear()
 
 
-def _pool_function(task: PTask) -> Function[Any] | None:
-    """The ``@taskcloud.function`` behind a task, if it has one."""
-    return decorated(task.function)
+def _stops_early(session: Session) -> bool:
+    return session.config.get("max_failures", float("inf")) < float("inf")
+
+
+def _set_status(session: Session, task: PTask, status: TaskExecutionStatus) -> None:
+    """Set the status pytask's live display shows for a task it lists as unfinished."""
+    live = session.config["pm"].get_plugin("live_execution")
+    if live is None:
+        return
+    # A KeyError: already reported, or the display does not list it.
+    with suppress(KeyError):
+        live.update_task(task.signature, status=status)
+
+
+def _capture_method(session: Session) -> str:
+    """pytask's ``--capture`` as a string: pytask keeps a ``CaptureMethod`` there."""
+    method = session.config.get("capture", "fd")
+    return str(getattr(method, "value", method))
 
 
 def _generates(task: PTask) -> bool:
@@ -492,50 +461,3 @@ def _outcomes(future: Future[Any], n_calls: int) -> list[CallOutcome]:
     if isinstance(result, bytes):
         return [cloudpickle.loads(result)]
     return [result]
-
-
-@contextmanager
-def _threads_capture(session: Session, backend: Backend) -> Iterator[None]:
-    """Let worker threads capture per task while pytask's global capture rests.
-
-    pytask's capture manager swaps ``sys.stdout`` for the whole process around each
-    setup and teardown in this thread; with tasks running in other threads of this
-    process that would mix their output. For the build, the capture manager gets a
-    capture that does nothing, and each thread captures its own task's output.
-    """
-    if backend.worker_type is not WorkerType.THREADS:
-        yield
-        return
-    manager = session.config["pm"].get_plugin("capturemanager")
-    saved = getattr(manager, "_capturing", None)
-    if saved is not None:
-        from _pytask.capture import CaptureMethod
-        from _pytask.capture import _get_multicapture
-
-        idle = _get_multicapture(CaptureMethod.NO)
-        idle.start_capturing()
-        manager._capturing = idle
-    interceptor = worker.interceptor()
-    interceptor.install()
-    try:
-        yield
-    finally:
-        interceptor.uninstall()
-        if saved is not None:
-            manager._capturing = saved
-
-
-def _kill(executor: Executor) -> None:
-    """Cancel queued work and end worker processes without waiting for them."""
-    kill = getattr(executor, "kill", None)
-    if callable(kill):
-        kill()
-        return
-    if isinstance(executor, ProcessPoolExecutor):
-        for process in list(getattr(executor, "_processes", {}).values()):
-            with suppress(Exception):
-                process.kill()
-    for kwargs in ({"kill_workers": True}, {"cancel_futures": True}, {}):
-        with suppress(TypeError):
-            executor.shutdown(wait=False, **kwargs)
-            return

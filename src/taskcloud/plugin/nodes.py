@@ -20,13 +20,14 @@ from pytask import PNode
 from pytask import PPathNode
 from pytask import PProvisionalNode
 from pytask import PTask
+from pytask import PythonNode
 from pytask.tree_util import tree_leaves
 from pytask.tree_util import tree_map
 from pytask.tree_util import tree_structure
 
 from taskcloud.plugin.call import RemoteFile
 
-__all__ = ["Arguments", "load_arguments", "store_files", "store_return"]
+__all__ = ["Arguments", "load_arguments", "store_carried", "store_files", "store_return"]
 
 _KEYS = itertools.count()
 
@@ -38,6 +39,9 @@ class Arguments:
     kwargs: dict[str, Any]
     products: dict[int, Path] = field(factory=dict)
     has_files: bool = False
+    #: Product ``PythonNode``s the task receives itself and may ``save`` into; a
+    #: worker's copies come back with their values.
+    nodes: list[PythonNode] = field(factory=list)
 
 
 def load_arguments(task: PTask, *, remote: bool) -> Arguments:
@@ -53,6 +57,8 @@ def load_arguments(task: PTask, *, remote: bool) -> Arguments:
             raise NodeLoadError(msg) from exc
         if remote and isinstance(node, PPathNode) and _is_local_file(value, node):
             return _travel(arguments, Path(value), is_product=is_product)
+        if is_product and value is node and isinstance(node, PythonNode):
+            arguments.nodes.append(node)
         return value
 
     for name, tree in task.depends_on.items():
@@ -80,6 +86,12 @@ def store_files(arguments: Arguments, files: dict[int, bytes]) -> None:
     """Write product files that travelled back from a remote worker."""
     for key, content in files.items():
         arguments.products[key].write_bytes(content)
+
+
+def store_carried(arguments: Arguments, values: tuple[Any, ...]) -> None:
+    """Save what a worker's copies of the task's product ``PythonNode``s hold."""
+    for node, value in zip(arguments.nodes, values, strict=False):
+        node.save(value)
 
 
 def store_return(task: PTask, value: Any) -> None:

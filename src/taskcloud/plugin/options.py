@@ -1,7 +1,7 @@
 """The ``-n`` and ``--parallel-backend`` options, their configuration keys and checks.
 
 When parallel execution is on, :func:`pytask_parse_config` registers a
-:class:`~taskcloud.plugin.dispatch.ParallelExecution` for this session only.
+:class:`~taskcloud.plugin.execution.ParallelExecution` for this session only.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from taskcloud.backends import registry
 from taskcloud.errors import InvalidOptionError
 from taskcloud.extensions import load_extensions
 from taskcloud.plugin import early
-from taskcloud.plugin.dispatch import ParallelExecution
+from taskcloud.plugin.execution import ParallelExecution
 
 
 class _NWorkers(click.ParamType):

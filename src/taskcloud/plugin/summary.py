@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
+from collections.abc import Mapping
 
 from rich.table import Table
 
@@ -12,17 +13,28 @@ from taskcloud.pools import Pool
 __all__ = ["where_table"]
 
 
-def where_table(where: Counter[str], pools: Iterable[Pool]) -> Table:
-    """A table of tasks per backend or pool, with each pool's workers and peak size."""
+def where_table(
+    where: Counter[str], pools: Iterable[Pool], workers: Mapping[str, int] | None = None
+) -> Table:
+    """A table of tasks per backend or pool: the workers of each (a backend's, or
+    those a pool started and its peak size) and, where a pool has one, its dashboard."""
+    by_label = {pool.label: pool for pool in pools}
+    links = {label: pool.dashboard_link for label, pool in by_label.items()}
     table = Table(title="Where tasks ran", title_justify="left", show_edge=False)
     table.add_column("Where")
     table.add_column("Tasks", justify="right")
-    table.add_column("Workers started", justify="right")
+    table.add_column("Workers", justify="right")
     table.add_column("Peak workers", justify="right")
-    by_label = {pool.label: pool for pool in pools}
+    if any(links.values()):
+        table.add_column("Dashboard")
     for label, count in where.most_common():
         pool = by_label.get(label)
-        started = str(pool.stats.started) if pool else ""
-        peak = str(pool.stats.peak) if pool else ""
-        table.add_row(label, str(count), started, peak)
+        if pool is not None:
+            row = [label, str(count), str(pool.stats.started), str(pool.stats.peak)]
+        else:
+            n_workers = (workers or {}).get(label)
+            row = [label, str(count), "" if n_workers is None else str(n_workers), ""]
+        if any(links.values()):
+            row.append(links.get(label, ""))
+        table.add_row(*row)
     return table

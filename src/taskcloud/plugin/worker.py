@@ -60,7 +60,15 @@ class _ThreadStream(io.TextIOBase):
         return getattr(self._local, self._attr, None) or self._fallback
 
     def write(self, text: str) -> int:
-        return self._target().write(text)
+        buffer = getattr(self._local, self._attr, None)
+        if buffer is not None:
+            buffer.write(text)
+        if buffer is None or getattr(self._local, "live", False):
+            self._fallback.write(text)
+            if getattr(self._local, "live", False):
+                # Shown as the task runs, as with pytask -s, not when a buffer fills.
+                self._fallback.flush()
+        return len(text)
 
     def flush(self) -> None:
         self._target().flush()
@@ -139,12 +147,14 @@ class _Interceptor:
         local = self._local
         saved = self._saved or {}
         local.stdout, local.stderr = record.stdout, record.stderr
+        local.live = call.live
         local.warnings = record.warnings
         local.filters = _compile(call.filters) + tuple(saved.get("filters", ()))
         try:
             yield record
         finally:
             local.stdout = local.stderr = local.warnings = None
+            local.live = False
 
     def _showwarning(
         self,
@@ -275,6 +285,7 @@ def run_call(call: TaskCall) -> CallOutcome:
         start=start,
         end=end,
         where=f"pid {os.getpid()}",
+        carried=tuple(getattr(node, "value", None) for node in call.carried),
     )
 
 

@@ -1,0 +1,51 @@
+"""pytask's output capture while tasks run in threads of pytask's own process.
+
+pytask's capture manager swaps ``sys.stdout`` for the whole process around each
+setup and teardown in the dispatching thread; with tasks running in other threads of
+this process that would mix their output. For a build on the threads backend, the
+capture manager gets a capture that does nothing, and each worker thread captures its
+own task's output through :func:`taskcloud.plugin.worker.interceptor`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pytask import Session
+
+from taskcloud.plugin import worker
+
+__all__ = ["threads_capture"]
+
+
+@contextmanager
+def threads_capture(session: Session) -> Iterator[None]:
+    """Let worker threads capture per task while pytask's global capture rests."""
+    manager = session.config["pm"].get_plugin("capturemanager")
+    saved = getattr(manager, "_capturing", None)
+    if saved is not None:
+        manager._capturing = _idle_capture()
+    interceptor = worker.interceptor()
+    interceptor.install()
+    try:
+        yield
+    finally:
+        interceptor.uninstall()
+        if saved is not None:
+            manager._capturing = saved
+
+
+def _idle_capture() -> Any:
+    """A started capture of pytask's that captures nothing (``--capture=no``).
+
+    ``_pytask.capture`` offers no public way to build one; ``test_capture`` fails
+    loudly should these names change.
+    """
+    from _pytask.capture import CaptureMethod
+    from _pytask.capture import _get_multicapture
+
+    idle = _get_multicapture(CaptureMethod.NO)
+    idle.start_capturing()
+    return idle
