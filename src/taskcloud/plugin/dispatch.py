@@ -99,7 +99,8 @@ class ParallelExecution:
 
     @hookimpl(trylast=True)
     def pytask_log_session_header(self) -> None:
-        console.print(f"Running tasks on {self.n_workers} workers of the {self.backend!r} backend.")
+        workers = "1 worker" if self.n_workers == 1 else f"{self.n_workers} workers"
+        console.print(f"Running tasks on {workers} of the {self.backend!r} backend.")
 
     def start(self, ready: Executor | None = None) -> None:
         """Start the workers now, so they boot while pytask collects the tasks; or
