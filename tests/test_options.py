@@ -116,6 +116,36 @@ def test_n_auto_runs_in_parallel_even_on_one_worker(tmp_path, write, runner, mon
     assert (tmp_path / "pid.txt").read_text() != str(os.getpid())
 
 
+@pytest.mark.slow
+def test_n_auto_on_one_worker_sends_decorated_tasks_to_their_pool(
+    tmp_path, write, runner, monkeypatch
+) -> None:
+    """On two cores -n auto still hands a decorated task to its pool."""
+    from taskcloud.pools import pools
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    write(
+        "task_heavy.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        import taskcloud
+
+        @taskcloud.function(memory="400 MiB", n_workers=[0, 1], keepalive="5 s")
+        def task_heavy() -> Annotated[str, Path("heavy.txt")]:
+            from distributed import get_worker
+            return get_worker().address
+        """,
+    )
+    try:
+        result = run_cli(runner, tmp_path, "-n", "auto")
+    finally:
+        pools.close_all()
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert (tmp_path / "heavy.txt").read_text().startswith("tcp://127.0.0.1:")
+
+
 def test_configuration_holds_the_backend_member(tmp_path, write) -> None:
     """session.config["parallel_backend"] is the ParallelBackend member, as in
     pytask-parallel, and equals its name."""
