@@ -45,6 +45,50 @@ def test_register_with_a_string_name() -> None:
     assert registry.names()[-1] == "my-cluster"
 
 
+def test_members_are_their_names() -> None:
+    """Enum members equal, hash and print as their string values, both ways round."""
+    assert ParallelBackend.LOKY == "loky"
+    assert "loky" == ParallelBackend.LOKY  # noqa: SIM300
+    assert {"loky": 1}[ParallelBackend.LOKY] == {ParallelBackend.LOKY: 1}["loky"] == 1
+    assert WorkerType.THREADS == "threads"
+    assert str(ParallelBackend.DASK) == f"{ParallelBackend.DASK}" == "dask"
+    assert f"{WorkerType.PROCESSES:>10}" == " processes"
+    assert ParallelBackend("custom") is ParallelBackend.CUSTOM
+
+
+def test_registry_mapping_as_in_pytask_parallel() -> None:
+    """registry.registry maps members and plain names to builder, worker_type, remote."""
+    registry = ParallelBackendRegistry()
+    registry.register_parallel_backend(ParallelBackend.CUSTOM, _threads, remote=True)
+    registry.register_parallel_backend("my-cluster", _threads, worker_type="threads")
+    table = registry.registry
+
+    assert ParallelBackend.LOKY in table
+    assert "loky" in table
+    assert set(table) >= {ParallelBackend.CUSTOM, ParallelBackend.THREADS, "my-cluster"}
+    assert all(isinstance(key, ParallelBackend) for key in table if key != "my-cluster")
+    custom = table[ParallelBackend.CUSTOM]
+    assert (custom.builder, custom.worker_type, custom.remote) == (
+        _threads,
+        WorkerType.PROCESSES,
+        True,
+    )
+    assert table["my-cluster"].worker_type is WorkerType.THREADS
+    with pytest.raises(TypeError):
+        table["mine"] = custom  # type: ignore[index]
+
+
+def test_restore_returns_to_a_checkpoint() -> None:
+    """restore() forgets what was registered after checkpoint(), keeps what was before."""
+    registry = ParallelBackendRegistry()
+    registry.register_parallel_backend("before", _threads)
+    saved = registry.checkpoint()
+    registry.register_parallel_backend("after", _threads)
+    registry.restore(saved)
+    assert "before" in registry
+    assert "after" not in registry
+
+
 def test_registries_do_not_share_their_tables() -> None:
     """Registering on one registry leaves another untouched."""
     one, other = ParallelBackendRegistry(), ParallelBackendRegistry()
@@ -62,9 +106,13 @@ def test_reset_forgets_registrations() -> None:
 
 def test_unknown_backend_lists_the_registered_ones() -> None:
     """An unknown name is a LookupError naming the name and the alternatives."""
-    with pytest.raises(BackendNotFoundError, match=r"'lokyy'. Registered: 'dask', 'loky'") as info:
+    with pytest.raises(
+        BackendNotFoundError,
+        match=r"^No registered parallel backend found for 'lokyy'. Registered: 'dask', 'loky'",
+    ) as info:
         ParallelBackendRegistry().get("lokyy")
     assert isinstance(info.value, LookupError)
+    assert isinstance(info.value, ValueError)  # what pytask-parallel raises
 
 
 def test_builder_that_raises() -> None:
@@ -75,15 +123,22 @@ def test_builder_that_raises() -> None:
 
     registry = ParallelBackendRegistry()
     registry.register_parallel_backend("broken", broken)
-    with pytest.raises(BackendBuildError, match="'broken': its builder raised OSError: no cluster"):
+    with pytest.raises(
+        BackendBuildError,
+        match=r"^Could not instantiate parallel backend 'broken'. Its builder raised OSError: no",
+    ) as info:
         registry.get_parallel_backend("broken", n_workers=2)
+    assert isinstance(info.value, ValueError)  # what pytask-parallel raises
 
 
 def test_builder_that_returns_no_executor() -> None:
     """A builder must return a concurrent.futures.Executor."""
     registry = ParallelBackendRegistry()
     registry.register_parallel_backend("odd", lambda n_workers: "pool")
-    with pytest.raises(BackendBuildError, match="returned 'pool', which is not a concurrent"):
+    with pytest.raises(
+        BackendBuildError,
+        match=r"^Could not instantiate parallel backend 'odd'. Its builder returned 'pool', which",
+    ):
         registry.get_parallel_backend("odd", n_workers=2)
 
 

@@ -43,7 +43,7 @@ class Counting(Executor):
         self.inner.shutdown(wait=wait)
 
 registry.register_parallel_backend(
-    "counting",
+    "custom",
     lambda n_workers: Counting(registry.get_parallel_backend("{inner}", n_workers)),
     worker_type="processes",
 )
@@ -77,7 +77,7 @@ def test_tiny_tasks_share_submissions_and_keep_their_outcomes(inner, tmp_path, w
                 path.write_text(str(i * i))
         """,
     )
-    session = build(paths=tmp_path, n_workers=2, parallel_backend="counting")
+    session = build(paths=tmp_path, n_workers=2, parallel_backend="custom")
 
     assert session.exit_code == ExitCode.FAILED
     submissions = _submissions(tmp_path)
@@ -153,7 +153,7 @@ def test_calls_given_back_by_a_batch_run_once(tmp_path, write) -> None:
                     log.write(f"{i}\\n")
         """,
     )
-    session = build(paths=tmp_path, n_workers=1, parallel_backend="counting")
+    session = build(paths=tmp_path, n_workers=1, parallel_backend="custom")
 
     assert session.exit_code == ExitCode.OK
     assert len(session.execution_reports) == 60
@@ -182,7 +182,7 @@ def test_no_batches_when_failures_stop_the_session(tmp_path, write) -> None:
                     raise ValueError(i)
         """,
     )
-    session = build(paths=tmp_path, n_workers=2, parallel_backend="counting", max_failures=3)
+    session = build(paths=tmp_path, n_workers=2, parallel_backend="custom", max_failures=3)
 
     assert session.exit_code == ExitCode.FAILED
     assert {len(names) for names in _submissions(tmp_path)} == {1}

@@ -22,7 +22,10 @@ PYTASK = "/venv/bin/pytask"
         ([PYTASK, "build", "--n-workers=3"], 3),
         ([PYTASK, "-n3", "--parallel-backend", "loky"], 3),
         (["/lib/python3.12/site-packages/pytask/__main__.py", "-n", "2"], 2),
-        ([PYTASK, "-n", "auto"], default_n_workers() if default_n_workers() > 1 else None),
+        ([PYTASK, "-n", "auto"], default_n_workers()),
+        ([PYTASK, "-n", "1", "--parallel-backend", "loky"], 1),
+        ([PYTASK, "-n", "2", "--parallel-backend", "none"], None),
+        ([PYTASK, "-n", "auto", "--parallel-backend=none"], None),
         ([PYTASK], None),
         ([PYTASK, "-n", "1"], None),
         ([PYTASK, "-n", "2", "--parallel-backend", "threads"], None),
@@ -35,7 +38,8 @@ PYTASK = "/venv/bin/pytask"
     ],
 )
 def test_command_lines(argv, expected, tmp_path, monkeypatch) -> None:
-    """Only a ``pytask`` build on loky with more than one worker starts early."""
+    """Only a ``pytask`` build on loky starts early: -n above one or auto, or loky
+    named; an explicit none never."""
     monkeypatch.chdir(tmp_path)
     assert requested_workers(argv) == expected
 
@@ -48,6 +52,9 @@ def test_command_lines(argv, expected, tmp_path, monkeypatch) -> None:
         ('parallel_backend = "dask"', [PYTASK, "-n", "2"], None),
         ('parallel_backend = "dask"', [PYTASK, "-n", "2", "--parallel-backend", "loky"], 2),
         ("n_workers = 2\npdb = true", [PYTASK], None),
+        ('n_workers = 2\nparallel_backend = "none"', [PYTASK], None),
+        ('parallel_backend = "none"', [PYTASK, "-n", "2"], None),
+        ('n_workers = "auto"', [PYTASK], default_n_workers()),
     ],
 )
 def test_configuration_file(options, argv, expected, tmp_path, monkeypatch) -> None:

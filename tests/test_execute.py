@@ -458,15 +458,13 @@ def test_custom_remote_backend_moves_files(tmp_path, write) -> None:
 
 
 def test_string_registered_backend_runs(tmp_path, write, runner) -> None:
-    """A backend registered under a plain name is selectable on the command line."""
-    write(
-        "task_named.py",
+    """A backend a hook module registers under a plain name is selectable on the
+    command line."""
+    # A name of its own: pytask imports a hook module once per process.
+    hooks = write(
+        "named_hooks.py",
         """
-        import threading
         from concurrent.futures import ThreadPoolExecutor
-        from pathlib import Path
-        from typing import Annotated
-        from pytask import Product
         from taskcloud import registry
 
         registry.register_parallel_backend(
@@ -474,12 +472,23 @@ def test_string_registered_backend_runs(tmp_path, write, runner) -> None:
             lambda n_workers: ThreadPoolExecutor(n_workers, thread_name_prefix="mycluster"),
             worker_type="threads",
         )
+        """,
+    )
+    write(
+        "task_named.py",
+        """
+        import threading
+        from pathlib import Path
+        from typing import Annotated
+        from pytask import Product
 
         def task_where(path: Annotated[Path, Product] = Path("where.txt")) -> None:
             path.write_text(threading.current_thread().name)
         """,
     )
-    result = run_cli(runner, tmp_path, "--parallel-backend", "mycluster")
+    result = run_cli(
+        runner, tmp_path, "--hook-module", str(hooks), "--parallel-backend", "mycluster"
+    )
 
     assert result.exit_code == ExitCode.OK, result.output
     assert (tmp_path / "where.txt").read_text().startswith("mycluster")

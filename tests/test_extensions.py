@@ -99,6 +99,24 @@ def test_without_the_plugin_the_name_is_unknown(tmp_path) -> None:
 
     result = _pytask(project, "--parallel-backend", "plugin-threads")
 
-    assert result.returncode == 1
-    assert "Unknown parallel backend 'plugin-threads'." in result.stdout
+    assert result.returncode == 2  # pytask's ExitCode.CONFIGURATION_FAILED
+    assert "No registered parallel backend found for 'plugin-threads'." in result.stdout
+    assert "Running tasks on" not in result.stdout
     assert not (project / "where.txt").exists()
+
+
+def test_configuration_file_names_a_plugin_backend(tmp_path, site) -> None:
+    """The configuration file may name an extension's backend: it is checked once the
+    extensions have loaded."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "task_where.py").write_text(TASK)
+    (project / "pyproject.toml").write_text(
+        '[tool.pytask.ini_options]\nparallel_backend = "plugin-threads"\n'
+    )
+
+    result = _pytask(project, site=site)
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Running tasks on 1 worker of the 'plugin-threads' backend." in result.stdout
+    assert (project / "where.txt").read_text().startswith("from-plugin")

@@ -8,7 +8,9 @@ import pytest
 from pytask import ExitCode
 from pytask import build
 
+from taskcloud.backends import ParallelBackend
 from taskcloud.backends import default_n_workers
+from taskcloud.backends import registry
 from tests.conftest import run_cli
 
 TASK = """
@@ -100,7 +102,78 @@ def test_n_auto_is_cores_less_one(tmp_path, write, runner) -> None:
     result = run_cli(runner, tmp_path, "-n", "auto", "--parallel-backend", "threads")
 
     assert result.exit_code == ExitCode.OK, result.output
-    assert f"Running tasks on {default_n_workers()} workers" in result.output
+    assert f"Running tasks on {default_n_workers()} worker" in result.output
+
+
+def test_n_auto_runs_in_parallel_even_on_one_worker(tmp_path, write, runner, monkeypatch) -> None:
+    """On two cores -n auto is one worker, and the tasks still run on loky."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    write("task_pid.py", TASK)
+    result = run_cli(runner, tmp_path, "-n", "auto")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "Running tasks on 1 worker of the 'loky' backend." in result.output
+    assert (tmp_path / "pid.txt").read_text() != str(os.getpid())
+
+
+@pytest.mark.slow
+def test_n_auto_on_one_worker_sends_decorated_tasks_to_their_pool(
+    tmp_path, write, runner, monkeypatch
+) -> None:
+    """On two cores -n auto still hands a decorated task to its pool."""
+    from taskcloud.pools import pools
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    write(
+        "task_heavy.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        import taskcloud
+
+        @taskcloud.function(memory="400 MiB", n_workers=[0, 1], keepalive="5 s")
+        def task_heavy() -> Annotated[str, Path("heavy.txt")]:
+            from distributed import get_worker
+            return get_worker().address
+        """,
+    )
+    try:
+        result = run_cli(runner, tmp_path, "-n", "auto")
+    finally:
+        pools.close_all()
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert (tmp_path / "heavy.txt").read_text().startswith("tcp://127.0.0.1:")
+
+
+def test_configuration_holds_the_backend_member(tmp_path, write) -> None:
+    """session.config["parallel_backend"] is the ParallelBackend member, as in
+    pytask-parallel, and equals its name."""
+    write("task_pid.py", TASK)
+    session = build(paths=tmp_path, n_workers=2)
+
+    assert session.exit_code == ExitCode.OK
+    assert session.config["parallel_backend"] is ParallelBackend.LOKY
+    assert session.config["parallel_backend"] == "loky"
+
+
+@pytest.mark.parametrize(
+    ("pyproject", "args"),
+    [
+        pytest.param(None, ("-n", "2", "--parallel-backend", "none"), id="command-line"),
+        pytest.param('n_workers = 2\nparallel_backend = "none"', (), id="configuration-file"),
+    ],
+)
+def test_explicit_none_runs_in_pytask_process(pyproject, args, tmp_path, write, runner) -> None:
+    """An explicit none keeps the tasks in pytask's process, even with -n 2."""
+    if pyproject:
+        write("pyproject.toml", f"[tool.pytask.ini_options]\n{pyproject}\n")
+    write("task_pid.py", TASK)
+    result = run_cli(runner, tmp_path, *args)
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "Running tasks on" not in result.output
+    assert (tmp_path / "pid.txt").read_text() == str(os.getpid())
 
 
 @pytest.mark.parametrize("flag", ["--pdb", "--dry-run"])
@@ -128,26 +201,133 @@ def test_trace_runs_serially(tmp_path, write, runner, capfd) -> None:
     assert "(Pdb)" in debugger
 
 
-def test_unknown_backend_fails_before_any_task(tmp_path, write, runner) -> None:
-    """An unregistered name lists the registered ones and runs nothing."""
+UNKNOWN = "No registered parallel backend found for 'lokyy'. Registered: 'dask', 'loky', "
+
+
+@pytest.mark.parametrize("source", ["command-line", "configuration-file"])
+def test_unknown_backend_is_a_configuration_failure(source, tmp_path, write, runner) -> None:
+    """An unregistered name fails the configuration, listing the registered names."""
+    args = ("--parallel-backend", "lokyy") if source == "command-line" else ()
+    if source == "configuration-file":
+        write("pyproject.toml", '[tool.pytask.ini_options]\nparallel_backend = "lokyy"\n')
     write("task_pid.py", TASK)
-    result = run_cli(runner, tmp_path, "--parallel-backend", "lokyy")
+    result = run_cli(runner, tmp_path, *args)
+
+    assert result.exit_code == ExitCode.CONFIGURATION_FAILED, result.output
+    assert UNKNOWN + "'processes', 'threads'." in " ".join(result.output.split())
+    assert "Running tasks on" not in result.output
+    assert not (tmp_path / "pid.txt").exists()
+
+
+def test_unknown_backend_fails_a_programmatic_build(tmp_path, write, capsys) -> None:
+    """pytask.build with an unregistered name fails its configuration too."""
+    write("task_pid.py", TASK)
+    session = build(paths=tmp_path, n_workers=2, parallel_backend="lokyy")
+
+    output = " ".join(capsys.readouterr().out.split())
+    assert session.exit_code == ExitCode.CONFIGURATION_FAILED
+    assert UNKNOWN in output
+    assert "Running tasks on" not in output
+    assert not (tmp_path / "pid.txt").exists()
+
+
+def test_custom_registered_nowhere_fails_before_any_task(tmp_path, write, runner) -> None:
+    """custom may come from a task module; registered by none, the build stops."""
+    write("task_pid.py", TASK)
+    result = run_cli(runner, tmp_path, "--parallel-backend", "custom")
 
     assert result.exit_code == ExitCode.FAILED
-    assert (
-        "Unknown parallel backend 'lokyy'. Registered: 'dask', 'loky', 'processes', 'threads'."
-        in result.output
+    assert "No registered parallel backend found for 'custom'. Registered: 'dask'," in (
+        " ".join(result.output.split())
     )
     assert not (tmp_path / "pid.txt").exists()
+
+
+HOOKS = """
+from concurrent.futures import ThreadPoolExecutor
+from taskcloud import registry
+
+registry.register_parallel_backend(
+    "mycluster",
+    lambda n_workers: ThreadPoolExecutor(n_workers, thread_name_prefix="mycluster"),
+    worker_type="threads",
+)
+"""
+
+WHERE = """
+import threading
+from pathlib import Path
+from typing import Annotated
+from pytask import Product
+
+def task_where(path: Annotated[Path, Product] = Path("where.txt")) -> None:
+    path.write_text(threading.current_thread().name)
+"""
+
+
+def test_hook_module_backend_lasts_its_session(tmp_path, write, runner) -> None:
+    """A name a --hook-module registers is selectable, and gone after the session."""
+    hooks = write("backend_hooks.py", HOOKS)  # imported once per process
+    write("task_where.py", WHERE)
+    result = run_cli(
+        runner, tmp_path, "--hook-module", str(hooks), "--parallel-backend", "mycluster"
+    )
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert (tmp_path / "where.txt").read_text().startswith("mycluster")
+    assert "mycluster" not in registry
+
+
+def test_task_module_backend_is_forgotten_after_the_build(tmp_path, write) -> None:
+    """custom, registered by a task module, is gone from the registry after the build."""
+    write(
+        "task_where.py",
+        WHERE
+        + """
+from concurrent.futures import ThreadPoolExecutor
+from taskcloud import ParallelBackend, registry
+
+registry.register_parallel_backend(
+    ParallelBackend.CUSTOM,
+    lambda n_workers: ThreadPoolExecutor(n_workers, thread_name_prefix="custom"),
+    worker_type="threads",
+)
+""",
+    )
+    session = build(paths=tmp_path, parallel_backend="custom")
+
+    assert session.exit_code == ExitCode.OK
+    assert (tmp_path / "where.txt").read_text().startswith("custom")
+    assert ParallelBackend.CUSTOM not in registry.registry
+
+
+def test_backend_registered_before_the_builds_outlives_them(tmp_path, write) -> None:
+    """A name registered before pytask.build stays for the next build."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    saved = registry.checkpoint()
+    registry.register_parallel_backend(
+        "mine",
+        lambda n_workers: ThreadPoolExecutor(n_workers, thread_name_prefix="mine"),
+        worker_type="threads",
+    )
+    write("task_where.py", WHERE)
+    try:
+        codes = [build(paths=tmp_path, parallel_backend="mine").exit_code for _ in range(2)]
+        assert "mine" in registry.registry
+    finally:
+        registry.restore(saved)
+    assert codes == [ExitCode.OK, ExitCode.OK]
+    assert (tmp_path / "where.txt").read_text().startswith("mine")
 
 
 @pytest.mark.parametrize(
     ("builder", "message"),
     [
-        ("raise OSError('no cluster here')", "its builder raised OSError: no cluster here"),
+        ("raise OSError('no cluster here')", "Its builder raised OSError: no cluster here"),
         (
             "return 'pool'",
-            "its builder returned 'pool', which is not a concurrent.futures.Executor",
+            "Its builder returned 'pool', which is not a concurrent.futures.Executor.",
         ),
     ],
 )
@@ -168,7 +348,7 @@ registry.register_parallel_backend(ParallelBackend.CUSTOM, build_executor)
     result = run_cli(runner, tmp_path, "--parallel-backend", "custom")
 
     assert result.exit_code == ExitCode.FAILED
-    assert f"Could not build the parallel backend 'custom': {message}" in " ".join(
+    assert f"Could not instantiate parallel backend 'custom'. {message}" in " ".join(
         result.output.split()
     )
     assert not (tmp_path / "pid.txt").exists()

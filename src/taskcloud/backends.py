@@ -1,9 +1,10 @@
 """The registry of parallel backends: names mapped to ``Executor`` builders.
 
 The names mirror pytask-parallel's public API (``ParallelBackend``, ``WorkerType``,
-``ParallelBackendRegistry``, ``registry``) so a project moves over by changing one
-import. Unlike pytask-parallel, the registry is an instance with its own table, and it
-also accepts plain string names.
+``ParallelBackendRegistry``, ``registry`` and its ``registry.registry`` mapping) so a
+project moves over by changing one import. Unlike pytask-parallel, the registry is an
+instance with its own table, it also accepts plain string names, and its enum members
+are strings: ``ParallelBackend.LOKY == "loky"``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
+from collections.abc import Mapping
 from concurrent.futures import Executor
 from concurrent.futures import Future
 from concurrent.futures import ProcessPoolExecutor
@@ -22,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from contextlib import suppress
 from enum import Enum
+from types import MappingProxyType
 from typing import Any
 
 from attrs import define
@@ -46,8 +49,18 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
 
-class ParallelBackend(Enum):
-    """The built-in backend names, as in pytask-parallel."""
+class _StringEnum(str, Enum):
+    """An enum whose members are their string values, in comparisons and in text."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
+
+
+class ParallelBackend(_StringEnum):
+    """The built-in backend names, as in pytask-parallel; each equals its value."""
 
     NONE = "none"
     CUSTOM = "custom"
@@ -57,7 +70,7 @@ class ParallelBackend(Enum):
     THREADS = "threads"
 
 
-class WorkerType(Enum):
+class WorkerType(_StringEnum):
     """Whether a backend runs tasks in threads of this process or in other processes."""
 
     THREADS = "threads"
@@ -77,6 +90,20 @@ def backend_name(kind: ParallelBackend | str) -> str:
     return kind.lower()
 
 
+def backend_kind(kind: ParallelBackend | str) -> ParallelBackend | str:
+    """The ``ParallelBackend`` member named ``kind``, else its plain registry name.
+
+    pytask-parallel keeps members in ``config["parallel_backend"]`` and as the keys of
+    ``registry.registry``; a member equals and hashes as its name, so both spellings
+    find it.
+    """
+    name = backend_name(kind)
+    try:
+        return ParallelBackend(name)
+    except ValueError:
+        return name
+
+
 @frozen
 class Backend:
     """One registered backend: how to build its executor and where it runs tasks."""
@@ -91,11 +118,11 @@ class Backend:
         try:
             executor = self.builder(n_workers=n_workers)
         except Exception as exc:
-            reason = f"its builder raised {type(exc).__name__}: {exc}"
+            reason = f"Its builder raised {type(exc).__name__}: {exc}"
             raise BackendBuildError(self.name, reason) from exc
         if not isinstance(executor, Executor):
             reason = (
-                f"its builder returned {executor!r}, which is not a concurrent.futures.Executor."
+                f"Its builder returned {executor!r}, which is not a concurrent.futures.Executor."
             )
             raise BackendBuildError(self.name, reason)
         return executor
@@ -105,13 +132,24 @@ class Backend:
 class ParallelBackendRegistry:
     """Maps backend names to executor builders.
 
-    Each instance owns its table; ``reset`` restores the built-in backends.
+    Each instance owns its table; ``reset`` restores the built-in backends, and
+    ``restore`` a table that ``checkpoint`` saved.
     """
 
-    _backends: dict[str, Backend] = field(factory=dict, init=False)
+    _backends: dict[ParallelBackend | str, Backend] = field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         self.reset()
+
+    @property
+    def registry(self) -> Mapping[ParallelBackend | str, Backend]:
+        """The registered backends, read-only, as pytask-parallel's ``registry.registry``.
+
+        Built-in names are ``ParallelBackend`` members, others plain strings; a member
+        and its string value find the same entry. Each value has pytask-parallel's
+        ``builder``, ``worker_type`` and ``remote``.
+        """
+        return MappingProxyType(self._backends)
 
     def register_parallel_backend(
         self,
@@ -122,8 +160,8 @@ class ParallelBackendRegistry:
         remote: bool = False,
     ) -> None:
         """Register ``builder(n_workers=...)`` under ``kind``, replacing any earlier one."""
-        name = backend_name(kind)
-        if name == ParallelBackend.NONE.value:
+        key = backend_kind(kind)
+        if key == ParallelBackend.NONE:
             raise InvalidOptionError("kind", kind, "any backend name except 'none'")
         if not callable(builder):
             raise InvalidOptionError(
@@ -135,7 +173,7 @@ class ParallelBackendRegistry:
             raise InvalidOptionError(
                 "worker_type", worker_type, "'threads' or 'processes'"
             ) from None
-        self._backends[name] = Backend(name, builder, worker_type, bool(remote))
+        self._backends[key] = Backend(str(key), builder, worker_type, bool(remote))
 
     register = register_parallel_backend
 
@@ -149,8 +187,8 @@ class ParallelBackendRegistry:
 
     def names(self) -> list[str]:
         """Return the registered names, built-in ones first."""
-        builtin = [kind.value for kind in ParallelBackend if kind.value in self._backends]
-        return builtin + sorted(set(self._backends) - set(builtin))
+        builtin = [kind.value for kind in ParallelBackend if kind in self._backends]
+        return builtin + sorted({str(key) for key in self._backends} - set(builtin))
 
     def __contains__(self, kind: object) -> bool:
         try:
@@ -161,6 +199,15 @@ class ParallelBackendRegistry:
     def get_parallel_backend(self, kind: ParallelBackend | str, n_workers: int) -> Executor:
         """Build the executor of ``kind`` (pytask-parallel's name for it)."""
         return self.get(kind).build(n_workers)
+
+    def checkpoint(self) -> dict[ParallelBackend | str, Backend]:
+        """A copy of the table, for :meth:`restore`."""
+        return dict(self._backends)
+
+    def restore(self, saved: Mapping[ParallelBackend | str, Backend]) -> None:
+        """Make the table what it was when ``saved`` was taken."""
+        self._backends.clear()
+        self._backends.update(saved)
 
     def reset(self) -> None:
         """Forget every registration and register the built-in backends."""
@@ -400,12 +447,32 @@ def default_n_workers() -> int:
     return max((os.cpu_count() or 1) - 1, 1)
 
 
+def parse_parallel_options(n_workers: Any, parallel_backend: Any) -> tuple[int, str]:
+    """The number of workers and the backend name that ``-n`` and
+    ``--parallel-backend`` ask for.
+
+    A backend that is given, ``none`` included, is kept. Without one, ``-n`` above one
+    or ``-n auto`` (even where that is one worker) means loky, else ``none``.
+    """
+    count = parse_n_workers(1 if n_workers is None else n_workers)
+    if parallel_backend is not None and parallel_backend != "":
+        return count, backend_name(parallel_backend)
+    if count > 1 or is_auto(n_workers):
+        return count, ParallelBackend.LOKY.value
+    return count, ParallelBackend.NONE.value
+
+
+def is_auto(value: Any) -> bool:
+    """Whether ``-n`` asks for ``auto``."""
+    return isinstance(value, str) and value.strip() == "auto"
+
+
 def parse_n_workers(value: Any) -> int:
     """Turn ``-n`` into a number of workers: an integer >= 1, or 'auto'."""
+    if is_auto(value):
+        return default_n_workers()
     if isinstance(value, str):
         text = value.strip()
-        if text == "auto":
-            return default_n_workers()
         if text.lstrip("-").isdigit():
             value = int(text)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:

@@ -70,16 +70,22 @@ class NameNotFoundError(TaskcloudError, LookupError):
         )
 
 
-class BackendNotFoundError(NameNotFoundError):
-    """A parallel backend name that nothing registered."""
+class BackendNotFoundError(NameNotFoundError, ValueError):
+    """A parallel backend name that nothing registered.
+
+    Also a ``ValueError``, which pytask-parallel raises here, and opens with its words.
+    """
 
     what = "parallel backend"
     listing = "Registered"
-    message = "Unknown {what} {name!r}. {listing}: {names}."
+    message = "No registered {what} found for {name!r}. {listing}: {names}."
 
 
-class BackendBuildError(TaskcloudError, RuntimeError):
-    """A registered builder raised or returned something that is not an Executor."""
+class BackendBuildError(TaskcloudError, RuntimeError, ValueError):
+    """A registered builder raised or returned something that is not an Executor.
+
+    Also a ``ValueError``, which pytask-parallel raises here, and opens with its words.
+    """
 
     def __init__(self, name: str, reason: str) -> None:
         super().__init__(name, reason)
@@ -87,7 +93,7 @@ class BackendBuildError(TaskcloudError, RuntimeError):
         self.reason = reason
 
     def __str__(self) -> str:
-        return f"Could not build the parallel backend {self.name!r}: {self.reason}"
+        return f"Could not instantiate parallel backend {self.name!r}. {self.reason}"
 
 
 class RemoteTaskError(TaskcloudError, RuntimeError):

@@ -5,6 +5,9 @@ implementations under the ``taskcloud`` entry-point group::
 
     [project.entry-points.taskcloud]
     mybackends = "mypackage.taskcloud_hooks"
+
+The pytask plugin loads them for each parallel build, before it checks the backend
+name the build asks for; what they register is forgotten when the session ends.
 """
 
 from __future__ import annotations

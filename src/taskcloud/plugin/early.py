@@ -21,9 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from taskcloud.backends import ParallelBackend
-from taskcloud.backends import backend_name
 from taskcloud.backends import build_loky_executor
-from taskcloud.backends import parse_n_workers
+from taskcloud.backends import parse_parallel_options
 from taskcloud.errors import InvalidOptionError
 from taskcloud.plugin import worker
 
@@ -79,8 +78,9 @@ def requested_workers(argv: Sequence[str]) -> int | None:
     """The number of loky workers that a ``pytask`` command line asks for.
 
     None unless ``argv`` runs the ``pytask`` command for a build on loky (``-n`` above
-    one and no other backend, from the command line or the configuration file), with
-    no flag that makes pytask run tasks serially or not at all.
+    one or ``auto`` and no other backend, or loky named, from the command line or the
+    configuration file), with no flag that makes pytask run tasks serially or not at
+    all. An explicit ``none`` starts nothing.
     """
     if not argv or not _is_pytask(argv[0]):
         return None
@@ -97,13 +97,12 @@ def requested_workers(argv: Sequence[str]) -> int | None:
         return None
     values = from_file | given
     try:
-        n_workers = parse_n_workers(values.get("n_workers", 1))
-        backend = backend_name(values.get("parallel_backend") or ParallelBackend.NONE)
+        n_workers, backend = parse_parallel_options(
+            values.get("n_workers"), values.get("parallel_backend")
+        )
     except InvalidOptionError:
         return None
-    if backend == ParallelBackend.NONE.value:
-        backend = ParallelBackend.LOKY.value
-    return n_workers if backend == ParallelBackend.LOKY.value and n_workers > 1 else None
+    return n_workers if backend == ParallelBackend.LOKY else None
 
 
 def _command_line() -> list[str]:

@@ -1,34 +1,49 @@
 """The ``-n`` and ``--parallel-backend`` options, their configuration keys and checks.
 
 When parallel execution is on, :func:`pytask_parse_config` registers a
-:class:`~taskcloud.plugin.execution.ParallelExecution` for this session only.
+:class:`~taskcloud.plugin.execution.ParallelExecution` for this session only, and
+:func:`pytask_post_parse` makes sure its backend exists. Backends registered during a
+session are forgotten when it ends.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import click
+from attrs import frozen
+from pluggy import PluginManager
 from pytask import hookimpl
 
+from taskcloud.backends import Backend
 from taskcloud.backends import ParallelBackend
+from taskcloud.backends import backend_kind
 from taskcloud.backends import backend_name
+from taskcloud.backends import is_auto
 from taskcloud.backends import parse_n_workers
+from taskcloud.backends import parse_parallel_options
 from taskcloud.backends import registry
+from taskcloud.errors import BackendNotFoundError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.extensions import load_extensions
 from taskcloud.plugin import early
 from taskcloud.plugin.execution import ParallelExecution
 
+_EXECUTION = "taskcloud-parallel"
+_SCOPE = "taskcloud-registry-scope"
+
 
 class _NWorkers(click.ParamType):
     name = "n_workers"
 
-    def convert(self, value: Any, param: Any, ctx: Any) -> int:
+    def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
+        """An integer >= 1, or ``"auto"`` as given: auto turns parallel execution on."""
         try:
-            return parse_n_workers(value)
+            count = parse_n_workers(value)
         except InvalidOptionError as exc:
             self.fail(str(exc), param, ctx)
+        return "auto" if is_auto(value) else count
 
 
 class _BackendName(click.ParamType):
@@ -41,6 +56,24 @@ class _BackendName(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
+@frozen
+class _RegistryScope:
+    """The backends registered before this session; the registry returns to them
+    when it ends, as pytask-parallel forgets those that task modules registered."""
+
+    saved: Mapping[ParallelBackend | str, Backend]
+
+    @hookimpl
+    def pytask_unconfigure(self) -> None:
+        registry.restore(self.saved)
+
+
+@hookimpl
+def pytask_add_hooks(pm: PluginManager) -> None:
+    """Note the registered backends as the session starts, before hook modules load."""
+    pm.register(_RegistryScope(registry.checkpoint()), name=_SCOPE)
+
+
 @hookimpl
 def pytask_extend_command_line_interface(cli: click.Group) -> None:
     """Add ``-n/--n-workers`` and ``--parallel-backend`` to ``pytask build``."""
@@ -51,16 +84,21 @@ def pytask_extend_command_line_interface(cli: click.Group) -> None:
                 type=_NWorkers(),
                 default=1,
                 metavar="[INTEGER|auto]",
-                help="How many tasks run at once. 'auto' is the number of cores - 1.",
+                help=(
+                    "How many tasks run at once. 'auto' is the number of cores - 1, at "
+                    "least 1, and always runs tasks in parallel."
+                ),
             ),
             click.Option(
                 ["--parallel-backend"],
                 type=_BackendName(),
-                default=ParallelBackend.NONE.value,
+                default=None,
+                show_default=False,
                 metavar="NAME",
                 help=(
                     "Where tasks run: none, loky, processes, threads, dask, custom or "
-                    "any registered name. Defaults to loky when -n is above 1."
+                    "any registered name. Without it: loky when -n is above 1 or auto, "
+                    "else none."
                 ),
             ),
         ]
@@ -78,21 +116,43 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
     the build or stopped.
     """
     __tracebackhide__ = True
-    config["n_workers"] = parse_n_workers(config.get("n_workers", 1))
-    backend = config.get("parallel_backend") or ParallelBackend.NONE
-    config["parallel_backend"] = backend_name(backend)
-    if config["n_workers"] > 1 and config["parallel_backend"] == "none":
-        config["parallel_backend"] = ParallelBackend.LOKY.value
+    n_workers, name = parse_parallel_options(
+        config.get("n_workers"), config.get("parallel_backend")
+    )
+    # As pytask-parallel: the member where there is one, which equals its name.
+    config["n_workers"], config["parallel_backend"] = n_workers, backend_kind(name)
     parallel = _runs_in_parallel(config)
     started = early.settle(config, parallel)
     if parallel:
-        execution = ParallelExecution(config["parallel_backend"], config["n_workers"])
-        config["pm"].register(execution, name="taskcloud-parallel")
+        execution = ParallelExecution(name, n_workers)
+        config["pm"].register(execution, name=_EXECUTION)
         # A built-in backend's workers start before the extensions load (scanning
         # the installed packages takes tens of milliseconds); an extension that
         # replaces a built-in name gets its own executor built at execution instead.
         execution.start(ready=started)
         load_extensions(registry)
+
+
+@hookimpl(trylast=True)
+def pytask_post_parse(config: dict[str, Any]) -> None:
+    """Fail the configuration for a backend name that nothing registered.
+
+    By now the installed extensions, the hook modules and whatever ran before
+    ``pytask.build`` had their chance. ``custom`` and the other ``ParallelBackend``
+    names may still be registered by a task module, as pytask-parallel documents.
+    """
+    __tracebackhide__ = True
+    execution = config["pm"].get_plugin(_EXECUTION)
+    if execution is None or execution.backend in registry:
+        return
+    if isinstance(backend_kind(execution.backend), ParallelBackend):
+        return
+    error = BackendNotFoundError(execution.backend, registry.names())
+    # pytask skips pytask_unconfigure after a failed configuration.
+    scope = config["pm"].get_plugin(_SCOPE)
+    if scope is not None:
+        scope.pytask_unconfigure()
+    raise error
 
 
 def _runs_in_parallel(config: dict[str, Any]) -> bool:
@@ -103,12 +163,6 @@ def _runs_in_parallel(config: dict[str, Any]) -> bool:
     """
     if config.get("command") != "build":
         return False
-    if config["parallel_backend"] == ParallelBackend.NONE.value:
+    if config["parallel_backend"] == ParallelBackend.NONE:
         return False
     return not any(config.get(key) for key in ("pdb", "trace", "dry_run", "explain"))
-
-
-@hookimpl
-def pytask_unconfigure() -> None:
-    """Forget backends registered during this session, as pytask-parallel does."""
-    registry.reset()
