@@ -102,11 +102,14 @@ class _Call:
 
     def _started(self, key: str) -> None:
         # From here on ``cancel()`` cannot take the call back, as with a process pool.
-        try:
-            if not self.future.set_running_or_notify_cancel():
+        # A retry of a call that is running already stays so; asking again would log
+        # "Future in unexpected state" from concurrent.futures.
+        if not self.future.running():
+            try:
+                if not self.future.set_running_or_notify_cancel():
+                    return
+            except RuntimeError:  # it settled in the meantime
                 return
-        except RuntimeError:  # a retry of a call that is running already
-            pass
         if self.timeout is None:
             return
         self._timer = threading.Timer(self.timeout, self._expire)
