@@ -1,7 +1,8 @@
 """The ``-n`` and ``--parallel-backend`` options, their configuration keys and checks.
 
 When parallel execution is on, :func:`pytask_parse_config` registers a
-:class:`~taskcloud.plugin.dispatch.ParallelExecution` for this session only.
+:class:`~taskcloud.plugin.dispatch.ParallelExecution` for this session only; for a
+build without it, a :class:`~taskcloud.plugin.serial.SerialExecution`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.extensions import load_extensions
 from taskcloud.plugin import early
 from taskcloud.plugin.dispatch import ParallelExecution
+from taskcloud.plugin.serial import SerialExecution
 
 
 class _NWorkers(click.ParamType):
@@ -93,6 +95,8 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
         # replaces a built-in name gets its own executor built at execution instead.
         execution.start(ready=started)
         load_extensions(registry)
+    elif config.get("command") == "build":
+        config["pm"].register(SerialExecution(), name="taskcloud-serial")
 
 
 def _runs_in_parallel(config: dict[str, Any]) -> bool:
