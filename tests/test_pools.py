@@ -154,6 +154,22 @@ def test_killed_worker_once_is_retried(tmp_path: Path) -> None:
     assert future.result(timeout=60) != pid
 
 
+def _kill_own_worker() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_lost_worker_is_known_at_once_not_after_a_wait_for_memory() -> None:
+    """The nanny reports how its worker ended, so a lost worker fails its call
+    without waiting out the notice of a memory kill that never comes."""
+    warm = taskcloud.function(retries=0, keepalive="5 s")(_pid)
+    fatal = taskcloud.function(retries=0, keepalive="5 s")(_kill_own_worker)
+    warm()
+    with pytest.raises(WorkerLostError, match=r"'_kill_own_worker' died in each of 1 attempt"):
+        fatal()
+    exit_codes = fatal.pool.watch.exit_codes
+    assert list(exit_codes.values()) == [-signal.SIGKILL]
+
+
 def _allocate(megabytes: int, hold: float) -> int:
     block = bytearray(megabytes * 2**20)
     for i in range(0, len(block), 4096):

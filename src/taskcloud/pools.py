@@ -103,12 +103,14 @@ class _Call:
 
     def _started(self, key: str) -> None:
         # From here on ``cancel()`` cannot take the call back, as with a process pool.
-        try:
-            if not self.future.set_running_or_notify_cancel():
+        # A retry of a call that is running already stays so; asking again would log
+        # "Future in unexpected state" from concurrent.futures.
+        if not self.future.running():
+            try:
+                if not self.future.set_running_or_notify_cancel():
+                    return
+            except RuntimeError:  # it settled in the meantime
                 return
-        except RuntimeError:  # a retry of a call that is running already
-            pass
-        else:
             if self.on_start is not None:
                 self.on_start()
         if self.timeout is None:

@@ -16,11 +16,12 @@ import cloudpickle
 
 from taskcloud.errors import SerializationError
 
-__all__ = ["invoke"]
+__all__ = ["environ_set", "invoke"]
 
 
 @contextmanager
-def _environ(environ: tuple[tuple[str, str], ...]) -> Iterator[None]:
+def environ_set(environ: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """Set ``environ`` in ``os.environ`` for the block, then restore what was there."""
     saved = {key: os.environ.get(key) for key, _ in environ}
     os.environ.update(dict(environ))
     try:
@@ -55,7 +56,7 @@ def invoke(
     name, function = _load_function(function_blob)
     args, kwargs = pickle.loads(arguments_blob)
     if environ:
-        with _environ(environ):
+        with environ_set(environ):
             result = function(*args, **kwargs)
     else:
         result = function(*args, **kwargs)

@@ -2,7 +2,8 @@
 
 When parallel execution is on, :func:`pytask_parse_config` registers a
 :class:`~taskcloud.plugin.execution.ParallelExecution` for this session only, and
-:func:`pytask_post_parse` makes sure its backend exists. Backends registered during a
+:func:`pytask_post_parse` makes sure its backend exists; for a build without it, a
+:class:`~taskcloud.plugin.serial.SerialExecution`. Backends registered during a
 session are forgotten when it ends.
 """
 
@@ -29,6 +30,7 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.extensions import load_extensions
 from taskcloud.plugin import early
 from taskcloud.plugin.execution import ParallelExecution
+from taskcloud.plugin.serial import SerialExecution
 
 _EXECUTION = "taskcloud-parallel"
 _SCOPE = "taskcloud-registry-scope"
@@ -131,6 +133,8 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
         # replaces a built-in name gets its own executor built at execution instead.
         execution.start(ready=started)
         load_extensions(registry)
+    elif config.get("command") == "build":
+        config["pm"].register(SerialExecution(), name="taskcloud-serial")
 
 
 @hookimpl(trylast=True)

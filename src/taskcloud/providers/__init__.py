@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import threading
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,24 +24,72 @@ async def settled(dask_future: Any) -> None:
         await dask_future._state.wait()
 
 
+class _MainStandIn(types.ModuleType):
+    """``__main__`` as multiprocessing sees it while workers start: no file, no spec.
+
+    Everything else is the real main module's, so that pickling by reference still
+    finds what it defines.
+    """
+
+    def __init__(self, main: types.ModuleType) -> None:
+        super().__init__("__main__", main.__doc__)
+        self.__dict__["_taskcloud_main"] = main
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "__file__":
+            raise AttributeError(name)
+        return getattr(self.__dict__["_taskcloud_main"], name)
+
+
+class _MainHiding:
+    """Stands ``sys.modules["__main__"]`` in for while any worker starts, from any thread.
+
+    The script's own globals (its ``__file__`` included) stay as they are: only
+    lookups through ``sys.modules`` see the stand-in.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._main: types.ModuleType | None = None
+
+    def enter(self) -> None:
+        with self._lock:
+            self._depth += 1
+            main = sys.modules.get("__main__")
+            if self._depth == 1 and main is not None:
+                self._main = main
+                sys.modules["__main__"] = _MainStandIn(main)
+
+    def exit(self) -> None:
+        with self._lock:
+            self._depth -= 1
+            main, standing_in = self._main, sys.modules.get("__main__")
+            if self._depth == 0 and main is not None:
+                self._main = None
+                if isinstance(standing_in, _MainStandIn):
+                    sys.modules["__main__"] = main
+
+
+_hiding = _MainHiding()
+
+
 @contextmanager
 def main_module_hidden() -> Iterator[None]:
-    """Keep spawned workers from re-running ``__main__``, e.g. pytask's console script.
+    """Keep processes started in this block from re-running ``__main__``.
 
-    multiprocessing's spawn re-imports the parent's main script in every child, which
-    for ``pytask`` costs a second per worker. taskcloud sends all work cloudpickled by
-    value, so workers never need the main module.
+    multiprocessing's spawn (and its fork server) re-imports the parent's main script
+    in every child: for ``pytask`` that costs a second per worker, and a script that
+    calls a decorated function without ``if __name__ == "__main__":`` would call it
+    again in each worker, which would start a pool of its own. taskcloud sends all
+    work cloudpickled by value, so workers never need the main module. Blocks may
+    overlap, in any threads.
     """
-    main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if main is None or path is None:
-        yield
-        return
-    del main.__file__
+    _hiding.enter()
     try:
         yield
     finally:
-        main.__file__ = path
+        _hiding.exit()
 
 
 #: What the fork server imports before it forks the first worker.

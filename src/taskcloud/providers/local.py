@@ -24,6 +24,7 @@ import dask
 from distributed import Nanny
 from distributed import Scheduler
 from distributed import SpecCluster
+from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -39,9 +40,11 @@ __all__ = [
     "EnvironmentWorker",
     "LocalPoolCluster",
     "PoolAdaptive",
+    "PoolNanny",
     "PoolWatch",
     "SchedulerProcess",
     "adapt",
+    "quiet_logs",
     "scheduler_spec",
     "start",
     "worker_spec",
@@ -56,6 +59,12 @@ ADAPT_INTERVAL = 0.2
 #: local worker starts in about a second, so a second of queued work pays for one.
 TARGET_DURATION = 1.0
 
+#: After this many failed worker starts in a row, a pool logs an error.
+FAILED_STARTS = 3
+
+#: The event a :class:`PoolNanny` logs when its worker process exits.
+WORKER_EXIT = "taskcloud-worker-exit"
+
 
 class PoolWatch(SchedulerPlugin):
     """Counts a pool's workers, notes memory kills and when calls start running.
@@ -68,6 +77,8 @@ class PoolWatch(SchedulerPlugin):
     def __init__(self, stats: Any) -> None:
         self.stats = stats
         self.memory_kills: dict[str, int] = {}
+        self.exit_codes: dict[str, int] = {}
+        self._latest_of_nanny: dict[str, str] = {}
         self.changed = threading.Condition()
         self._on_start: dict[str, Callable[[str], None]] = {}
 
@@ -78,12 +89,21 @@ class PoolWatch(SchedulerPlugin):
     def add_worker(self, scheduler: Any, worker: str) -> None:
         self.stats.started += 1
         self.stats.peak = max(self.stats.peak, len(scheduler.workers))
+        state = scheduler.workers.get(worker)
+        if state is not None and state.nanny:
+            self._latest_of_nanny[state.nanny] = worker
 
     def log_event(self, topic: str, msg: Any) -> None:
-        if topic == "worker-restart-memory" and isinstance(msg, dict):
-            with self.changed:
+        if topic not in ("worker-restart-memory", WORKER_EXIT) or not isinstance(msg, dict):
+            return
+        with self.changed:
+            if topic == WORKER_EXIT:
+                # A worker that died while it started is known here, not to its nanny.
+                worker = msg.get("worker") or self._latest_of_nanny.get(msg.get("nanny", ""), "")
+                self.exit_codes[worker] = int(msg.get("exitcode", 0))
+            else:
                 self.memory_kills[msg.get("worker", "")] = int(msg.get("rss", 0))
-                self.changed.notify_all()
+            self.changed.notify_all()
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if finish == "processing":
@@ -96,17 +116,56 @@ class PoolWatch(SchedulerPlugin):
     def memory_kill(self, worker: str, wait: float) -> int | None:
         """The RSS the nanny saw when it killed ``worker`` for memory, if it did.
 
-        The nanny's event and the worker's death reach the scheduler separately, so
-        this waits up to ``wait`` seconds for the event.
+        The nanny's events and the worker's death reach the scheduler separately, so
+        this waits for the nanny to say how the worker ended: at most ``wait``
+        seconds, and only until the exit of a worker it did not terminate.
         """
         deadline = time.monotonic() + wait
         with self.changed:
-            while worker not in self.memory_kills:
+            while worker not in self.memory_kills and not self._exited_unterminated(worker):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self.changed.wait(left)
             return self.memory_kills.get(worker)
+
+    def _exited_unterminated(self, worker: str) -> bool:
+        # A nanny ends a worker over its memory limit with SIGTERM, after its event.
+        code = self.exit_codes.get(worker)
+        return code is not None and code != -signal.SIGTERM
+
+
+#: A nanny in these states starts its worker anew when the worker dies.
+_NANNY_UP = (Status.init, Status.starting, Status.running)
+
+
+class PoolNanny(Nanny):
+    """A pool's nanny: its worker starts without ``__main__``, and it reports exits.
+
+    * The worker process starts inside
+      :func:`~taskcloud.providers.main_module_hidden`, whenever the nanny starts
+      or replaces it, so a script without a main guard is not run again in it.
+    * When the worker process exits, the nanny logs a :data:`WORKER_EXIT` event
+      with its exit code, so that :class:`PoolWatch` need not wait to learn
+      whether the nanny killed it for memory.
+    * A worker that dies while it starts (a call that kills its process can run
+      before the nanny hears from it) is replaced once, as the nanny replaces a
+      worker that dies later, rather than failing the nanny's start.
+    """
+
+    async def instantiate(self) -> Status:
+        with main_module_hidden():
+            status = await super().instantiate()
+        if status == Status.stopped and self.status in _NANNY_UP:
+            with main_module_hidden():
+                status = await super().instantiate()
+        return status
+
+    async def _on_worker_exit(self, exitcode: int) -> None:
+        if self.status in _NANNY_UP:
+            event = {"nanny": self.address, "worker": self.worker_address, "exitcode": exitcode}
+            self.log_event(WORKER_EXIT, event)
+        await super()._on_worker_exit(exitcode)
 
 
 class EnvironmentWorker(ProcessInterface):
@@ -305,12 +364,36 @@ class LocalPoolCluster(SpecCluster):
     def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
         self._capacity = capacity
         self._shape = shape
+        self._failed_starts = 0
         super().__init__(*args, **kwargs)
 
     def _new_worker_name(self, worker_number: int) -> str:
         # Workers started from the command line report their name as a string; the
         # spec must use the same, or adaptive scaling never finds them to retire.
         return str(worker_number)
+
+    def _correct_state(self) -> asyncio.Future[None]:
+        # dask logs a worker that failed to start as an error from tornado's event
+        # loop, in the user's terminal; the pool's adaptive scaling tries again.
+        return asyncio.ensure_future(self._correct_state_quietly())
+
+    async def _correct_state_quietly(self) -> None:
+        try:
+            await super()._correct_state()
+        except Exception as exc:
+            self._failed_starts += 1
+            # One failure is a worker that died as it started; a run of them is news.
+            level = logging.ERROR if self._failed_starts == FAILED_STARTS else logging.DEBUG
+            logger.log(
+                level,
+                "%s: %d worker starts in a row failed, the last with %s: %s",
+                self.name,
+                self._failed_starts,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            self._failed_starts = 0
 
     def new_worker_spec(self) -> dict[str, Any]:
         spec = super().new_worker_spec()
@@ -415,7 +498,7 @@ def worker_spec(
     }
     if issubclass(cls, Nanny):
         # A failing call is the caller's exception, not a worker's log line.
-        settings.update(env={}, silence_logs=logging.CRITICAL)
+        settings.update(env={}, silence_logs=quiet_logs())
     if security is not None:
         settings["security"] = security
     settings.update(options or {})
@@ -424,6 +507,15 @@ def worker_spec(
         preload = settings.get("preload") or []
         settings["preload"] = [*([preload] if isinstance(preload, str) else preload), PRELOAD]
     return {"cls": cls, "options": settings}
+
+
+def quiet_logs() -> int | bool:
+    """The level distributed's logs need to reach the terminal while a pool runs.
+
+    Only what breaks the run, unless dask's ``logging`` configuration names levels
+    (``DASK_LOGGING__DISTRIBUTED=info``, say): then those hold, untouched.
+    """
+    return False if dask.config.get("logging", None) else logging.CRITICAL
 
 
 def start(
@@ -443,10 +535,12 @@ def start(
         cluster = LocalPoolCluster(
             workers={},
             scheduler=scheduler_spec(),
-            worker=worker_spec(shape, threads_per_worker, python=python),
+            worker=worker_spec(
+                shape, threads_per_worker, worker_class=f"{__name__}.PoolNanny", python=python
+            ),
             asynchronous=False,
             name=name,
-            silence_logs=logging.ERROR,
+            silence_logs=quiet_logs(),
             capacity=capacity,
             shape=shape,
         )
