@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -51,7 +52,11 @@ def run_cli(runner: CliRunner, tmp_path: Path, *args: str):
 def run_subprocess(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None, **kwargs
 ) -> subprocess.Popen:
-    """Start ``pytask`` as its own process in its own session, ``env`` added to ours."""
+    """Start ``pytask`` as its own process in its own session, ``env`` added to ours.
+
+    The child takes SIGINT as a terminal's Ctrl-C would reach it, even when this
+    suite runs in a shell's background job, whose children inherit SIGINT ignored.
+    """
     env = {**os.environ, "COLUMNS": "150", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, "-m", "pytask", *args],
@@ -61,8 +66,13 @@ def run_subprocess(
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_sigint,
         **kwargs,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
@@ -84,6 +94,16 @@ def _forget_task_modules():
     for name in set(sys.modules) - before:
         if name.split(".")[-1].startswith("task_"):
             del sys.modules[name]
+
+
+@pytest.fixture
+def controlled_batches(monkeypatch) -> None:
+    """Batching that does not depend on this machine's speed: every call counts as
+    tiny, and a batch stops only after a call the test makes slower than a second."""
+    from taskcloud.plugin import batches
+
+    monkeypatch.setattr(batches, "TINY", 30.0)
+    monkeypatch.setattr(batches, "BUDGET", 1.0)
 
 
 @pytest.fixture(autouse=True)

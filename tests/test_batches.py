@@ -58,6 +58,7 @@ def _submissions(tmp_path) -> list[list[str]]:
 @pytest.mark.parametrize(
     "inner", ["loky", pytest.param("dask", marks=pytest.mark.slow)], ids=["loky", "dask"]
 )
+@pytest.mark.usefixtures("controlled_batches")
 def test_tiny_tasks_share_submissions_and_keep_their_outcomes(inner, tmp_path, write) -> None:
     """60 tiny tasks travel in batches; output, failure and product stay per task."""
     write("task_counting.py", COUNTING.replace("{inner}", inner))
@@ -125,6 +126,7 @@ def test_a_batch_starts_no_call_after_its_budget(tmp_path) -> None:
     assert paths[2].exists()
 
 
+@pytest.mark.usefixtures("controlled_batches")
 def test_calls_given_back_by_a_batch_run_once(tmp_path, write) -> None:
     """A slow call inside a batch sends the calls after it out again; all run once.
 
@@ -148,7 +150,7 @@ def test_calls_given_back_by_a_batch_run_once(tmp_path, write) -> None:
                 ran = HERE / "ran.log"
                 if ran.exists() and len(ran.read_text().split()) == 19:
                     (HERE / "slow.txt").write_text(f"task_mostly_tiny[{i}]")
-                    time.sleep(0.2)
+                    time.sleep(1.2)
                 with ran.open("a") as log:
                     log.write(f"{i}\\n")
         """,

@@ -46,6 +46,11 @@ class Batches:
         code = _code(function)
         self._longest[code] = max(seconds, self._longest.get(code, 0.0))
 
+    @property
+    def budget(self) -> float:
+        """Seconds after which a batch on a worker starts no further call."""
+        return BUDGET
+
     def tiny(self, function: Any) -> bool:
         """Whether calls of ``function`` may share a submission."""
         return self.enabled and self._longest.get(_code(function), math.inf) < TINY

@@ -41,7 +41,6 @@ from taskcloud.errors import TaskcloudError
 from taskcloud.functions import Function
 from taskcloud.pickling import ship
 from taskcloud.plugin import worker
-from taskcloud.plugin.batches import BUDGET
 from taskcloud.plugin.batches import Batches
 from taskcloud.plugin.call import CallOutcome
 from taskcloud.plugin.call import RenderOptions
@@ -95,6 +94,7 @@ class Dispatch:
     #: Submissions to the backend, and those of them the display shows as pending.
     local_running: int = 0
     unshown: deque[Future[Any]] = field(factory=deque)
+    next_shown: list[_Running] = field(factory=list)
     batches: Batches = field(factory=Batches)
 
     def __attrs_post_init__(self) -> None:
@@ -133,6 +133,9 @@ class Dispatch:
                 break
         reports = [report for future in done for report in self._finish(future)]
         self._report_all(reports)
+        # Only now, with the finished tasks off the display, do the next show.
+        while self.next_shown:
+            self._show(self.next_shown.pop().task)
 
     def _can_start(self) -> bool:
         scheduler = self.session.scheduler
@@ -283,7 +286,9 @@ class Dispatch:
             elif len(payloads) == 1:
                 future = self.executor.submit(worker.run_serialized, *payloads)
             else:
-                future = self.executor.submit(worker.run_batch, pickle.dumps(payloads), BUDGET)
+                future = self.executor.submit(
+                    worker.run_batch, pickle.dumps(payloads), self.batches.budget
+                )
         except KeyboardInterrupt:
             raise
         except Exception:
@@ -330,8 +335,7 @@ class Dispatch:
         if future in self.unshown:
             self.unshown.remove(future)
         elif self.unshown:
-            for running in self.running.get(self.unshown.popleft(), ()):
-                self._show(running.task)
+            self.next_shown.extend(self.running.get(self.unshown.popleft(), ()))
 
     def _finish_one(self, running: _Running, outcome: CallOutcome) -> ExecutionReport:
         task, session = running.task, self.session
