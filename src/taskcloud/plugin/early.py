@@ -4,8 +4,8 @@ loky's workers are fresh interpreters; each needs a few tenths of a second of CP
 before it runs a first task. pytask imports this plugin well before it parses its
 command line, so when the ``pytask`` command line and the configuration file ask for a
 build on loky, :func:`start` starts that pool at import. Once pytask has parsed the
-options, :func:`settle` hands the pool to the build, or stops it when pytask parsed
-something else.
+options, :meth:`EarlyPool.take` hands the pool to the build, or stops it when
+pytask parsed something else.
 
 Only the ``pytask`` command itself starts early: called from Python, or with any
 option read here that this cannot make sense of, pytask starts its workers as it
@@ -20,13 +20,15 @@ from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
+from attrs import define
+
 from taskcloud.backends import ParallelBackend
 from taskcloud.backends import build_loky_executor
 from taskcloud.backends import parse_parallel_options
 from taskcloud.errors import InvalidOptionError
 from taskcloud.plugin import worker
 
-__all__ = ["requested_workers", "settle", "start"]
+__all__ = ["PLUGIN", "EarlyPool", "requested_workers", "start", "take"]
 
 #: Options read from the command line, by each of their spellings.
 _OPTIONS = {
@@ -41,37 +43,52 @@ _OPTIONS = {
 _SERIAL = ("pdb", "trace", "dry_run", "explain")
 _NO_BUILD = {"-h", "--help", "--version", "--pdb", "--trace", "--dry-run", "--explain"}
 
-_pool: tuple[int, Executor] | None = None
+#: The name under which the early pool is registered with pytask's plugin manager.
+PLUGIN = "taskcloud-early-pool"
 
 
-def start(argv: Sequence[str] | None = None) -> None:
+@define
+class EarlyPool:
+    """The loky pool started as pytask loaded the plugin, until the build takes it."""
+
+    n_workers: int
+    executor: Executor | None
+
+    def take(self, config: dict[str, Any], parallel: bool) -> Executor | None:
+        """The pool, for a build on as many loky workers as it has; else stop it.
+
+        Either way it is handed out once only.
+        """
+        executor, self.executor = self.executor, None
+        if executor is None:
+            return None
+        wanted = parallel and config["parallel_backend"] == ParallelBackend.LOKY.value
+        if wanted and config["n_workers"] == self.n_workers:
+            return executor
+        executor.shutdown(wait=False, kill_workers=True)  # type: ignore[call-arg]
+        return None
+
+
+def start(argv: Sequence[str] | None = None) -> EarlyPool | None:
     """Start the loky pool that the command line ``argv`` asks for, if it asks for one.
 
     Anything that goes wrong here is left for the regular start to report.
     """
-    global _pool
     try:
         n_workers = requested_workers(_command_line() if argv is None else argv)
         if n_workers is None:
-            return
+            return None
         executor = build_loky_executor(n_workers)
         worker.warm(executor, n_workers)
     except Exception:
-        return
-    _pool = (n_workers, executor)
-
-
-def settle(config: dict[str, Any], parallel: bool) -> Executor | None:
-    """The early pool, for a build on as many loky workers as it has; else stop it."""
-    global _pool
-    if _pool is None:
         return None
-    (n_workers, executor), _pool = _pool, None
-    wanted = parallel and config["parallel_backend"] == ParallelBackend.LOKY.value
-    if wanted and config["n_workers"] == n_workers:
-        return executor
-    executor.shutdown(wait=False, kill_workers=True)  # type: ignore[call-arg]
-    return None
+    return EarlyPool(n_workers, executor)
+
+
+def take(config: dict[str, Any], parallel: bool) -> Executor | None:
+    """The early pool registered with this session's plugin manager, for this build."""
+    pool = config["pm"].get_plugin(PLUGIN)
+    return pool.take(config, parallel) if isinstance(pool, EarlyPool) else None
 
 
 def requested_workers(argv: Sequence[str]) -> int | None:

@@ -7,8 +7,9 @@ from pytask import hookimpl
 
 from taskcloud.plugin import early
 
-# First of all, so that loky's workers boot while pytask loads the rest.
-early.start()
+# First of all, so that loky's workers boot while pytask loads the rest. The build
+# takes the pool from the plugin manager, where pytask_add_hooks puts it.
+_EARLY = early.start()
 
 from taskcloud.plugin import options  # noqa: E402
 
@@ -24,3 +25,5 @@ def pytask_add_hooks(pm: PluginManager) -> None:
             pm.unregister(name=name)
         pm.set_blocked(name)
     pm.register(options)
+    if _EARLY is not None and _EARLY.executor is not None:
+        pm.register(_EARLY, name=early.PLUGIN)

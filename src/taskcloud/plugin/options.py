@@ -124,7 +124,7 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
     # As pytask-parallel: the member where there is one, which equals its name.
     config["n_workers"], config["parallel_backend"] = n_workers, backend_kind(name)
     parallel = _runs_in_parallel(config)
-    started = early.settle(config, parallel)
+    started = early.take(config, parallel)
     if parallel:
         execution = ParallelExecution(name, n_workers)
         config["pm"].register(execution, name=_EXECUTION)
