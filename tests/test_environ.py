@@ -11,8 +11,10 @@ import pytest
 from pytask import ExitCode
 
 import taskcloud
+from taskcloud.environments import create_software_environment
 from taskcloud.pools import pools
 from tests.conftest import run_cli
+from tests.test_environments import make_wheel
 
 pytestmark = pytest.mark.slow
 
@@ -75,14 +77,23 @@ def test_two_functions_with_different_environ_see_their_own(tmp_path) -> None:
     assert first.pool is not second.pool
 
 
-def test_environ_values_stay_out_of_command_lines() -> None:
-    """No process the pool starts carries an environ value on its command line, where
-    every local user can read it."""
-    value = f"not-on-the-command-line-{os.urandom(4).hex()}"
+def _worker_pid() -> tuple[int, str | None]:
+    return os.getpid(), os.environ.get("TASKCLOUD_TEST_SECRET")
 
-    @taskcloud.function(environ={"TASKCLOUD_TEST_SECRET": value}, keepalive="10 s")
-    def worker_pid() -> tuple[int, str | None]:
-        return os.getpid(), os.environ.get("TASKCLOUD_TEST_SECRET")
+
+@pytest.mark.parametrize("software", [None, "probe"], ids=["own-python", "software-env"])
+def test_environ_values_stay_out_of_command_lines(software, tmp_path, monkeypatch) -> None:
+    """Workers get environ, in this Python or a software environment's, and no process
+    the pool starts carries a value on its command line, which every local user reads."""
+    if software is not None:
+        monkeypatch.setenv("UV_OFFLINE", "1")
+        (tmp_path / "wheels").mkdir()
+        wheel = make_wheel(tmp_path / "wheels")
+        create_software_environment(software, pip=[str(wheel)], progress=False)
+    value = f"not-on-the-command-line-{os.urandom(4).hex()}"
+    worker_pid = taskcloud.function(
+        environ={"TASKCLOUD_TEST_SECRET": value}, software=software, keepalive="10 s"
+    )(_worker_pid)
 
     pid, seen = worker_pid()
     assert seen == value
