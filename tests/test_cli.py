@@ -56,6 +56,8 @@ def test_config_create_list_delete(cli) -> None:
         (["config", "create", "x", "--worker-memory", "lots"], "worker_memory='lots' is invalid"),
         (["config", "create", "x", "--n-workers", "a,b"], "give N or MIN,MAX"),
         (["config", "delete", "ghost"], "No cluster configuration named 'ghost'"),
+        (["config", "create", "x", "--software", "nope"], "No software environment named 'nope'"),
+        (["config", "create", "x" * 65], "name='xxxx"),
         (["config", "explode"], "No such command 'explode'"),
     ],
 )

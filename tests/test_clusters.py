@@ -250,3 +250,36 @@ def test_a_shape_the_host_cannot_hold_is_refused_before_starting():
     with pytest.raises(ResourceUnavailableError, match="cpu=512"):
         taskcloud.Cluster(worker_cpu=512)
     assert Store().all("clusters") == {}
+
+
+def test_a_name_too_long_for_a_directory_is_refused():
+    """A 300-character name fails at the constructor, naming the longest accepted."""
+    with pytest.raises(
+        InvalidOptionError, match=r"name='aaaa.*' is invalid\. Expected a name of at most 64"
+    ):
+        taskcloud.Cluster(name="a" * 300)
+    assert Store().all("clusters") == {}
+
+
+def test_listings_hide_the_values_of_workers_env(runner):
+    """Workers get their env; list_clusters, `cluster list --json` and the warning about
+    ignored options name its keys only."""
+    from taskcloud.cli import main
+
+    worker_options = {"env": {"TASKCLOUD_TEST_TOKEN": "s3cret"}}
+    with taskcloud.Cluster(name="secretive", n_workers=1, worker_options=worker_options) as cluster:
+        client = cluster.get_client()
+        # A lambda: os.environ.get itself would pickle this process's os.environ along.
+        seen = client.submit(lambda: os.environ.get("TASKCLOUD_TEST_TOKEN")).result(timeout=60)
+        assert seen == "s3cret"
+        client.close()
+        spec = taskcloud.list_clusters()["secretive"]["spec"]
+        assert spec["worker_options"] == {"env": {"TASKCLOUD_TEST_TOKEN": "***"}}
+        listed = runner.invoke(main, ["cluster", "list", "--json"])
+        assert listed.exit_code == 0, listed.output
+        assert "TASKCLOUD_TEST_TOKEN" in listed.output
+        assert "s3cret" not in listed.output
+        other = {"env": {"TASKCLOUD_TEST_TOKEN": "other"}}
+        with pytest.warns(UserWarning, match=r"worker_options=.*\*\*\*") as warned:
+            taskcloud.Cluster(name="secretive", worker_options=other).close()
+        assert not any("s3cret" in str(w.message) or "other" in str(w.message) for w in warned)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
 import taskcloud
 from taskcloud import ConfigurationNotFoundError
 from taskcloud import InvalidOptionError
+from taskcloud import SoftwareEnvironmentNotFoundError
 from taskcloud import StoreError
+from taskcloud.cli import main
 from taskcloud.store import Store
 from taskcloud.store import home
 
@@ -94,3 +98,29 @@ def test_a_damaged_state_file_is_reported_and_kept(taskcloud_home) -> None:
         taskcloud.list_cluster_configurations()
     assert path.read_bytes() == b"this is not a database" * 100
     assert Store(taskcloud_home / "fresh.sqlite").all("configurations") == {}
+
+
+def test_a_configuration_naming_an_unknown_software_environment_is_refused() -> None:
+    """software= must name a saved environment when the configuration is saved, not at
+    its first use; the error lists the saved ones."""
+    with pytest.raises(
+        SoftwareEnvironmentNotFoundError,
+        match=r"No software environment named 'nope'\. Saved: none\.",
+    ):
+        taskcloud.create_cluster_configuration("big", worker_cpu=2, software="nope")
+    assert taskcloud.list_cluster_configurations() == {}
+
+
+def test_listings_hide_environ_values() -> None:
+    """list_cluster_configurations() and `config list --json` show environ's keys with
+    their values hidden; functions still get the values."""
+    taskcloud.create_cluster_configuration("secret", environ={"TOKEN": "s3cret"})
+    assert taskcloud.list_cluster_configurations() == {"secret": {"environ": {"TOKEN": "***"}}}
+    listed = CliRunner().invoke(main, ["config", "list", "--json"])
+    assert json.loads(listed.output) == {"secret": {"environ": {"TOKEN": "***"}}}
+
+    @taskcloud.function(configuration="secret")
+    def read() -> None:
+        return None
+
+    assert read.spec.environ == (("TOKEN", "s3cret"),)

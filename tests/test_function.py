@@ -46,7 +46,7 @@ def fails_on(x: int, bad: int = 3) -> int:
         ({"cpu": "many"}, "cpu='many' is invalid. Expected an int >= 1."),
         (
             {"memory": "lots"},
-            "memory='lots' is invalid. Expected bytes as an int >= 1, or a string",
+            "memory='lots' is invalid. Expected bytes as an int >= 1048576 \\(1 MiB\\), or a string",
         ),
         ({"memory": "-1 GiB"}, "memory='-1 GiB' is invalid."),
         ({"n_workers": [5, 2]}, r"n_workers=\[5, 2\] is invalid. Expected an int >= 0 for a fixed"),
@@ -54,6 +54,15 @@ def fails_on(x: int, bad: int = 3) -> int:
         ({"provider": "moon"}, "provider='moon' is invalid. Expected one of 'local'."),
         ({"retries": -1}, "retries=-1 is invalid. Expected an int >= 0."),
         ({"environ": {"A": 1}}, "environ={'A': 1} is invalid. Expected a dict of str to str."),
+        ({"environ": {"": "x"}}, r"environ={'': '\*\*\*'} is invalid. .* a name must not be empty"),
+        ({"environ": {"A=B": "x"}}, "environ={'A=B': .* the name 'A=B' holds '=', which names"),
+        ({"environ": {"A\0": "x"}}, r"environ={'A\\x00': .* the name 'A\\x00' holds NUL"),
+        ({"environ": {"A": "x\0"}}, r"environ={'A': '\*\*\*'} .* the value of 'A' holds NUL"),
+        ({"timeout": 0}, "timeout=0 is invalid. Expected None for no limit, or seconds > 0"),
+        ({"timeout": "0 s"}, "timeout='0 s' is invalid. Expected None for no limit"),
+        ({"timeout": -1}, "timeout=-1 is invalid. Expected None for no limit, or seconds > 0"),
+        ({"memory": 1.5}, r"memory=1.5 is invalid. Expected bytes as an int >= 1048576 \(1 MiB\)"),
+        ({"memory": "100 KiB"}, "memory='100 KiB' is invalid. Expected bytes as an int >= 1048576"),
     ],
 )
 def test_bad_options_fail_when_the_decorator_is_applied(options, message) -> None:
@@ -64,7 +73,14 @@ def test_bad_options_fail_when_the_decorator_is_applied(options, message) -> Non
 
 @pytest.mark.parametrize(
     ("memory", "expected"),
-    [("512 MiB", 512 * 2**20), ("8 GiB", 8 * 2**30), ("16GB", 16 * 10**9), (10**9, 10**9)],
+    [
+        ("512 MiB", 512 * 2**20),
+        ("8 GiB", 8 * 2**30),
+        ("16GB", 16 * 10**9),
+        ("1.5 GiB", 3 * 2**29),
+        (10**9, 10**9),
+        (2e9, 2 * 10**9),
+    ],
 )
 def test_memory_forms(memory, expected) -> None:
     """Memory takes binary and decimal units, and plain bytes."""

@@ -37,8 +37,10 @@ from taskcloud.configurations import cluster_defaults
 from taskcloud.errors import ClusterNotFoundError
 from taskcloud.errors import ClusterStartError
 from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import StoreError
 from taskcloud.specs import ClusterSpec
 from taskcloud.specs import check_name
+from taskcloud.specs import redacted
 from taskcloud.store import Store
 from taskcloud.store import home
 
@@ -238,13 +240,10 @@ class Cluster(_DaskCluster):
         return record
 
     def _warn_ignored(self, record: dict[str, Any], spec: ClusterSpec, given: set[str]) -> None:
-        running = record.get("spec", {})
-        wanted = spec.to_json()
-        ignored = [
-            f"{key}={wanted[key]!r} (running: {running.get(key)!r})"
-            for key in sorted(given)
-            if running.get(key) != wanted[key]
-        ]
+        running, wanted = record.get("spec", {}), spec.to_json()
+        differ = [key for key in sorted(given) if running.get(key) != wanted[key]]
+        running, wanted = _shown(running), _shown(wanted)
+        ignored = [f"{key}={wanted[key]!r} (running: {running.get(key)!r})" for key in differ]
         if ignored:
             warnings.warn(
                 f"Attached to the running cluster {self.name!r}; these options differ "
@@ -364,10 +363,19 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
+def _shown(spec: dict[str, Any]) -> dict[str, Any]:
+    """A cluster's spec with its workers' ``env`` values as ``"***"``."""
+    env = (spec.get("worker_options") or {}).get("env")
+    if not isinstance(env, dict):
+        return spec
+    return {**spec, "worker_options": {**spec["worker_options"], "env": redacted(env)}}
+
+
 def list_clusters(store: Store | None = None) -> dict[str, dict[str, Any]]:
     """The running clusters by name: status, address, workers, spec, age, dashboard.
 
-    Records of clusters whose process died without saying so are dropped.
+    Records of clusters whose process died without saying so are dropped (where the
+    state may be written). Workers' ``env`` values show as ``"***"``.
     """
     store = store or Store()
     listing = {}
@@ -376,7 +384,8 @@ def list_clusters(store: Store | None = None) -> dict[str, dict[str, Any]]:
         if record.get("status") == "stopped":
             continue
         if not _alive(record):
-            store.update(TABLE, name, lambda r: None if r is not None and not _alive(r) else r)
+            with contextlib.suppress(StoreError):  # a listing only reads
+                store.update(TABLE, name, lambda r: None if r is not None and not _alive(r) else r)
             continue
         if record.get("status") != "running":
             continue
@@ -386,7 +395,7 @@ def list_clusters(store: Store | None = None) -> dict[str, dict[str, Any]]:
             "status": record["status"],
             "address": record["address"],
             "workers": record.get("workers", 0),
-            "spec": record.get("spec", {}),
+            "spec": _shown(record.get("spec", {})),
             "age": now - float(record.get("started", now)),
             "dashboard": f"http://127.0.0.1:{port}/status" if port else None,
             "pid": record["pid"],

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from taskcloud.environments import list_software_environments
 from taskcloud.errors import ConfigurationNotFoundError
 from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import SoftwareEnvironmentNotFoundError
 from taskcloud.specs import FunctionSpec
 from taskcloud.specs import check_name
+from taskcloud.specs import redacted
 from taskcloud.store import Store
 
 __all__ = [
@@ -56,7 +59,7 @@ def create_cluster_configuration(
     """Save (or replace) the configuration ``name``; return what was saved.
 
     Values are checked like the decorator's options, and saved normalised: memory in
-    bytes, durations in seconds.
+    bytes, durations in seconds. ``software`` must name a saved software environment.
     """
     given = {
         "worker_cpu": worker_cpu,
@@ -70,8 +73,14 @@ def create_cluster_configuration(
         "provider": provider,
     }
     options = {key: value for key, value in given.items() if value is not None}
+    check_name(name)
     saved = _normalise(options)
-    (store or Store()).put(_TABLE, check_name(name), saved)
+    store = store or Store()
+    if software is not None:
+        known = list_software_environments(store)
+        if software not in known:
+            raise SoftwareEnvironmentNotFoundError(software, known)
+    store.put(_TABLE, name, saved)
     return saved
 
 
@@ -93,8 +102,12 @@ def _normalise(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_cluster_configurations(store: Store | None = None) -> dict[str, dict[str, Any]]:
-    """Every saved configuration, by name."""
-    return (store or Store()).all(_TABLE)
+    """Every saved configuration, by name; ``environ`` values show as ``"***"``."""
+    saved = (store or Store()).all(_TABLE)
+    for options in saved.values():
+        if "environ" in options:
+            options["environ"] = redacted(options["environ"])
+    return saved
 
 
 def delete_cluster_configuration(name: str, store: Store | None = None) -> None:

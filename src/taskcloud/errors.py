@@ -186,18 +186,27 @@ class SerializationError(TaskcloudError, TypeError):
 
 
 class StoreError(TaskcloudError, RuntimeError):
-    """The state file cannot be read or written, e.g. because it is damaged."""
+    """The state file or its directory cannot be read or written, e.g. it is damaged.
 
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(path, reason)
+    ``what`` is ``"file"`` or ``"directory"``; ``hint`` says what to do, where the
+    usual advice for a damaged file does not fit.
+    """
+
+    def __init__(self, path: Path, reason: str, what: str = "file", hint: str = "") -> None:
+        super().__init__(path, reason, what, hint)
         self.path = path
         self.reason = reason
+        self.what = what
+        self.hint = hint
 
     def __str__(self) -> str:
-        return (
-            f"taskcloud's state file {self.path} cannot be used: {self.reason}. Nothing was "
-            f"changed. If the file is damaged, move it away (e.g. to {self.path}.broken) and "
+        hint = self.hint or (
+            f"If the file is damaged, move it away (e.g. to {self.path}.broken) and "
             "taskcloud starts a new one; or set TASKCLOUD_HOME to use another directory."
+        )
+        return (
+            f"taskcloud's state {self.what} {self.path} cannot be used: {self.reason}. "
+            f"Nothing was changed. {hint}"
         )
 
 

@@ -88,7 +88,6 @@ class Function(Generic[R]):
             self._function,
             args,
             kwargs,
-            environ=self.spec.environ,
             retries=self.spec.retries,
             timeout=self.spec.timeout,
         )
@@ -105,7 +104,6 @@ class Function(Generic[R]):
             self._name,
             self._function,
             list(zip(*iterables, strict=False)),
-            environ=self.spec.environ,
             retries=self.spec.retries,
             timeout=self.spec.timeout,
         )

@@ -64,7 +64,6 @@ class _Call:
     name: str
     function_blob: bytes
     arguments_blob: bytes
-    environ: tuple[tuple[str, str], ...]
     retries: int
     timeout: float | None
     on_start: Callable[[], None] | None = None
@@ -83,7 +82,6 @@ class _Call:
                 runner.invoke,
                 self.function_blob,
                 self.arguments_blob,
-                self.environ,
                 key=key,
                 pure=False,
             )
@@ -326,6 +324,7 @@ class Pool:
             high,
             spec.keepalive,
             python=python,
+            env=dict(spec.environ),
         )
         cluster.scheduler.add_plugin(watch, name=watch.name)
         client = Client(cluster, set_as_default=False)
@@ -338,7 +337,6 @@ class Pool:
         args: tuple[Any, ...] = (),
         kwargs: dict[str, Any] | None = None,
         *,
-        environ: tuple[tuple[str, str], ...] = (),
         retries: int = 1,
         timeout: float | None = None,
         on_start: Callable[[], None] | None = None,
@@ -353,7 +351,6 @@ class Pool:
             function,
             args,
             kwargs or {},
-            environ,
             retries,
             timeout,
         )
@@ -367,7 +364,6 @@ class Pool:
         function: Callable[..., Any],
         arguments: list[tuple[Any, ...]],
         *,
-        environ: tuple[tuple[str, str], ...] = (),
         retries: int = 1,
         timeout: float | None = None,
     ) -> list[Future[Any]]:
@@ -380,7 +376,7 @@ class Pool:
 
         function_blob = dumps_function(name, function)
         calls = [
-            self._call(name, function_blob, function, args, {}, environ, retries, timeout)
+            self._call(name, function_blob, function, args, {}, retries, timeout)
             for args in arguments
         ]
         if not calls:
@@ -389,7 +385,6 @@ class Pool:
             runner.invoke,
             [function_blob] * len(calls),
             [call.arguments_blob for call in calls],
-            [environ] * len(calls),
             key=[call.new_key() for call in calls],
             pure=False,
         )
@@ -405,12 +400,11 @@ class Pool:
         function: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        environ: tuple[tuple[str, str], ...],
         retries: int,
         timeout: float | None,
     ) -> _Call:
         arguments_blob = dumps_arguments(name, function, args, kwargs)
-        call = _Call(self, name, function_blob, arguments_blob, environ, retries, timeout)
+        call = _Call(self, name, function_blob, arguments_blob, retries, timeout)
         call.future.add_done_callback(lambda f: call.cancel() if f.cancelled() else None)
         self.stats.calls += 1
         return call

@@ -1,6 +1,10 @@
 """What runs inside a pool's worker for one call of a ``@taskcloud.function``.
 
-Workers import this module to run calls, so it imports nothing heavy.
+Workers import this module to run calls, so it imports nothing heavy. A function's
+``environ`` is no concern of a call: its pool's workers start with it set (see
+:class:`~taskcloud.specs.PoolSpec`), so that no other function's call, on any thread,
+sees it. :func:`environ_set` is for serial pytask runs, which call one task at a time
+in pytask's own process.
 """
 
 from __future__ import annotations
@@ -21,7 +25,10 @@ __all__ = ["environ_set", "invoke"]
 
 @contextmanager
 def environ_set(environ: tuple[tuple[str, str], ...]) -> Iterator[None]:
-    """Set ``environ`` in ``os.environ`` for the block, then restore what was there."""
+    """Set ``environ`` in ``os.environ`` for the block, then restore what was there.
+
+    The whole process sees the change: use it only where nothing else runs meanwhile.
+    """
     saved = {key: os.environ.get(key) for key, _ in environ}
     os.environ.update(dict(environ))
     try:
@@ -49,17 +56,11 @@ def _dumps(value: Any) -> bytes:
         return cloudpickle.dumps(value)
 
 
-def invoke(
-    function_blob: bytes, arguments_blob: bytes, environ: tuple[tuple[str, str], ...] = ()
-) -> bytes:
-    """Run a pickled call with ``environ`` set; return its pickled result."""
+def invoke(function_blob: bytes, arguments_blob: bytes) -> bytes:
+    """Run a pickled call; return its pickled result."""
     name, function = _load_function(function_blob)
     args, kwargs = pickle.loads(arguments_blob)
-    if environ:
-        with environ_set(environ):
-            result = function(*args, **kwargs)
-    else:
-        result = function(*args, **kwargs)
+    result = function(*args, **kwargs)
     try:
         return _dumps(result)
     except Exception as exc:

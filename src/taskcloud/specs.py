@@ -26,6 +26,7 @@ __all__ = [
     "format_bytes",
     "parse_duration",
     "parse_memory",
+    "redacted",
 ]
 
 _UNITS = {
@@ -41,7 +42,9 @@ _UNITS = {
     "tib": 2**40,
 }
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.I)
-_MEMORY_FORM = "bytes as an int >= 1, or a string like '512 MiB', '8 GiB' or '16GB'"
+#: Less than this is never a worker's memory; a float of bytes like 1.5 is a slip.
+MIN_MEMORY = 2**20
+_MEMORY_FORM = "bytes as an int >= 1048576 (1 MiB), or a string like '512 MiB', '8 GiB' or '16GB'"
 
 _SECONDS = {
     "ms": 1e-3,
@@ -59,15 +62,19 @@ def parse_memory(value: Any, parameter: str = "memory") -> int:
     """Turn ``"8 GiB"``, ``"16GB"`` or a number of bytes into bytes."""
     if isinstance(value, bool):
         raise InvalidOptionError(parameter, value, _MEMORY_FORM)
-    if isinstance(value, int | float) and value >= 1 and math.isfinite(value):
-        return int(value)
+    if isinstance(value, int | float):
+        whole = isinstance(value, int) or (math.isfinite(value) and value.is_integer())
+        if whole and value >= MIN_MEMORY:
+            return int(value)
+        raise InvalidOptionError(parameter, value, _MEMORY_FORM)
     match = _MEMORY.match(value) if isinstance(value, str) else None
     if match is None:
         raise InvalidOptionError(parameter, value, _MEMORY_FORM)
     number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    if number <= 0:
+    size = int(number * _UNITS[unit])
+    if size < MIN_MEMORY:
         raise InvalidOptionError(parameter, value, _MEMORY_FORM)
-    return int(number * _UNITS[unit])
+    return size
 
 
 def parse_duration(value: Any, parameter: str) -> float:
@@ -84,11 +91,19 @@ def parse_duration(value: Any, parameter: str) -> float:
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
+#: Names become directory names, which most file systems cap at 255 bytes.
+MAX_NAME = 64
+
 
 def check_name(name: Any) -> str:
     """A saved thing's name: letters, digits, '_', '-' or '.', not starting with a mark."""
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise InvalidOptionError("name", name, "a name of letters, digits, '_', '-' or '.'")
+    if not isinstance(name, str) or not _NAME.match(name) or len(name) > MAX_NAME:
+        raise InvalidOptionError(
+            "name",
+            name,
+            f"a name of at most {MAX_NAME} letters, digits, '_', '-' or '.', "
+            "starting with a letter or digit",
+        )
     return name
 
 
@@ -124,14 +139,62 @@ def _n_workers(value: Any) -> tuple[int, int] | None:
     raise InvalidOptionError("n_workers", value, form)
 
 
+_ENVIRON_FORM = "a dict of str to str"
+
+
 def _environ(value: Any) -> tuple[tuple[str, str], ...]:
     if value is None or value == ():
         return ()
     if not isinstance(value, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
-        raise InvalidOptionError("environ", value, "a dict of str to str")
+        raise InvalidOptionError("environ", _shown(value), _ENVIRON_FORM)
+    for key, item in value.items():
+        problem = _environ_problem(key, item)
+        if problem:
+            raise InvalidOptionError("environ", _shown(value), f"{_ENVIRON_FORM}; {problem}")
     return tuple(sorted(value.items()))
+
+
+def _shown(value: Any) -> Any:
+    # Values may be secrets: an error names the keys, and values only when not str.
+    if not isinstance(value, Mapping):
+        return value
+    return {key: "***" if isinstance(item, str) else item for key, item in value.items()}
+
+
+def _environ_problem(key: str, value: str) -> str:
+    """Why the OS cannot hold ``key=value`` as an environment variable, or ''."""
+    if not key:
+        return "a name must not be empty"
+    if "=" in key or "\0" in key:
+        mark = "'='" if "=" in key else "NUL"
+        return f"the name {key!r} holds {mark}, which names cannot"
+    if "\0" in value:
+        return f"the value of {key!r} holds NUL, which values cannot"
+    return ""
+
+
+def redacted(environ: Mapping[str, Any] | tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """Environment variables with their values hidden, for listings, reprs and messages."""
+    return {key: "***" for key in dict(environ)}
+
+
+def _redacted_repr(environ: tuple[tuple[str, str], ...]) -> str:
+    return repr(tuple((key, "***") for key, _ in environ))
+
+
+def _timeout(value: Any) -> float | None:
+    if value is None:
+        return None
+    form = "None for no limit, or seconds > 0 as a number or a string like '30 s' or '500 ms'"
+    try:
+        seconds = parse_duration(value, "timeout")
+    except InvalidOptionError:
+        raise InvalidOptionError("timeout", value, form) from None
+    if seconds <= 0:  # every call would time out
+        raise InvalidOptionError("timeout", value, form)
+    return seconds
 
 
 def _optional_name(parameter: str) -> Any:
@@ -160,6 +223,8 @@ class PoolSpec:
     threads_per_worker: int = 1
     n_workers: tuple[int, int] | None = None
     keepalive: float = 30.0
+    #: The workers start with these variables set; only this pool's calls see them.
+    environ: tuple[tuple[str, str], ...] = field(default=(), repr=_redacted_repr)
 
     def describe(self) -> str:
         """A short label for summaries: ``cpu=1 memory=512 MiB n_workers=[0, 2]``."""
@@ -174,6 +239,8 @@ class PoolSpec:
             parts.append(f"threads={self.threads_per_worker}")
         if self.n_workers is not None:
             parts.append(f"n_workers=[{self.n_workers[0]}, {self.n_workers[1]}]")
+        if self.environ:
+            parts.append(f"environ={','.join(key for key, _ in self.environ)}")
         if self.provider != "local":
             parts.append(f"provider={self.provider}")
         return " ".join(parts)
@@ -191,12 +258,12 @@ class FunctionSpec:
     software: str | None = field(default=None, validator=_optional_name("software"))
     n_workers: tuple[int, int] | None = field(default=None, converter=_n_workers)
     keepalive: float = field(default=30.0, converter=lambda v: parse_duration(v, "keepalive"))
-    environ: tuple[tuple[str, str], ...] = field(default=(), converter=_environ)
+    environ: tuple[tuple[str, str], ...] = field(
+        default=(), converter=_environ, repr=_redacted_repr
+    )
     threads_per_worker: int = field(default=1, validator=_positive_int("threads_per_worker", 1))
     retries: int = field(default=1, validator=_positive_int("retries", 0))
-    timeout: float | None = field(
-        default=None, converter=lambda v: None if v is None else parse_duration(v, "timeout")
-    )
+    timeout: float | None = field(default=None, converter=_timeout)
     provider: str = field(default="local", validator=_provider)
     configuration: str | None = field(default=None, validator=_optional_name("configuration"))
 
@@ -211,6 +278,7 @@ class FunctionSpec:
             threads_per_worker=self.threads_per_worker,
             n_workers=self.n_workers,
             keepalive=self.keepalive,
+            environ=self.environ,
         )
 
 

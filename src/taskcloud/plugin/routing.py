@@ -38,7 +38,6 @@ def submit_to_pool(
         name,
         worker.run_serialized,
         (payload,),
-        environ=spec.environ,
         retries=spec.retries,
         timeout=spec.timeout,
         on_start=on_start,

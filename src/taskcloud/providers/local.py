@@ -471,10 +471,13 @@ def worker_spec(
     security: Any = None,
     options: dict[str, Any] | None = None,
     python: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Workers of ``shape`` on 127.0.0.1, each tagged with its resources.
 
     With ``python`` (a software environment's interpreter) they run in that Python.
+    ``env`` is set in each worker's process as it starts (the nanny passes it on, not
+    the command line), and nowhere else.
     """
     if python is not None:
         settings = {
@@ -482,7 +485,7 @@ def worker_spec(
             "nthreads": threads_per_worker,
             "memory_limit": shape.memory,
             "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
-            "env": {},
+            "env": dict(env or {}),
             "security": security,
             **(options or {}),
         }
@@ -498,7 +501,7 @@ def worker_spec(
     }
     if issubclass(cls, Nanny):
         # A failing call is the caller's exception, not a worker's log line.
-        settings.update(env={}, silence_logs=quiet_logs())
+        settings.update(env=dict(env or {}), silence_logs=quiet_logs())
     if security is not None:
         settings["security"] = security
     settings.update(options or {})
@@ -527,8 +530,10 @@ def start(
     maximum: int,
     keepalive: float,
     python: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> LocalPoolCluster:
-    """Start an empty pool on this host and let it adapt between its bounds."""
+    """Start an empty pool on this host and let it adapt between its bounds; its
+    workers start with ``env`` set."""
     # A worker that dies fails its call at once; the pool decides about retries.
     settings = {"distributed.scheduler.allowed-failures": 0}
     with dask.config.set(settings), main_module_hidden():
@@ -536,7 +541,11 @@ def start(
             workers={},
             scheduler=scheduler_spec(),
             worker=worker_spec(
-                shape, threads_per_worker, worker_class=f"{__name__}.PoolNanny", python=python
+                shape,
+                threads_per_worker,
+                worker_class=f"{__name__}.PoolNanny",
+                python=python,
+                env=env,
             ),
             asynchronous=False,
             name=name,
