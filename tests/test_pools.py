@@ -191,14 +191,32 @@ def _nap(seconds: float) -> str:
     return "rested"
 
 
-def test_timeout_frees_the_worker() -> None:
-    """timeout= raises TaskTimeoutError and the worker takes the next call."""
-    limited = taskcloud.function(timeout=1, n_workers=[0, 1], keepalive="10 s")(_nap)
-    start = time.monotonic()
-    with pytest.raises(TaskTimeoutError, match=r"'_nap' did not finish within its timeout of 1 s"):
-        limited(60)
-    assert time.monotonic() - start < 30
-    assert limited(0) == "rested"
+def _stamp_and_nap(path: str, seconds: float) -> str:
+    Path(path).write_text(repr(time.time()))
+    time.sleep(seconds)
+    return "rested"
+
+
+def test_timeout_raises_on_time_and_frees_the_worker(tmp_path: Path) -> None:
+    """timeout= raises within 0.5 s of the limit after the call starts; the pool goes on."""
+    limited = taskcloud.function(timeout=1, n_workers=[0, 1], keepalive="10 s")(_stamp_and_nap)
+    stamp = tmp_path / "started"
+    with pytest.raises(
+        TaskTimeoutError, match=r"'_stamp_and_nap' did not finish within its timeout of 1 s"
+    ):
+        limited(str(stamp), 60)
+    raised = time.time()
+    assert raised - float(stamp.read_text()) <= 1 + 0.5
+    assert limited(str(tmp_path / "next"), 0) == "rested"
+
+
+def test_timeout_counts_from_when_the_call_starts() -> None:
+    """A call that waits on a busy worker has its whole timeout once it runs."""
+    limited = taskcloud.function(timeout=2, n_workers=[1, 1], keepalive="10 s")(_nap)
+    # The one worker takes both calls at once (dask's worker-saturation); the second
+    # runs from 1.5 s to 3 s, past 2 s after it reached the worker.
+    futures = [limited.submit(1.5), limited.submit(1.5)]
+    assert [f.result(timeout=60) for f in futures] == ["rested", "rested"]
 
 
 def _mark_and_sleep(path: str, seconds: float) -> str:

@@ -28,14 +28,17 @@ from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.utils import import_term
 
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
+from taskcloud.providers import TIMED
 from taskcloud.providers import main_module_hidden
 from taskcloud.providers.owned import PRELOAD
 
 __all__ = [
+    "CallStarts",
     "CapacityAdaptive",
     "EnvironmentWorker",
     "LocalPoolCluster",
@@ -45,8 +48,10 @@ __all__ = [
     "SchedulerProcess",
     "adapt",
     "quiet_logs",
+    "replace_worker",
     "scheduler_spec",
     "start",
+    "worker_running",
     "worker_spec",
 ]
 
@@ -65,6 +70,28 @@ FAILED_STARTS = 3
 #: The event a :class:`PoolNanny` logs when its worker process exits.
 WORKER_EXIT = "taskcloud-worker-exit"
 
+#: The event a worker logs, through :class:`CallStarts`, when a timed call starts.
+CALL_STARTED = "taskcloud-call-started"
+
+
+class CallStarts(WorkerPlugin):
+    """On a pool's workers: says when a call with a timeout starts running.
+
+    The scheduler sees a task go to a worker, which may still be busy with another;
+    a timeout counts from the moment the worker's thread takes the call. Only keys
+    that end in :data:`~taskcloud.providers.TIMED` are reported.
+    """
+
+    name = "taskcloud-call-starts"
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish == "executing" and str(key).endswith(TIMED):
+            self.worker.log_event(CALL_STARTED, {"key": str(key), "since": time.time()})
+
 
 class PoolWatch(SchedulerPlugin):
     """Counts a pool's workers, notes memory kills and when calls start running.
@@ -81,10 +108,15 @@ class PoolWatch(SchedulerPlugin):
         self._latest_of_nanny: dict[str, str] = {}
         self.changed = threading.Condition()
         self._on_start: dict[str, Callable[[str], None]] = {}
+        self._on_executing: dict[str, Callable[[str, float], None]] = {}
 
     def on_start(self, key: str, callback: Callable[[str], None]) -> None:
-        """Call ``callback(key)`` when the task ``key`` starts on a worker."""
+        """Call ``callback(key)`` when the task ``key`` goes to a worker."""
         self._on_start[key] = callback
+
+    def on_executing(self, key: str, callback: Callable[[str, float], None]) -> None:
+        """Call ``callback(key, since)`` when a worker's thread starts the timed ``key``."""
+        self._on_executing[key] = callback
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
         self.stats.started += 1
@@ -94,6 +126,11 @@ class PoolWatch(SchedulerPlugin):
             self._latest_of_nanny[state.nanny] = worker
 
     def log_event(self, topic: str, msg: Any) -> None:
+        if topic == CALL_STARTED and isinstance(msg, dict):
+            callback = self._on_executing.pop(str(msg.get("key")), None)
+            if callback is not None:
+                callback(str(msg["key"]), float(msg["since"]))
+            return
         if topic not in ("worker-restart-memory", WORKER_EXIT) or not isinstance(msg, dict):
             return
         with self.changed:
@@ -112,6 +149,8 @@ class PoolWatch(SchedulerPlugin):
                 callback(str(key))
         elif finish in ("memory", "erred", "released", "forgotten"):
             self._on_start.pop(str(key), None)
+            if finish != "released":  # released: it may go to another worker
+                self._on_executing.pop(str(key), None)
 
     def memory_kill(self, worker: str, wait: float) -> int | None:
         """The RSS the nanny saw when it killed ``worker`` for memory, if it did.
@@ -133,6 +172,28 @@ class PoolWatch(SchedulerPlugin):
         # A nanny ends a worker over its memory limit with SIGTERM, after its event.
         code = self.exit_codes.get(worker)
         return code is not None and code != -signal.SIGTERM
+
+
+async def worker_running(scheduler: Any, key: str) -> str | None:
+    """The address of the worker that runs the task ``key``, if one does."""
+    state = scheduler.tasks.get(key)
+    where = getattr(state, "processing_on", None)
+    return getattr(where, "address", None)
+
+
+async def replace_worker(scheduler: Any, address: str) -> None:
+    """Let the worker at ``address`` go at once and kill its process; its nanny
+    starts a new one. What else it ran or held runs again elsewhere."""
+    state = scheduler.workers.get(address)
+    if state is None:
+        return
+    pid = state.pid
+    await scheduler.remove_worker(
+        address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
+    )
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 #: A nanny in these states starts its worker anew when the worker dies.
