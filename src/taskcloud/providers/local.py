@@ -420,7 +420,8 @@ async def kill_workers(cluster: SpecCluster) -> None:
 
 
 class LocalPoolCluster(SpecCluster):
-    """Workers of one shape; GPU workers each get their own ``CUDA_VISIBLE_DEVICES``."""
+    """Workers of one shape, a pool's or a named cluster's; GPU workers each get their
+    own ``CUDA_VISIBLE_DEVICES``."""
 
     def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
         self._capacity = capacity
@@ -460,11 +461,19 @@ class LocalPoolCluster(SpecCluster):
         spec = super().new_worker_spec()
         if self._shape.gpu:
             for name, worker in spec.items():
+                if not _own_process(worker["cls"]):
+                    continue  # a worker in this process sees what this process sees
                 gpus = self._capacity.assign_gpus(self, name, self._shape.gpu, self.worker_spec)
                 worker = copy.deepcopy(worker)
                 worker["options"].setdefault("env", {})["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
                 spec[name] = worker
         return spec
+
+
+def _own_process(cls: Any) -> bool:
+    """Whether workers of ``cls`` run in a process of their own, with its environment."""
+    cls = import_term(cls) if isinstance(cls, str) else cls
+    return isinstance(cls, type) and issubclass(cls, Nanny | EnvironmentWorker)
 
 
 class CapacityAdaptive(Adaptive):
