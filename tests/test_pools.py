@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
+from rich.console import Console
 
 import taskcloud
 from taskcloud import MemoryLimitError
 from taskcloud import TaskTimeoutError
 from taskcloud import WorkerLostError
+from taskcloud.capacity import HostCapacity
+from taskcloud.plugin.summary import where_table
 from taskcloud.pools import pools
 from tests.conftest import wait_for
 
@@ -104,6 +112,68 @@ def test_pools_together_stay_within_the_host(tmp_path: Path) -> None:
         stop.set()
         sampler.join()
     assert max(seen) == 1
+
+
+def _host() -> HostCapacity:
+    return HostCapacity(ledger=None)
+
+
+def test_idle_worker_makes_room_at_once_for_a_waiting_pool(caplog) -> None:
+    """A pool that does not fit beside another's idle worker gets the room long before
+    that worker's keepalive, says that it waits, and the summary says for how long."""
+    host = _host()
+    # Together they need more cores than the host has, on any host.
+    whole = taskcloud.function(cpu=host.cores, memory="400 MiB", keepalive="120 s")(_pid)
+    single = taskcloud.function(cpu=1, memory="401 MiB", keepalive="5 s")(_pid)
+    assert whole() != os.getpid()
+    with caplog.at_level(logging.WARNING, logger="taskcloud"):
+        # Well within the idle worker's 120 s keepalive.
+        assert single.submit().result(timeout=60) != os.getpid()
+    assert single.pool.waited_for_capacity > 0
+    assert f"{single.pool.label} waits for capacity" in caplog.text
+    where = Counter({whole.pool.label: 1, single.pool.label: 1})
+    console = Console(width=200, record=True)
+    console.print(where_table(where, pools.active()))
+    assert "Waited for capacity" in console.export_text()
+
+
+HOLDER = """
+    import sys, time
+    import taskcloud
+
+    def hold():
+        time.sleep(600)
+
+    held = taskcloud.function(cpu=1, memory={memory}, n_workers=[1, 1])(hold)
+    future = held.submit()
+    while not future.running():
+        time.sleep(0.05)
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_pools_of_two_processes_share_the_host(tmp_path: Path) -> None:
+    """Another process's pool holds its memory here too; its lease ends with it."""
+    memory = _host().memory * 6 // 10  # two such workers never fit together
+    script = tmp_path / "holder.py"
+    script.write_text(textwrap.dedent(HOLDER.format(memory=memory)))
+    holder = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        mine = taskcloud.function(cpu=1, memory=memory + 1, keepalive="5 s")(_pid)
+        future = mine.submit()
+        wait_for(lambda: mine.pool.waiting_for_capacity, 60, "the pool waiting for capacity")
+        assert not future.done()
+        assert mine.pool.n_workers == 0
+        holder.kill()  # SIGKILL: it cannot give its lease back
+        assert future.result(timeout=60) != os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_pools_listen_on_loopback_only() -> None:

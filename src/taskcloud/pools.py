@@ -333,6 +333,7 @@ class Pool:
             spec.keepalive,
             python=python,
         )
+        cluster.label = label  # what it is called when it waits for capacity
         cluster.scheduler.add_plugin(watch, name=watch.name)
         client = Client(cluster, set_as_default=False)
         client.register_plugin(local.CallStarts())
@@ -444,6 +445,16 @@ class Pool:
             return str(self.cluster.dashboard_link or "")
         except Exception:  # the cluster closed, or a scheduler without services
             return ""
+
+    @property
+    def waiting_for_capacity(self) -> bool:
+        """Whether the pool wants more workers than the host has room for now."""
+        return bool(self.cluster.capacity.waiting(self.cluster))
+
+    @property
+    def waited_for_capacity(self) -> float:
+        """Seconds the pool has waited for room on the host, all waits together."""
+        return float(self.cluster.capacity.waited(self.cluster))
 
     @property
     def n_workers(self) -> int:

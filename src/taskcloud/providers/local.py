@@ -36,6 +36,7 @@ from taskcloud.capacity import Shape
 from taskcloud.providers import TIMED
 from taskcloud.providers import main_module_hidden
 from taskcloud.providers.owned import PRELOAD
+from taskcloud.specs import format_bytes
 
 __all__ = [
     "CallStarts",
@@ -427,7 +428,14 @@ class LocalPoolCluster(SpecCluster):
         self._capacity = capacity
         self._shape = shape
         self._failed_starts = 0
+        #: What the cluster is called in messages; a pool sets its own label.
+        self.label = str(kwargs.get("name") or "")
         super().__init__(*args, **kwargs)
+
+    @property
+    def capacity(self) -> HostCapacity:
+        """The host's capacity this cluster grows within."""
+        return self._capacity
 
     def _new_worker_name(self, worker_number: int) -> str:
         # Workers started from the command line report their name as a string; the
@@ -477,16 +485,42 @@ def _own_process(cls: Any) -> bool:
 
 
 class CapacityAdaptive(Adaptive):
-    """Adaptive scaling that asks the host's capacity before it grows."""
+    """Adaptive scaling that asks the host's capacity before it grows.
+
+    * A cluster that may not grow says so once, in a warning.
+    * While another pool or cluster on the host waits for room, idle workers leave
+      at once rather than after their keepalive.
+    """
 
     def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
         self._capacity = capacity
         self._shape = shape
+        self._said_waiting = False
         super().__init__(*args, **kwargs)
 
     async def safe_target(self) -> int:
         wanted = await super().safe_target()
-        return self._capacity.grant(self.cluster, self._shape, wanted, len(self.plan))
+        granted = self._capacity.grant(self.cluster, self._shape, wanted, len(self.plan))
+        if granted < wanted and not self._said_waiting:
+            self._said_waiting = True
+            logger.warning(
+                "%s waits for capacity: %d more workers (cpu=%d, memory=%s, gpu=%d each) "
+                "do not fit beside the other pools and clusters on this host",
+                getattr(self.cluster, "label", None) or self.cluster.name,
+                wanted - granted,
+                self._shape.cpu,
+                format_bytes(self._shape.memory),
+                self._shape.gpu,
+            )
+        return granted
+
+    async def recommendations(self, target: int) -> dict[str, Any]:
+        if target < len(self.plan) and self._capacity.others_waiting(self.cluster):
+            idle = await self.workers_to_close(target=target)
+            if idle:
+                self.close_counts.clear()
+                return {"status": "down", "workers": list(idle)}
+        return dict(await super().recommendations(target))
 
 
 class PoolAdaptive(CapacityAdaptive):
