@@ -83,6 +83,27 @@ def test_adapt_grows_from_zero_with_queued_work():
         client.close()
 
 
+def test_scale_and_adapt_honour_memory_and_cores_and_refuse_unknown_options():
+    """scale(memory=, cores=) asks for workers of the cluster's shape; adapt() refuses
+    an option it does not take, naming it."""
+    with taskcloud.Cluster(n_workers=0, worker_cpu=1, worker_memory="300 MiB") as cluster:
+        client = cluster.get_client()
+        cluster.scale(memory="600 MiB")
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 2, 60, "scaling to 2")
+        cluster.scale(cores=1)
+        wait_for(lambda: len(client.scheduler_info()["workers"]) == 1, 60, "scaling to 1")
+        with pytest.raises(InvalidOptionError, match=r"memory='lots' is invalid"):
+            cluster.scale(memory="lots")
+        with pytest.raises(InvalidOptionError, match=r"cores=1.5 is invalid"):
+            cluster.scale(cores=1.5)
+        with pytest.raises(InvalidOptionError, match=r"interval='1 s' is invalid.*adapt\(\) takes"):
+            cluster.adapt(maximum=2, interval="1 s")
+        cluster.adapt(minimum_cores=1, maximum_memory="600 MiB")
+        assert client.submit(sum, [1, 2]).result(timeout=60) == 3
+        wait_for(lambda: len(client.scheduler_info()["workers"]) >= 1, 60, "keeping the minimum")
+        client.close()
+
+
 def test_named_cluster_outlives_its_process_and_others_attach(tmp_path):
     creator = _script(
         tmp_path,

@@ -2,19 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import psutil
 import pytest
+from rich.console import Console
 
 import taskcloud
 from taskcloud import MemoryLimitError
 from taskcloud import TaskTimeoutError
 from taskcloud import WorkerLostError
+from taskcloud.capacity import HostCapacity
+from taskcloud.plugin.summary import where_table
 from taskcloud.pools import pools
 from tests.conftest import wait_for
 
@@ -106,6 +114,68 @@ def test_pools_together_stay_within_the_host(tmp_path: Path) -> None:
     assert max(seen) == 1
 
 
+def _host() -> HostCapacity:
+    return HostCapacity(ledger=None)
+
+
+def test_idle_worker_makes_room_at_once_for_a_waiting_pool(caplog) -> None:
+    """A pool that does not fit beside another's idle worker gets the room long before
+    that worker's keepalive, says that it waits, and the summary says for how long."""
+    host = _host()
+    # Together they need more cores than the host has, on any host.
+    whole = taskcloud.function(cpu=host.cores, memory="400 MiB", keepalive="120 s")(_pid)
+    single = taskcloud.function(cpu=1, memory="401 MiB", keepalive="5 s")(_pid)
+    assert whole() != os.getpid()
+    with caplog.at_level(logging.WARNING, logger="taskcloud"):
+        # Well within the idle worker's 120 s keepalive.
+        assert single.submit().result(timeout=60) != os.getpid()
+    assert single.pool.waited_for_capacity > 0
+    assert f"{single.pool.label} waits for capacity" in caplog.text
+    where = Counter({whole.pool.label: 1, single.pool.label: 1})
+    console = Console(width=200, record=True)
+    console.print(where_table(where, pools.active()))
+    assert "Waited for capacity" in console.export_text()
+
+
+HOLDER = """
+    import sys, time
+    import taskcloud
+
+    def hold():
+        time.sleep(600)
+
+    held = taskcloud.function(cpu=1, memory={memory}, n_workers=[1, 1])(hold)
+    future = held.submit()
+    while not future.running():
+        time.sleep(0.05)
+    print("holding", flush=True)
+    sys.stdin.readline()
+"""
+
+
+def test_pools_of_two_processes_share_the_host(tmp_path: Path) -> None:
+    """Another process's pool holds its memory here too; its lease ends with it."""
+    memory = _host().memory * 6 // 10  # two such workers never fit together
+    script = tmp_path / "holder.py"
+    script.write_text(textwrap.dedent(HOLDER.format(memory=memory)))
+    holder = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "holding"
+        mine = taskcloud.function(cpu=1, memory=memory + 1, keepalive="5 s")(_pid)
+        future = mine.submit()
+        wait_for(lambda: mine.pool.waiting_for_capacity, 60, "the pool waiting for capacity")
+        assert not future.done()
+        assert mine.pool.n_workers == 0
+        holder.kill()  # SIGKILL: it cannot give its lease back
+        assert future.result(timeout=60) != os.getpid()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_pools_listen_on_loopback_only() -> None:
     """The scheduler, nannies and workers of a pool only listen on 127.0.0.1."""
     me = psutil.Process()
@@ -191,14 +261,32 @@ def _nap(seconds: float) -> str:
     return "rested"
 
 
-def test_timeout_frees_the_worker() -> None:
-    """timeout= raises TaskTimeoutError and the worker takes the next call."""
-    limited = taskcloud.function(timeout=1, n_workers=[0, 1], keepalive="10 s")(_nap)
-    start = time.monotonic()
-    with pytest.raises(TaskTimeoutError, match=r"'_nap' did not finish within its timeout of 1 s"):
-        limited(60)
-    assert time.monotonic() - start < 30
-    assert limited(0) == "rested"
+def _stamp_and_nap(path: str, seconds: float) -> str:
+    Path(path).write_text(repr(time.time()))
+    time.sleep(seconds)
+    return "rested"
+
+
+def test_timeout_raises_on_time_and_frees_the_worker(tmp_path: Path) -> None:
+    """timeout= raises within 0.5 s of the limit after the call starts; the pool goes on."""
+    limited = taskcloud.function(timeout=1, n_workers=[0, 1], keepalive="10 s")(_stamp_and_nap)
+    stamp = tmp_path / "started"
+    with pytest.raises(
+        TaskTimeoutError, match=r"'_stamp_and_nap' did not finish within its timeout of 1 s"
+    ):
+        limited(str(stamp), 60)
+    raised = time.time()
+    assert raised - float(stamp.read_text()) <= 1 + 0.5
+    assert limited(str(tmp_path / "next"), 0) == "rested"
+
+
+def test_timeout_counts_from_when_the_call_starts() -> None:
+    """A call that waits on a busy worker has its whole timeout once it runs."""
+    limited = taskcloud.function(timeout=2, n_workers=[1, 1], keepalive="10 s")(_nap)
+    # The one worker takes both calls at once (dask's worker-saturation); the second
+    # runs from 1.5 s to 3 s, past 2 s after it reached the worker.
+    futures = [limited.submit(1.5), limited.submit(1.5)]
+    assert [f.result(timeout=60) for f in futures] == ["rested", "rested"]
 
 
 def _mark_and_sleep(path: str, seconds: float) -> str:

@@ -1,18 +1,31 @@
 """What this host has, and how much of it each pool of workers holds.
 
-Every local pool asks :class:`HostCapacity` before it grows, so that all pools
-together never take more cores, memory or GPUs than the host has; a pool that may not
-grow keeps its work queued until another pool shrinks.
+Every local pool and named cluster asks :class:`HostCapacity` before it grows, so that
+all of them together, in every taskcloud process on the host, never take more cores,
+memory or GPUs than the host has. A pool that may not grow keeps its work queued until
+another shrinks; an idle pool shrinks at once when another waits.
+
+What other processes hold is in the host's :class:`Ledger`: one lease file per
+``HostCapacity`` under ``$TASKCLOUD_HOME/capacity``, rewritten under a file lock as
+holdings change. A lease whose process is gone (or whose pid now names another
+process) counts for nothing and is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import os
 import shutil
 import subprocess
 import threading
+import time
+import uuid
 import weakref
 from collections.abc import Iterable
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -23,7 +36,7 @@ from attrs import frozen
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.specs import format_bytes
 
-__all__ = ["HostCapacity", "Shape", "detect_gpus"]
+__all__ = ["HostCapacity", "Ledger", "Shape", "detect_gpus"]
 
 
 @frozen
@@ -58,6 +71,109 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _process_alive(pid: int, started: float) -> bool:
+    """Whether ``pid`` runs and is the process that started at ``started``."""
+    try:
+        process = psutil.Process(pid)
+        if abs(process.create_time() - started) > 1:
+            return False  # the pid was reused
+        return process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+class Ledger:
+    """The leases of every taskcloud process on this host: files in one directory.
+
+    Each :class:`HostCapacity` writes what it holds (and whether one of its holders
+    waits for room) to a lease of its own while holding the directory's lock; it
+    reads the others' leases under the same lock, so two processes never both take
+    the last free room.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self._directory = directory
+        self.token = uuid.uuid4().hex
+        self._written: str | None = None
+        self._started: tuple[int, float] | None = None
+
+    @classmethod
+    def for_host(cls) -> Ledger:
+        """The ledger of this host's taskcloud state (``$TASKCLOUD_HOME``), wherever
+        that is when it is used."""
+        return cls()
+
+    @property
+    def directory(self) -> Path:
+        """Where the leases are."""
+        if self._directory is not None:
+            return self._directory
+        from taskcloud.store import home
+
+        return home() / "capacity"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the ledger's lock: no other process reads or writes leases meanwhile."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor = os.open(self.directory / "lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(descriptor)  # closing lets go of the lock
+
+    def others(self) -> list[dict[str, Any]]:
+        """The leases of live processes other than this ledger's own; under the lock."""
+        leases = []
+        for path in self.directory.glob("*.lease"):
+            if path.name == self._name():
+                continue
+            try:
+                lease = json.loads(path.read_text())
+                alive = _process_alive(int(lease["pid"]), float(lease["started"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                alive = False  # half-written leases are never read: writes replace
+            if alive:
+                leases.append(lease)
+            else:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        return leases
+
+    def write(self, held: list[list[int]], gpus: list[str], waiting: bool) -> None:
+        """Record this process's holdings; under the lock. Nothing held: no lease."""
+        pid, started = self._process()
+        path = self.directory / self._name()
+        if self._written is not None and not path.exists():
+            self._written = None  # $TASKCLOUD_HOME changed, or someone removed it
+        if not held and not gpus and not waiting:
+            if self._written is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                self._written = None
+            return
+        text = json.dumps(
+            {"pid": pid, "started": started, "held": held, "gpus": gpus, "waiting": waiting}
+        )
+        if text == self._written:
+            return
+        partial = path.with_suffix(".partial")
+        partial.write_text(text)
+        os.replace(partial, path)
+        self._written = text
+
+    def _process(self) -> tuple[int, float]:
+        # A forked child is another process, with a lease of its own.
+        if self._started is None or self._started[0] != os.getpid():
+            self._started = (os.getpid(), psutil.Process().create_time())
+            self._written = None
+        return self._started
+
+    def _name(self) -> str:
+        return f"{self._process()[0]}-{self.token}.lease"
+
+
 @define
 class HostCapacity:
     """The host's cores, memory and GPUs, shared out between pools."""
@@ -65,10 +181,14 @@ class HostCapacity:
     cores: int = field(factory=_cores)
     memory: int = field(factory=lambda: psutil.virtual_memory().total)
     gpus: tuple[str, ...] = field(factory=detect_gpus)
+    ledger: Ledger | None = field(factory=Ledger.for_host)
     _held: dict[object, tuple[Shape, int]] = field(factory=dict, init=False)
     _gpu_owner: dict[str, str] = field(factory=dict, init=False)
     _released: weakref.WeakSet[Any] = field(factory=weakref.WeakSet, init=False)
-    _lock: threading.Lock = field(factory=threading.Lock, init=False)
+    _lock: threading.RLock = field(factory=threading.RLock, init=False)
+    _waits: dict[int, list[float]] = field(factory=dict, init=False)  # since, total
+    _others_waiting: bool = field(default=False, init=False)
+    _others: list[dict[str, Any]] = field(factory=list, init=False)
 
     def default_memory(self, cpu: int) -> int:
         """An even share of the host's memory for a worker with ``cpu`` cores."""
@@ -100,32 +220,53 @@ class HostCapacity:
         """Let ``holder`` have up to ``want`` workers, as far as the others leave room.
 
         ``holder`` keeps at least the ``current`` workers it has until it shrinks.
+        The others are this process's other holders and every other process's lease.
         """
-        with self._lock:
+        with self._shared():
             if holder in self._released:
                 return 0  # a last adaptive step of a pool that is closing
             cores, memory, gpus = self.cores, self.memory, len(self.gpus)
-            for other, (other_shape, count) in self._held.items():
-                if other is not holder:
-                    cores -= other_shape.cpu * count
-                    memory -= other_shape.memory * count
-                    gpus -= other_shape.gpu * count
+            for other_shape, count in self._others_held(holder):
+                cores -= other_shape.cpu * count
+                memory -= other_shape.memory * count
+                gpus -= other_shape.gpu * count
             granted = min(want, max(self._fit(shape, cores, memory, gpus), current))
             self._held[holder] = (shape, max(granted, current))
+            self._note_wait(holder, waiting=granted < want)
             return granted
+
+    def waiting(self, holder: object) -> bool:
+        """Whether ``holder`` wants more workers than the host has room for now."""
+        with self._lock:
+            wait = self._waits.get(id(holder))
+            return wait is not None and wait[0] > 0
+
+    def waited(self, holder: object) -> float:
+        """How many seconds ``holder`` has waited for room so far, all waits together."""
+        with self._lock:
+            since, total = self._waits.get(id(holder), (0.0, 0.0))
+            return total + (time.monotonic() - since if since else 0.0)
+
+    def others_waiting(self, holder: object) -> bool:
+        """Whether any other holder, in this process or another, waits for room."""
+        with self._lock:
+            here = any(wait[0] > 0 for key, wait in self._waits.items() if key != id(holder))
+            return here or self._others_waiting
 
     def release(self, holder: object) -> None:
         """Forget what ``holder`` held; it may not hold anything again."""
-        with self._lock:
+        with self._shared():
             self._held.pop(holder, None)
+            self._waits.pop(id(holder), None)
             self._released.add(holder)
             self._gpu_owner = {
                 g: w for g, w in self._gpu_owner.items() if not w.startswith(f"{id(holder)}:")
             }
 
     def assign_gpus(self, holder: object, worker: str, n: int, alive: Iterable[str]) -> list[str]:
-        """Pick ``n`` free GPU ids for ``worker``; ids of workers no longer alive are free."""
-        with self._lock:
+        """Pick ``n`` free GPU ids for ``worker``; ids of workers no longer alive are free,
+        and so are those no other process's lease names."""
+        with self._shared():
             alive_keys = {f"{id(holder)}:{name}" for name in alive}
             prefix = f"{id(holder)}:"
             self._gpu_owner = {
@@ -133,7 +274,49 @@ class HostCapacity:
                 for g, w in self._gpu_owner.items()
                 if not w.startswith(prefix) or w in alive_keys
             }
-            free = [g for g in self.gpus if g not in self._gpu_owner][:n]
+            taken = set(self._gpu_owner) | {g for lease in self._others for g in lease["gpus"]}
+            free = [g for g in self.gpus if g not in taken][:n]
             for gpu in free:
                 self._gpu_owner[gpu] = f"{prefix}{worker}"
             return free
+
+    @contextlib.contextmanager
+    def _shared(self) -> Iterator[None]:
+        """This object's lock and the host ledger's: read the other processes' leases
+        on the way in, write this one's on the way out."""
+        with self._lock:
+            if self.ledger is None:
+                yield
+                return
+            with self.ledger.locked():
+                self._others = self.ledger.others()
+                self._others_waiting = any(lease.get("waiting") for lease in self._others)
+                try:
+                    yield
+                finally:
+                    self._write_lease()
+
+    def _others_held(self, holder: object) -> Iterator[tuple[Shape, int]]:
+        for other, held in self._held.items():
+            if other is not holder:
+                yield held
+        for lease in self._others:
+            for cpu, memory, gpu, count in lease["held"]:
+                yield Shape(cpu=cpu, memory=memory, gpu=gpu), count
+
+    def _note_wait(self, holder: object, *, waiting: bool) -> None:
+        since, total = self._waits.setdefault(id(holder), [0.0, 0.0])
+        if waiting and not since:
+            self._waits[id(holder)][0] = time.monotonic()
+        elif not waiting and since:
+            self._waits[id(holder)] = [0.0, total + time.monotonic() - since]
+
+    def _write_lease(self) -> None:
+        assert self.ledger is not None
+        held = [
+            [shape.cpu, shape.memory, shape.gpu, count]
+            for shape, count in self._held.values()
+            if count
+        ]
+        waiting = any(wait[0] > 0 for wait in self._waits.values())
+        self.ledger.write(held, sorted(self._gpu_owner), waiting)

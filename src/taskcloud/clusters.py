@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import secrets
 import select
@@ -40,6 +41,7 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import StoreError
 from taskcloud.specs import ClusterSpec
 from taskcloud.specs import check_name
+from taskcloud.specs import parse_memory
 from taskcloud.specs import redacted
 from taskcloud.store import Store
 from taskcloud.store import home
@@ -53,6 +55,12 @@ START_TIMEOUT = 60.0
 
 #: How long closing waits for a cluster's process to finish.
 STOP_TIMEOUT = 30.0
+
+_ADAPT_ACCEPTS = (
+    "no such option: Cluster.adapt() takes minimum, maximum, minimum_cores, "
+    "maximum_cores, minimum_memory and maximum_memory; the cluster's own process "
+    "sets how often it adapts"
+)
 
 _DASHBOARD_HINT = (
     "This cluster has no dashboard: the dask dashboard needs bokeh in the environment "
@@ -254,9 +262,14 @@ class Cluster(_DaskCluster):
     # -- what a dask cluster does ---------------------------------------------------------
 
     def scale(self, n: int = 0, memory: Any = None, cores: Any = None) -> None:
-        """Hold ``n`` workers (as many as the host fits); turns adaptive scaling off."""
+        """Hold ``n`` workers (as many as the host fits); turns adaptive scaling off.
+
+        As with dask's ``SpecCluster.scale``, ``memory`` (``"8 GiB"`` or bytes) and
+        ``cores`` ask for at least enough workers of the cluster's shape to hold them.
+        """
         if not isinstance(n, int) or isinstance(n, bool) or n < 0:
             raise InvalidOptionError("n", n, "an int >= 0")
+        n = max(n, self._workers_for(memory, cores, "memory", "cores", math.ceil))
         granted = self._ask("taskcloud_scale", n=n)
         if granted < n:
             warnings.warn(
@@ -264,14 +277,69 @@ class Cluster(_DaskCluster):
                 stacklevel=2,
             )
 
-    def adapt(self, minimum: int = 0, maximum: int = 1, **kwargs: Any) -> None:  # type: ignore[override]
-        """Scale between ``minimum`` and ``maximum`` workers from the work queued.
+    def adapt(  # type: ignore[override]
+        self,
+        minimum: int = 0,
+        maximum: int | None = None,
+        *,
+        minimum_cores: int | None = None,
+        maximum_cores: int | None = None,
+        minimum_memory: Any = None,
+        maximum_memory: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        """Scale between ``minimum`` and ``maximum`` workers (1 unless given) from the
+        work queued.
 
-        The cluster's own process does the scaling, so it goes on when this process
-        ends.
+        As with dask's ``SpecCluster.adapt``, ``minimum_cores``/``minimum_memory`` raise
+        the minimum and ``maximum_cores``/``maximum_memory`` lower (or set) the maximum,
+        in workers of the cluster's shape. The cluster's own process does the scaling,
+        so it goes on when this process ends.
         """
+        if kwargs:
+            name, value = next(iter(kwargs.items()))
+            raise InvalidOptionError(name, value, _ADAPT_ACCEPTS)
+        low = self._workers_for(
+            minimum_memory, minimum_cores, "minimum_memory", "minimum_cores", math.ceil
+        )
+        minimum = max(minimum, low)
+        caps = [] if maximum is None else [maximum]
+        if maximum_memory is not None or maximum_cores is not None:
+            caps.append(
+                self._workers_for(
+                    maximum_memory,
+                    maximum_cores,
+                    "maximum_memory",
+                    "maximum_cores",
+                    math.floor,
+                    min,
+                )
+            )
+        maximum = min(caps) if caps else 1
         ClusterSpec(n_workers=[minimum, maximum])
         self._ask("taskcloud_adapt", minimum=minimum, maximum=maximum)
+
+    def _workers_for(
+        self,
+        memory: Any,
+        cores: Any,
+        memory_name: str,
+        cores_name: str,
+        rounding: Any,
+        combine: Any = max,
+    ) -> int:
+        """How many workers of this cluster's shape hold ``memory`` and ``cores``."""
+        counts = []
+        if memory is not None:
+            per_worker = self.spec.worker_memory or HostCapacity().default_memory(
+                self.spec.worker_cpu
+            )
+            counts.append(rounding(parse_memory(memory, memory_name) / per_worker))
+        if cores is not None:
+            if not isinstance(cores, int) or isinstance(cores, bool) or cores < 0:
+                raise InvalidOptionError(cores_name, cores, "an int >= 0")
+            counts.append(rounding(cores / self.spec.worker_cpu))
+        return int(combine(counts)) if counts else 0
 
     def _ask(self, operation: str, **arguments: Any) -> Any:
         """Call a handler of the cluster's process; a cluster that is gone says so."""

@@ -59,7 +59,6 @@ class _Daemon:
         self.stopping = asyncio.Event()
 
     async def serve(self) -> None:
-        from distributed import SpecCluster
         from distributed.diagnostics.plugin import SchedulerPlugin
 
         from taskcloud.providers import local
@@ -70,7 +69,7 @@ class _Daemon:
         # The daemon enforces idle_timeout itself, so that workers stop before the
         # scheduler does (a worker whose scheduler is gone takes seconds to give up).
         options.pop("idle_timeout", None)
-        cluster = self.cluster = SpecCluster(
+        cluster = self.cluster = local.LocalPoolCluster(
             workers={},
             scheduler=local.scheduler_spec(
                 dashboard=with_dashboard, security=security, options=options
@@ -86,6 +85,8 @@ class _Daemon:
             asynchronous=True,
             name=self.name,
             silence_logs=logging.ERROR,
+            capacity=self.capacity,
+            shape=self.shape,
         )
         await cluster
         scheduler = cluster.scheduler

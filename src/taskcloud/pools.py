@@ -33,6 +33,7 @@ from taskcloud.errors import WorkerLostError
 from taskcloud.pickling import dumps_arguments
 from taskcloud.pickling import dumps_function
 from taskcloud.providers import SETTLED
+from taskcloud.providers import TIMED
 from taskcloud.providers import settled
 from taskcloud.specs import PoolSpec
 from taskcloud.specs import format_bytes
@@ -71,6 +72,7 @@ class _Call:
     attempts: int = 0
     _dask: Any = None
     _timer: threading.Timer | None = None
+    _expired: bool = False
 
     def start(self) -> None:
         """Submit the call on its own; it settles through a done callback."""
@@ -91,6 +93,10 @@ class _Call:
     def new_key(self) -> str:
         """A fresh dask key for the next attempt; arms the timeout for it."""
         key = f"{self.name}-{os.urandom(6).hex()}"
+        if self.timeout is not None:
+            # Its worker says when it starts: the timeout counts from there.
+            key += TIMED
+            self.pool.watch.on_executing(key, self._executing)
         self.pool.watch.on_start(key, self._started)
         return key
 
@@ -111,25 +117,25 @@ class _Call:
                 return
             if self.on_start is not None:
                 self.on_start()
-        if self.timeout is None:
+
+    def _executing(self, key: str, since: float) -> None:
+        # Called in the scheduler's event loop when the worker started the attempt
+        # ``key`` at ``since`` (its clock, which is this host's).
+        if self.future.done() or self._dask is None or self._dask.key != key:
             return
-        self._timer = threading.Timer(self.timeout, self._expire)
+        self._cancel_timer()
+        left = (self.timeout or 0) - (time.time() - since)
+        self._timer = threading.Timer(max(left, 0.0), self._expire, (key,))
         self._timer.daemon = True
         self._timer.start()
 
-    def _expire(self) -> None:
-        if self.future.done():
+    def _expire(self, key: str) -> None:
+        dask_future = self._dask
+        if self.future.done() or dask_future is None or dask_future.key != key:
             return
-        worker = self._worker_of(self._dask)
-        self._dask.cancel()
-        if worker:
-            self.pool.restart_worker(worker)
+        self._expired = True  # its worker's end is no reason to run it again
+        self.pool.stop_running(dask_future)
         self._set_exception(TaskTimeoutError(self.name, self.timeout or 0))
-
-    def _worker_of(self, dask_future: Any) -> str | None:
-        state = self.pool.cluster.scheduler.tasks.get(dask_future.key)
-        where = getattr(state, "processing_on", None)
-        return getattr(where, "address", None)
 
     def cancel(self) -> None:
         if self._dask is not None:
@@ -146,7 +152,7 @@ class _Call:
         self._drop(dask_future)
 
     def _settle(self, dask_future: Any) -> None:
-        if self.future.done():
+        if self.future.done() or self._expired:
             self._drop(dask_future)
             return
         if dask_future.status == "finished":
@@ -326,8 +332,10 @@ class Pool:
             python=python,
             env=dict(spec.environ),
         )
+        cluster.label = label  # what it is called when it waits for capacity
         cluster.scheduler.add_plugin(watch, name=watch.name)
         client = Client(cluster, set_as_default=False)
+        client.register_plugin(local.CallStarts())
         return cls(spec, shape, cluster, client, watch, stats, label)
 
     def submit(
@@ -409,9 +417,20 @@ class Pool:
         self.stats.calls += 1
         return call
 
-    def restart_worker(self, address: str) -> None:
-        """Replace the worker process at ``address`` (its nanny starts a new one)."""
-        self.client.restart_workers([address], raise_for_error=False)
+    def stop_running(self, dask_future: Any) -> None:
+        """Take a running call back: cancel it and replace the worker that runs it.
+
+        A thread cannot be stopped, so the worker process goes: the scheduler lets
+        it go first (other calls on it run again elsewhere, without using a retry),
+        then it is killed and its nanny starts a new one. This takes milliseconds,
+        where asking the worker to close waits seconds for the busy thread.
+        """
+        from taskcloud.providers import local
+
+        worker = self.cluster.sync(local.worker_running, self.cluster.scheduler, dask_future.key)
+        dask_future.cancel()
+        if worker is not None:
+            self.cluster.sync(local.replace_worker, self.cluster.scheduler, worker)
 
     @property
     def dashboard_link(self) -> str:
@@ -420,6 +439,16 @@ class Pool:
             return str(self.cluster.dashboard_link or "")
         except Exception:  # the cluster closed, or a scheduler without services
             return ""
+
+    @property
+    def waiting_for_capacity(self) -> bool:
+        """Whether the pool wants more workers than the host has room for now."""
+        return bool(self.cluster.capacity.waiting(self.cluster))
+
+    @property
+    def waited_for_capacity(self) -> float:
+        """Seconds the pool has waited for room on the host, all waits together."""
+        return float(self.cluster.capacity.waited(self.cluster))
 
     @property
     def n_workers(self) -> int:

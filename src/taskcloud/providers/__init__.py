@@ -9,10 +9,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["SETTLED", "forking_workers", "main_module_hidden", "settled", "start_forkserver"]
+__all__ = [
+    "SETTLED",
+    "TIMED",
+    "forking_workers",
+    "main_module_hidden",
+    "settled",
+    "start_forkserver",
+]
 
 #: The states of a dask future that is done (until its data is lost, say).
 SETTLED = frozenset({"finished", "error", "cancelled"})
+
+#: How the dask key of a call with a timeout ends: its worker reports when it starts.
+TIMED = "-timed"
 
 
 async def settled(dask_future: Any) -> None:

@@ -28,14 +28,18 @@ from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.utils import import_term
 
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
+from taskcloud.providers import TIMED
 from taskcloud.providers import main_module_hidden
 from taskcloud.providers.owned import PRELOAD
+from taskcloud.specs import format_bytes
 
 __all__ = [
+    "CallStarts",
     "CapacityAdaptive",
     "EnvironmentWorker",
     "LocalPoolCluster",
@@ -45,8 +49,10 @@ __all__ = [
     "SchedulerProcess",
     "adapt",
     "quiet_logs",
+    "replace_worker",
     "scheduler_spec",
     "start",
+    "worker_running",
     "worker_spec",
 ]
 
@@ -65,6 +71,28 @@ FAILED_STARTS = 3
 #: The event a :class:`PoolNanny` logs when its worker process exits.
 WORKER_EXIT = "taskcloud-worker-exit"
 
+#: The event a worker logs, through :class:`CallStarts`, when a timed call starts.
+CALL_STARTED = "taskcloud-call-started"
+
+
+class CallStarts(WorkerPlugin):
+    """On a pool's workers: says when a call with a timeout starts running.
+
+    The scheduler sees a task go to a worker, which may still be busy with another;
+    a timeout counts from the moment the worker's thread takes the call. Only keys
+    that end in :data:`~taskcloud.providers.TIMED` are reported.
+    """
+
+    name = "taskcloud-call-starts"
+    idempotent = True
+
+    def setup(self, worker: Any) -> None:
+        self.worker = worker
+
+    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
+        if finish == "executing" and str(key).endswith(TIMED):
+            self.worker.log_event(CALL_STARTED, {"key": str(key), "since": time.time()})
+
 
 class PoolWatch(SchedulerPlugin):
     """Counts a pool's workers, notes memory kills and when calls start running.
@@ -81,10 +109,15 @@ class PoolWatch(SchedulerPlugin):
         self._latest_of_nanny: dict[str, str] = {}
         self.changed = threading.Condition()
         self._on_start: dict[str, Callable[[str], None]] = {}
+        self._on_executing: dict[str, Callable[[str, float], None]] = {}
 
     def on_start(self, key: str, callback: Callable[[str], None]) -> None:
-        """Call ``callback(key)`` when the task ``key`` starts on a worker."""
+        """Call ``callback(key)`` when the task ``key`` goes to a worker."""
         self._on_start[key] = callback
+
+    def on_executing(self, key: str, callback: Callable[[str, float], None]) -> None:
+        """Call ``callback(key, since)`` when a worker's thread starts the timed ``key``."""
+        self._on_executing[key] = callback
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
         self.stats.started += 1
@@ -94,6 +127,11 @@ class PoolWatch(SchedulerPlugin):
             self._latest_of_nanny[state.nanny] = worker
 
     def log_event(self, topic: str, msg: Any) -> None:
+        if topic == CALL_STARTED and isinstance(msg, dict):
+            callback = self._on_executing.pop(str(msg.get("key")), None)
+            if callback is not None:
+                callback(str(msg["key"]), float(msg["since"]))
+            return
         if topic not in ("worker-restart-memory", WORKER_EXIT) or not isinstance(msg, dict):
             return
         with self.changed:
@@ -112,6 +150,8 @@ class PoolWatch(SchedulerPlugin):
                 callback(str(key))
         elif finish in ("memory", "erred", "released", "forgotten"):
             self._on_start.pop(str(key), None)
+            if finish != "released":  # released: it may go to another worker
+                self._on_executing.pop(str(key), None)
 
     def memory_kill(self, worker: str, wait: float) -> int | None:
         """The RSS the nanny saw when it killed ``worker`` for memory, if it did.
@@ -133,6 +173,28 @@ class PoolWatch(SchedulerPlugin):
         # A nanny ends a worker over its memory limit with SIGTERM, after its event.
         code = self.exit_codes.get(worker)
         return code is not None and code != -signal.SIGTERM
+
+
+async def worker_running(scheduler: Any, key: str) -> str | None:
+    """The address of the worker that runs the task ``key``, if one does."""
+    state = scheduler.tasks.get(key)
+    where = getattr(state, "processing_on", None)
+    return getattr(where, "address", None)
+
+
+async def replace_worker(scheduler: Any, address: str) -> None:
+    """Let the worker at ``address`` go at once and kill its process; its nanny
+    starts a new one. What else it ran or held runs again elsewhere."""
+    state = scheduler.workers.get(address)
+    if state is None:
+        return
+    pid = state.pid
+    await scheduler.remove_worker(
+        address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
+    )
+    if pid:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
 
 
 #: A nanny in these states starts its worker anew when the worker dies.
@@ -359,13 +421,21 @@ async def kill_workers(cluster: SpecCluster) -> None:
 
 
 class LocalPoolCluster(SpecCluster):
-    """Workers of one shape; GPU workers each get their own ``CUDA_VISIBLE_DEVICES``."""
+    """Workers of one shape, a pool's or a named cluster's; GPU workers each get their
+    own ``CUDA_VISIBLE_DEVICES``."""
 
     def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
         self._capacity = capacity
         self._shape = shape
         self._failed_starts = 0
+        #: What the cluster is called in messages; a pool sets its own label.
+        self.label = str(kwargs.get("name") or "")
         super().__init__(*args, **kwargs)
+
+    @property
+    def capacity(self) -> HostCapacity:
+        """The host's capacity this cluster grows within."""
+        return self._capacity
 
     def _new_worker_name(self, worker_number: int) -> str:
         # Workers started from the command line report their name as a string; the
@@ -399,6 +469,8 @@ class LocalPoolCluster(SpecCluster):
         spec = super().new_worker_spec()
         if self._shape.gpu:
             for name, worker in spec.items():
+                if not _own_process(worker["cls"]):
+                    continue  # a worker in this process sees what this process sees
                 gpus = self._capacity.assign_gpus(self, name, self._shape.gpu, self.worker_spec)
                 worker = copy.deepcopy(worker)
                 worker["options"].setdefault("env", {})["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
@@ -406,17 +478,49 @@ class LocalPoolCluster(SpecCluster):
         return spec
 
 
+def _own_process(cls: Any) -> bool:
+    """Whether workers of ``cls`` run in a process of their own, with its environment."""
+    cls = import_term(cls) if isinstance(cls, str) else cls
+    return isinstance(cls, type) and issubclass(cls, Nanny | EnvironmentWorker)
+
+
 class CapacityAdaptive(Adaptive):
-    """Adaptive scaling that asks the host's capacity before it grows."""
+    """Adaptive scaling that asks the host's capacity before it grows.
+
+    * A cluster that may not grow says so once, in a warning.
+    * While another pool or cluster on the host waits for room, idle workers leave
+      at once rather than after their keepalive.
+    """
 
     def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
         self._capacity = capacity
         self._shape = shape
+        self._said_waiting = False
         super().__init__(*args, **kwargs)
 
     async def safe_target(self) -> int:
         wanted = await super().safe_target()
-        return self._capacity.grant(self.cluster, self._shape, wanted, len(self.plan))
+        granted = self._capacity.grant(self.cluster, self._shape, wanted, len(self.plan))
+        if granted < wanted and not self._said_waiting:
+            self._said_waiting = True
+            logger.warning(
+                "%s waits for capacity: %d more workers (cpu=%d, memory=%s, gpu=%d each) "
+                "do not fit beside the other pools and clusters on this host",
+                getattr(self.cluster, "label", None) or self.cluster.name,
+                wanted - granted,
+                self._shape.cpu,
+                format_bytes(self._shape.memory),
+                self._shape.gpu,
+            )
+        return granted
+
+    async def recommendations(self, target: int) -> dict[str, Any]:
+        if target < len(self.plan) and self._capacity.others_waiting(self.cluster):
+            idle = await self.workers_to_close(target=target)
+            if idle:
+                self.close_counts.clear()
+                return {"status": "down", "workers": list(idle)}
+        return dict(await super().recommendations(target))
 
 
 class PoolAdaptive(CapacityAdaptive):
