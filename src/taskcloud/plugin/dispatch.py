@@ -48,6 +48,7 @@ from taskcloud.backends import registry
 from taskcloud.errors import TaskcloudError
 from taskcloud.functions import Function
 from taskcloud.functions import decorated
+from taskcloud.pickling import dumps
 from taskcloud.pickling import ship
 from taskcloud.plugin import worker
 from taskcloud.plugin.batches import BUDGET
@@ -304,7 +305,7 @@ class _Loop:
             else:
                 running, call = self._call(task, where)
                 threads = self.backend.worker_type is WorkerType.THREADS
-                running.payload = call if running.local and threads else cloudpickle.dumps(call)
+                running.payload = call if running.local and threads else dumps(call)
                 return running
         except KeyboardInterrupt:
             raise
