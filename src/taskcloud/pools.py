@@ -119,7 +119,10 @@ class _Call:
         worker = self._worker_of(self._dask)
         self._dask.cancel()
         if worker:
-            self.pool.restart_worker(worker)
+            # Before the caller hears of it, so that its next call cannot go to
+            # the worker that is ending.
+            with contextlib.suppress(Exception):  # the pool closed meanwhile
+                self.pool.restart_worker(worker)
         self._set_exception(TaskTimeoutError(self.name, self.timeout or 0))
 
     def _worker_of(self, dask_future: Any) -> str | None:
@@ -405,8 +408,18 @@ class Pool:
         return call
 
     def restart_worker(self, address: str) -> None:
-        """Replace the worker process at ``address`` (its nanny starts a new one)."""
-        self.client.restart_workers([address], raise_for_error=False)
+        """Replace the worker process at ``address`` (its nanny starts a new one).
+
+        This waits for the old process to end, not for the new one to arrive, which an
+        adaptive pool that has nothing queued may retire at once.
+        """
+        self.client.sync(
+            self.client.scheduler.restart_workers,
+            workers=[address],
+            wait_for_workers=False,
+            on_error="return",
+            stimulus_id=f"taskcloud-restart-{time.time()}",
+        )
 
     @property
     def n_workers(self) -> int:
