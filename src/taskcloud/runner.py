@@ -8,12 +8,14 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import cloudpickle
 
+from taskcloud.errors import BreakpointError
 from taskcloud.errors import SerializationError
 
 __all__ = ["invoke"]
@@ -31,6 +33,22 @@ def _environ(environ: tuple[tuple[str, str], ...]) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def _no_debugger(*args: Any, **kwargs: Any) -> None:
+    raise BreakpointError("Call the function's .local() to run it in this process and debug it.")
+
+
+@functools.cache
+def _guard_debuggers() -> None:
+    """A worker has no terminal for a debugger: breakpoint() fails, saying so.
+
+    Once per worker process; pytask's calls add their own advice on top.
+    """
+    import pdb
+
+    sys.breakpointhook = _no_debugger
+    pdb.set_trace = _no_debugger
 
 
 @functools.lru_cache(maxsize=32)
@@ -52,6 +70,7 @@ def invoke(
     function_blob: bytes, arguments_blob: bytes, environ: tuple[tuple[str, str], ...] = ()
 ) -> bytes:
     """Run a pickled call with ``environ`` set; return its pickled result."""
+    _guard_debuggers()
     name, function = _load_function(function_blob)
     args, kwargs = pickle.loads(arguments_blob)
     if environ:

@@ -46,6 +46,7 @@ from taskcloud.backends import Backend
 from taskcloud.backends import WorkerType
 from taskcloud.backends import registry
 from taskcloud.errors import TaskcloudError
+from taskcloud.frames import visible
 from taskcloud.functions import Function
 from taskcloud.functions import decorated
 from taskcloud.pickling import dumps
@@ -487,7 +488,7 @@ def _outcomes(future: Future[Any], n_calls: int) -> list[CallOutcome]:
     try:
         result = future.result()
     except (Exception, CancelledError) as exc:
-        return [CallOutcome(exc_info=(type(exc), exc, exc.__traceback__))] * n_calls
+        return [CallOutcome(exc_info=(type(exc), exc, visible(exc.__traceback__)))] * n_calls
     if n_calls > 1:
         return [cloudpickle.loads(blob) for blob in pickle.loads(result)]
     if isinstance(result, bytes):
