@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,12 +18,27 @@ from _pytask.pluginmanager import storage
 from click.testing import CliRunner
 from pytask import cli
 
+import taskcloud
+
 BACKENDS = [
     pytest.param("loky", id="loky"),
     pytest.param("processes", id="processes"),
     pytest.param("threads", id="threads"),
     pytest.param("dask", id="dask", marks=pytest.mark.slow),
 ]
+
+#: Where the frames a failure's report leaves out come from: taskcloud, concurrent.futures.
+INTERNALS = (
+    str(Path(taskcloud.__file__).parent),
+    str(Path(concurrent.futures.__file__).parent),
+)
+
+
+def shows_frame(output: str, path: Path, line: int, function: str) -> bool:
+    """Whether a traceback in ``output`` has the frame ``path:line in function``; rich
+    may wrap the words onto the next line of its box."""
+    pattern = rf"{re.escape(path.name)}:{line}[│\s]+in[│\s]+{function}\b"
+    return re.search(pattern, output) is not None
 
 
 @pytest.fixture

@@ -12,7 +12,9 @@ from pytask import TaskOutcome
 from pytask import build
 
 from tests.conftest import BACKENDS
+from tests.conftest import INTERNALS
 from tests.conftest import run_cli
+from tests.conftest import shows_frame
 
 
 def _outcomes(session) -> dict[str, TaskOutcome]:
@@ -136,6 +138,57 @@ def test_failure_shows_its_own_traceback(backend, tmp_path, write, runner) -> No
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_failure_names_the_users_files_and_lines(backend, tmp_path, write, runner) -> None:
+    """Each frame of the task module, helpers and nested code included, has its path and line."""
+    path = write(
+        "task_divide.py",
+        """
+        def inverses(values):
+            return [1 / value for value in values]
+
+        def task_divide():
+            return inverses([1, 0])
+        """,
+    )
+    result = run_cli(runner, tmp_path, "-n", "2", "--parallel-backend", backend)
+
+    assert result.exit_code == ExitCode.FAILED
+    assert shows_frame(result.output, path, 6, "task_divide")
+    assert shows_frame(result.output, path, 3, "inverses")
+    assert "return [1 / value for value in values]" in result.output
+    assert "ZeroDivisionError: division by zero" in result.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_breakpoint_shows_the_users_line_and_the_reason(backend, tmp_path, write, runner) -> None:
+    """The report shows the task's breakpoint() line and one reason, no taskcloud frame."""
+    path = write(
+        "task_debug.py",
+        """
+        def task_breakpoint():
+            breakpoint()
+        """,
+    )
+    result = run_cli(runner, tmp_path, "-n", "2", "--parallel-backend", backend)
+
+    assert result.exit_code == ExitCode.FAILED
+    assert shows_frame(result.output, path, 3, "task_breakpoint")
+    assert "BreakpointError: You cannot use 'breakpoint()' or 'pdb.set_trace()'" in result.output
+    assert not [root for root in INTERNALS if root in result.output]
+
+
+def test_full_traceback_on_request(tmp_path, write, runner, monkeypatch) -> None:
+    """TASKCLOUD_TRACEBACK=full keeps taskcloud's frames in the report."""
+    write("task_fail.py", "def task_fail():\n    raise ValueError('boom')\n")
+    monkeypatch.setenv("TASKCLOUD_TRACEBACK", "full")
+    result = run_cli(runner, tmp_path, "-n", "2", "--parallel-backend", "threads")
+
+    assert result.exit_code == ExitCode.FAILED
+    assert "worker.py" in result.output
+    assert "in run_call" in result.output
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_breakpoint_gives_a_clear_error(backend, tmp_path, write) -> None:
     """breakpoint() and pdb.set_trace() tell the user to run without parallelism."""
     write(
@@ -155,7 +208,10 @@ def test_breakpoint_gives_a_clear_error(backend, tmp_path, write) -> None:
     assert len(session.execution_reports) == 2
     for report in session.execution_reports:
         assert report.outcome == TaskOutcome.FAIL
-        assert "cannot open a debugger in a parallel worker" in str(report.exc_info[1])
+        assert str(report.exc_info[1]).startswith(
+            "You cannot use 'breakpoint()' or 'pdb.set_trace()' while parallelizing the "
+            "execution of tasks. "
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

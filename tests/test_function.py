@@ -5,9 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import inspect
 import os
+import subprocess
+import sys
 import threading
 import traceback
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,7 @@ from taskcloud import InvalidOptionError
 from taskcloud import ResourceUnavailableError
 from taskcloud import SerializationError
 from taskcloud.pools import pools
+from tests.conftest import INTERNALS
 
 pytestmark = pytest.mark.slow
 
@@ -134,6 +138,125 @@ def test_remote_exception_keeps_type_and_traceback() -> None:
         fails_on(3)
     frames = traceback.extract_tb(info.value.__traceback__)
     assert any(frame.name == "fails_on" and frame.filename == __file__ for frame in frames)
+
+
+@pytest.mark.parametrize(
+    ("call", "where"),
+    [
+        pytest.param(lambda: fails_on(3), "__call__", id="call"),
+        pytest.param(lambda: fails_on.submit(3).result(), "result", id="result"),
+        pytest.param(lambda: list(fails_on.map([3])), "_in_order", id="map"),
+    ],
+)
+def test_remote_exception_leaves_out_the_pools_frames(call, where) -> None:
+    """Between the caller and the remote frames only the one frame that raises again."""
+    with pytest.raises(KeyError) as info:
+        call()
+    frames = traceback.extract_tb(info.value.__traceback__)
+    assert [frame.name for frame in frames if frame.filename.startswith(INTERNALS)] == [where]
+    assert frames[-1].name == "fails_on"
+    assert frames[-1].line == 'raise KeyError(f"no value for {x}")'
+
+
+SCRIPT = """\
+import sys
+import time
+
+import taskcloud
+
+
+@taskcloud.function(keepalive="5 s")
+def fails(x):
+    raise KeyError(f"no value for {x}")
+
+
+@taskcloud.function(timeout="1 s", keepalive="5 s")
+def slow(x):
+    time.sleep(60)
+
+
+@taskcloud.function(keepalive="5 s")
+def debug(x):
+    breakpoint()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "fails":
+        fails(3)
+    elif sys.argv[1] == "slow":
+        slow(3)
+    else:
+        debug(3)
+"""
+
+
+def _run_script(path: Path, which: str, **env: str) -> list[str]:
+    """Run the script calling ``which`` and return the lines of its traceback."""
+    done = subprocess.run(
+        [sys.executable, str(path), which],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **env},
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    return done.stderr[done.stderr.index("Traceback (most recent call last):") :].splitlines()
+
+
+@pytest.mark.parametrize(
+    ("which", "frame", "error"),
+    [
+        pytest.param(
+            "fails",
+            ("in fails", '    raise KeyError(f"no value for {x}")'),
+            "KeyError: 'no value for 3'",
+            id="error",
+        ),
+        pytest.param(
+            "slow",
+            None,
+            "taskcloud.errors.TaskTimeoutError: 'slow' did not finish within its timeout of 1 s;"
+            " its worker was restarted.",
+            id="timeout",
+        ),
+        pytest.param(
+            "debug",
+            ("in debug", "    breakpoint()"),
+            "taskcloud.errors.BreakpointError: You cannot use 'breakpoint()' or 'pdb.set_trace()'"
+            " while parallelizing the execution of tasks. Call the function's .local() to run it"
+            " in this process and debug it.",
+            id="breakpoint",
+        ),
+    ],
+)
+def test_script_traceback_shows_the_users_lines(tmp_path, which, frame, error) -> None:
+    """A script's traceback: its call line, the user's remote frame, the one-line reason."""
+    path = tmp_path / "fit.py"
+    path.write_text(SCRIPT)
+    lines = _run_script(path, which)
+
+    call = lines.index(f"    {which}(3)")
+    assert lines[call - 1].startswith(f'  File "{path}", line ')
+    internals = [line for line in lines if any(root in line for root in INTERNALS)]
+    assert internals == [lines[call + 1]]
+    assert lines[call + 1].endswith(", in __call__")
+    if frame is not None:
+        assert lines[call + 3].startswith(f'  File "{path}", line ')
+        assert lines[call + 3].endswith(frame[0])
+        assert lines[call + 4] == frame[1]
+    assert lines[-1] == error
+
+
+def test_script_traceback_in_full_on_request(tmp_path) -> None:
+    """TASKCLOUD_TRACEBACK=full keeps the pool's and concurrent.futures' frames."""
+    path = tmp_path / "fit.py"
+    path.write_text(SCRIPT)
+    lines = _run_script(path, "slow", TASKCLOUD_TRACEBACK="full")
+
+    assert any(INTERNALS[1] in line for line in lines)
+    assert lines[-1].startswith("taskcloud.errors.TaskTimeoutError: 'slow'")
 
 
 def test_same_arguments_run_twice() -> None:

@@ -12,8 +12,10 @@ from pytask import TaskOutcome
 from pytask import build
 
 from taskcloud.pools import pools
+from tests.conftest import INTERNALS
 from tests.conftest import run_cli
 from tests.conftest import run_subprocess
+from tests.conftest import shows_frame
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -123,6 +125,41 @@ def test_decorated_task_reports_like_a_local_one(tmp_path, write) -> None:
     assert isinstance(failed.exc_info[1], ArithmeticError)
     assert "raise ArithmeticError" in failed.exc_info[2]
     assert ("call", "stdout", "about to fail on the pool\n") in failed.sections
+
+
+def test_decorated_failures_show_the_users_frame_and_reason(tmp_path, write, runner) -> None:
+    """An error, a timeout or a breakpoint on a pool shows the task file and one reason."""
+    path = write(
+        "task_pool_faults.py",
+        """
+        import time
+        import taskcloud
+
+        @taskcloud.function(keepalive="5 s")
+        def task_raises():
+            raise ArithmeticError("failed on the pool")
+
+        @taskcloud.function(timeout="1 s", keepalive="5 s")
+        def task_slow():
+            time.sleep(60)
+
+        @taskcloud.function(keepalive="5 s")
+        def task_debug():
+            breakpoint()
+        """,
+    )
+    result = run_cli(runner, tmp_path, "-n", "2")
+
+    assert result.exit_code == ExitCode.FAILED
+    assert shows_frame(result.output, path, 7, "task_raises")
+    assert 'raise ArithmeticError("failed on the pool")' in result.output
+    assert (
+        "TaskTimeoutError: 'task_pool_faults.py::task_slow' did not finish within its "
+        "timeout of 1 s" in result.output
+    )
+    assert shows_frame(result.output, path, 15, "task_debug")
+    assert "BreakpointError: You cannot use 'breakpoint()'" in result.output
+    assert not [root for root in INTERNALS if root in result.output]
 
 
 def test_ctrl_c_with_busy_pools_leaves_no_worker(tmp_path, write) -> None:

@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendBuildError",
     "BackendNotFoundError",
+    "BreakpointError",
     "Cluster",
     "ClusterNotFoundError",
     "ClusterStartError",
@@ -57,6 +58,7 @@ __all__ = [
 _EXPORTS = {
     "BackendBuildError": "taskcloud.errors",
     "BackendNotFoundError": "taskcloud.errors",
+    "BreakpointError": "taskcloud.errors",
     "Cluster": "taskcloud.clusters",
     "ClusterNotFoundError": "taskcloud.errors",
     "ClusterStartError": "taskcloud.errors",
@@ -122,6 +124,7 @@ if TYPE_CHECKING:
     from taskcloud.environments import list_software_environments
     from taskcloud.errors import BackendBuildError
     from taskcloud.errors import BackendNotFoundError
+    from taskcloud.errors import BreakpointError
     from taskcloud.errors import ClusterNotFoundError
     from taskcloud.errors import ClusterStartError
     from taskcloud.errors import ConfigurationNotFoundError

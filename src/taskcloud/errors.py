@@ -13,6 +13,7 @@ from pathlib import Path
 __all__ = [
     "BackendBuildError",
     "BackendNotFoundError",
+    "BreakpointError",
     "ClusterNotFoundError",
     "ClusterStartError",
     "ConfigurationNotFoundError",
@@ -106,6 +107,22 @@ class RemoteTaskError(TaskcloudError, RuntimeError):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}"
+
+
+class BreakpointError(TaskcloudError, RuntimeError):
+    """``breakpoint()`` or ``pdb.set_trace()`` on a worker, where no debugger can attach."""
+
+    opening = (
+        "You cannot use 'breakpoint()' or 'pdb.set_trace()' while parallelizing the "
+        "execution of tasks."
+    )
+
+    def __init__(self, advice: str) -> None:
+        super().__init__(advice)
+        self.advice = advice
+
+    def __str__(self) -> str:
+        return f"{self.opening} {self.advice}"
 
 
 class ResourceUnavailableError(TaskcloudError, RuntimeError):

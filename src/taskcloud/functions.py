@@ -16,6 +16,7 @@ from typing import TypeVar
 from typing import overload
 
 from taskcloud.errors import InvalidOptionError
+from taskcloud.frames import hide_internals
 from taskcloud.pools import Pool
 from taskcloud.pools import PoolManager
 from taskcloud.pools import pools
@@ -78,8 +79,17 @@ class Function(Generic[R]):
         return self.pool.client
 
     def __call__(self, *args: Any, **kwargs: Any) -> R:
-        """Run on a worker and return the result; a remote error re-raises here."""
-        return self.submit(*args, **kwargs).result()
+        """Run on a worker and return the result; a remote error re-raises here.
+
+        Its traceback goes from the caller's line to the remote frames, without the
+        pool's and ``concurrent.futures``' frames in between (see :mod:`taskcloud.frames`).
+        """
+        future = self.submit(*args, **kwargs)
+        try:
+            return future.result()
+        except Exception as failure:
+            hide_internals(failure)
+            raise failure
 
     def submit(self, *args: Any, **kwargs: Any) -> Future[R]:
         """Start a call on a worker; the future works with ``concurrent.futures.wait``."""
@@ -115,6 +125,14 @@ class Function(Generic[R]):
 
 
 def _in_order(futures: list[Future[Any]], *, raise_first: bool) -> Iterator[Any]:
+    try:
+        yield from _results(futures, raise_first=raise_first)
+    except Exception as failure:
+        hide_internals(failure)
+        raise failure
+
+
+def _results(futures: list[Future[Any]], *, raise_first: bool) -> Iterator[Any]:
     if not raise_first:
         for future in futures:
             exc = future.exception()

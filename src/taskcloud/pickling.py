@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import io
 import types
+from collections import ChainMap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ import cloudpickle
 
 from taskcloud.errors import SerializationError
 
-__all__ = ["dumps_arguments", "dumps_function", "ship"]
+__all__ = ["dumps", "dumps_arguments", "dumps_function", "ship"]
 
 _BY_VALUE: set[str] = set()
 
@@ -43,10 +45,37 @@ def ship(function: Callable[..., Any], source: Path | None = None) -> Callable[.
     return _bare(function) if isinstance(function, types.FunctionType) else function
 
 
+def _code_at(rebuild: Callable[..., types.CodeType], args: tuple[Any, ...], filename: str) -> Any:
+    """Unpickle a code object as cloudpickle does, then give it back its file name."""
+    code = rebuild(*args)
+    return code if code.co_filename == filename else code.replace(co_filename=filename)
+
+
+def _reduce_code(code: types.CodeType) -> tuple[Any, ...]:
+    # Code objects nested in co_consts (inner functions, comprehensions) come through
+    # here as well. Restoring costs one code.replace per code object on arrival;
+    # a worker caches the functions it unpickled for a pool's calls.
+    rebuild, args = cloudpickle.Pickler.dispatch_table[types.CodeType](code)[:2]
+    return _code_at, (rebuild, args, code.co_filename)
+
+
+class _Pickler(cloudpickle.Pickler):
+    """cloudpickle's pickler, except that code keeps its file name."""
+
+    dispatch_table = ChainMap({types.CodeType: _reduce_code}, cloudpickle.Pickler.dispatch_table)
+
+
+def dumps(value: Any) -> bytes:
+    """Pickle ``value`` with cloudpickle; code pickled by value keeps its file name."""
+    with io.BytesIO() as file:
+        _Pickler(file).dump(value)
+        return file.getvalue()
+
+
 def dumps_function(name: str, function: Callable[..., Any]) -> bytes:
     """Pickle a function (and its name, for messages) to send to workers."""
     try:
-        return cloudpickle.dumps((name, ship(function)))
+        return dumps((name, ship(function)))
     except Exception as exc:
         raise SerializationError("function", name, f"{type(exc).__name__}: {exc}") from None
 

@@ -30,6 +30,7 @@ from taskcloud.capacity import Shape
 from taskcloud.errors import MemoryLimitError
 from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
+from taskcloud.frames import hide_internals
 from taskcloud.pickling import dumps_arguments
 from taskcloud.pickling import dumps_function
 from taskcloud.providers import SETTLED
@@ -57,6 +58,17 @@ class PoolStats:
     calls: int = 0
 
 
+class _Future(Future[Any]):
+    """A call's future: a failure raises with the user's frames, not the pool's."""
+
+    def result(self, timeout: float | None = None) -> Any:
+        try:
+            return super().result(timeout)
+        except Exception as failure:
+            hide_internals(failure)
+            raise failure
+
+
 @define(eq=False)
 class _Call:
     """One call on a pool, resubmitted when its worker dies, until it settles."""
@@ -68,7 +80,7 @@ class _Call:
     retries: int
     timeout: float | None
     on_start: Callable[[], None] | None = None
-    future: Future[Any] = field(factory=Future)
+    future: Future[Any] = field(factory=_Future)
     attempts: int = 0
     _dask: Any = None
     _timer: threading.Timer | None = None

@@ -12,12 +12,14 @@ from __future__ import annotations
 import functools
 import os
 import pickle
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import cloudpickle
 
+from taskcloud.errors import BreakpointError
 from taskcloud.errors import SerializationError
 
 __all__ = ["environ_set", "invoke"]
@@ -41,6 +43,22 @@ def environ_set(environ: tuple[tuple[str, str], ...]) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def _no_debugger(*args: Any, **kwargs: Any) -> None:
+    raise BreakpointError("Call the function's .local() to run it in this process and debug it.")
+
+
+@functools.cache
+def _guard_debuggers() -> None:
+    """A worker has no terminal for a debugger: breakpoint() fails, saying so.
+
+    Once per worker process; pytask's calls add their own advice on top.
+    """
+    import pdb
+
+    sys.breakpointhook = _no_debugger
+    pdb.set_trace = _no_debugger
+
+
 @functools.lru_cache(maxsize=32)
 def _load_function(blob: bytes) -> tuple[str, Any]:
     # A map sends one function with many arguments; unpickle it once per worker.
@@ -58,6 +76,7 @@ def _dumps(value: Any) -> bytes:
 
 def invoke(function_blob: bytes, arguments_blob: bytes) -> bytes:
     """Run a pickled call; return its pickled result."""
+    _guard_debuggers()
     name, function = _load_function(function_blob)
     args, kwargs = pickle.loads(arguments_blob)
     result = function(*args, **kwargs)

@@ -38,7 +38,9 @@ from pytask import parse_warning_filter
 from taskcloud.backends import Backend
 from taskcloud.backends import WorkerType
 from taskcloud.errors import TaskcloudError
+from taskcloud.frames import visible
 from taskcloud.functions import Function
+from taskcloud.pickling import dumps
 from taskcloud.pickling import ship
 from taskcloud.plugin import worker
 from taskcloud.plugin.batches import Batches
@@ -210,7 +212,7 @@ class Dispatch:
             else:
                 running, call = self._call(task, where)
                 threads = self.backend.worker_type is WorkerType.THREADS
-                running.payload = call if running.local and threads else cloudpickle.dumps(call)
+                running.payload = call if running.local and threads else dumps(call)
                 return running
         except KeyboardInterrupt:
             raise
@@ -459,7 +461,7 @@ def _outcomes(future: Future[Any], n_calls: int) -> list[CallOutcome]:
     try:
         result = future.result()
     except (Exception, CancelledError) as exc:
-        return [CallOutcome(exc_info=(type(exc), exc, exc.__traceback__))] * n_calls
+        return [CallOutcome(exc_info=(type(exc), exc, visible(exc.__traceback__)))] * n_calls
     if n_calls > 1:
         return [cloudpickle.loads(blob) for blob in pickle.loads(result)]
     if isinstance(result, bytes):

@@ -31,7 +31,9 @@ from typing import TextIO
 
 import cloudpickle
 
+from taskcloud.errors import BreakpointError
 from taskcloud.errors import RemoteTaskError
+from taskcloud.frames import visible
 from taskcloud.plugin.call import CallOutcome
 from taskcloud.plugin.call import RemoteFile
 from taskcloud.plugin.call import RenderedTraceback
@@ -41,11 +43,7 @@ from taskcloud.plugin.call import WarningFilter
 
 __all__ = ["interceptor", "run_batch", "run_call", "run_serialized", "warm", "warm_up"]
 
-_BREAKPOINT_MESSAGE = (
-    "breakpoint() and pdb.set_trace() cannot open a debugger in a parallel worker. "
-    "Run pytask without parallelism (drop -n, or pass --pdb or --trace) to debug "
-    "this task."
-)
+_BREAKPOINT_ADVICE = "Run pytask without -n, or with --pdb or --trace, to debug this task."
 
 
 class _ThreadStream(io.TextIOBase):
@@ -184,12 +182,12 @@ class _Interceptor:
 
     def _breakpoint(self, *args: Any, **kwargs: Any) -> Any:
         if self._in_call():
-            raise RuntimeError(_BREAKPOINT_MESSAGE)
+            raise BreakpointError(_BREAKPOINT_ADVICE)
         return (self._saved or {})["breakpointhook"](*args, **kwargs)
 
     def _set_trace(self, *args: Any, **kwargs: Any) -> Any:
         if self._in_call():
-            raise RuntimeError(_BREAKPOINT_MESSAGE)
+            raise BreakpointError(_BREAKPOINT_ADVICE)
         return (self._saved or {})["set_trace"](*args, **kwargs)
 
 
@@ -269,8 +267,7 @@ def run_call(call: TaskCall) -> CallOutcome:
         try:
             value = call.function(**kwargs)
         except (Exception, SystemExit) as exc:
-            tb = exc.__traceback__
-            exc_info = (type(exc), exc, (tb.tb_next or tb) if tb else None)
+            exc_info = (type(exc), exc, visible(exc.__traceback__))
         end = time.time()
     files = {key: path.read_bytes() for key, path in products.items() if path.is_file()}
     if workdir:
