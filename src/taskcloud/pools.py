@@ -326,6 +326,7 @@ class Pool:
             high,
             spec.keepalive,
             python=python,
+            dashboard=spec.dashboard,
         )
         cluster.scheduler.add_plugin(watch, name=watch.name)
         client = Client(cluster, set_as_default=False)
@@ -422,6 +423,8 @@ class Pool:
     @property
     def dashboard_link(self) -> str:
         """The address of the pool's dashboard; empty when it has none."""
+        if not self.spec.dashboard:  # its scheduler's HTTP server serves /health alone
+            return ""
         try:
             return str(self.cluster.dashboard_link or "")
         except Exception:  # the cluster closed, or a scheduler without services

@@ -142,6 +142,14 @@ def _optional_name(parameter: str) -> Any:
     return check
 
 
+def _flag(parameter: str) -> Any:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise InvalidOptionError(parameter, value, "True or False")
+
+    return check
+
+
 def _provider(instance: Any, attribute: Any, value: Any) -> None:
     if value not in PROVIDERS:
         names = ", ".join(repr(name) for name in PROVIDERS)
@@ -160,6 +168,7 @@ class PoolSpec:
     threads_per_worker: int = 1
     n_workers: tuple[int, int] | None = None
     keepalive: float = 30.0
+    dashboard: bool = False
 
     def describe(self) -> str:
         """A short label for summaries: ``cpu=1 memory=512 MiB n_workers=[0, 2]``."""
@@ -176,6 +185,8 @@ class PoolSpec:
             parts.append(f"n_workers=[{self.n_workers[0]}, {self.n_workers[1]}]")
         if self.provider != "local":
             parts.append(f"provider={self.provider}")
+        if self.dashboard:
+            parts.append("dashboard")
         return " ".join(parts)
 
 
@@ -199,6 +210,7 @@ class FunctionSpec:
     )
     provider: str = field(default="local", validator=_provider)
     configuration: str | None = field(default=None, validator=_optional_name("configuration"))
+    dashboard: bool = field(default=False, validator=_flag("dashboard"))
 
     def pool(self) -> PoolSpec:
         """The part of this spec that selects a pool."""
@@ -211,6 +223,7 @@ class FunctionSpec:
             threads_per_worker=self.threads_per_worker,
             n_workers=self.n_workers,
             keepalive=self.keepalive,
+            dashboard=self.dashboard,
         )
 
 
