@@ -171,6 +171,25 @@ def test_credentials_of_a_killed_process_go_with_the_next_pool(tmp_path) -> None
     assert not left.exists()
 
 
+EXITING_OWNER = """
+from taskcloud import credentials
+
+security, directory = credentials.ephemeral("left open")
+print(directory, flush=True)
+"""
+
+
+def test_credentials_left_open_go_when_their_process_exits(tmp_path) -> None:
+    """Ephemeral credentials nobody discarded are removed as their process exits."""
+    owner = subprocess.run(
+        [sys.executable, "-c", EXITING_OWNER], capture_output=True, text=True, timeout=60
+    )
+    assert owner.returncode == 0, owner.stderr
+    left = Path(owner.stdout.strip())
+    assert left.name.startswith(credentials.EPHEMERAL_PREFIX)
+    assert not left.exists()
+
+
 def _get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=10) as response:

@@ -40,21 +40,30 @@ def ephemeral(name: str) -> tuple[Security, Path]:
     directory; :func:`discard` removes it, and so does this process's exit."""
     _reap_orphans()
     pid = os.getpid()
+    if _OURS.get(pid) is None:
+        _OURS[pid] = set()
+        atexit.register(_discard_ours, pid)
     # mkdtemp makes a directory of a new name, mode 0700, that no one else can own.
     directory = Path(tempfile.mkdtemp(prefix=f"{EPHEMERAL_PREFIX}{pid}-"))
-    atexit.register(_discard_in, pid, directory)
+    _OURS[pid].add(directory)
     return create(directory, name), directory
 
 
 def discard(directory: Path) -> None:
     """Remove the ephemeral credentials in ``directory``."""
+    _OURS.get(os.getpid(), set()).discard(directory)
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def _discard_in(pid: int, directory: Path) -> None:
+#: The ephemeral credentials not yet discarded, by the process that made them.
+_OURS: dict[int, set[Path]] = {}
+
+
+def _discard_ours(pid: int) -> None:
     # A child forked from this process inherits the exit hook, not the credentials.
     if os.getpid() == pid:
-        discard(directory)
+        for directory in list(_OURS.get(pid, ())):
+            discard(directory)
 
 
 def _reap_orphans() -> None:
