@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import stat
 import subprocess
@@ -258,6 +259,16 @@ def test_configuration_sets_the_dashboard() -> None:
     remote = taskcloud.function(configuration="shown")(_pid)
     assert remote.spec.dashboard is True
     assert taskcloud.function(configuration="shown", dashboard=False)(_pid).spec.dashboard is False
+
+
+def test_config_create_takes_the_dashboard_flag(runner) -> None:
+    """taskcloud config create --dashboard saves the decorator default."""
+    from taskcloud.cli import main
+
+    result = runner.invoke(main, ["config", "create", "shown", "--dashboard", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output) == {"shown": {"dashboard": True}}
+    assert function_defaults("shown") == {"dashboard": True}
 
 
 SUMMARY_TASKS = """
