@@ -4,7 +4,7 @@ Each figure is measured side by side with its baseline in one run:
 
 * first call on a new pool, to its result (fresh process; the bar is 1.5 s);
 * a warm call's round trip against ``client.submit(f, x).result()`` on a
-  ``LocalCluster`` of the same size;
+  ``LocalCluster`` of the same size, secured as pools are (TLS, a fresh key);
 * ``.map`` over 1,000 tiny inputs against ``client.map`` + ``client.gather``;
 * 40 calls of 0.25 s on a pool of [0, 2] one-core workers against the 5 s ideal, and
   how long after the last result the pool is back to zero workers.
@@ -76,21 +76,30 @@ def _raw(n_workers: int) -> tuple[float, float]:
     from distributed import Client
     from distributed import LocalCluster
 
-    with (
-        LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=1,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=50,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        client.wait_for_workers(n_workers)
-        trip = _round_trips(lambda: client.submit(tiny, 1, pure=False).result())
-        start = time.perf_counter()
-        client.gather(client.map(tiny, range(1000), pure=False))
-        mapped = time.perf_counter() - start
+    from taskcloud import credentials
+
+    # The same security as a pool's: TLS for every party, with credentials of its own.
+    security, directory = credentials.ephemeral("raw dask")
+    try:
+        with (
+            LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=1,
+                host="127.0.0.1",
+                protocol="tls",
+                security=security,
+                dashboard_address=None,
+                silence_logs=50,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
+            client.wait_for_workers(n_workers)
+            trip = _round_trips(lambda: client.submit(tiny, 1, pure=False).result())
+            start = time.perf_counter()
+            client.gather(client.map(tiny, range(1000), pure=False))
+            mapped = time.perf_counter() - start
+    finally:
+        credentials.discard(directory)
     return trip, mapped
 
 

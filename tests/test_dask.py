@@ -55,14 +55,14 @@ def test_uses_the_current_client(tmp_path, write) -> None:
 
 
 def test_new_cluster_listens_on_loopback_only(tmp_path, write) -> None:
-    """Without a client, the backend starts workers and a scheduler on 127.0.0.1."""
+    """Without a client, the backend starts TLS workers and a scheduler on 127.0.0.1."""
     write("task_where.py", TASK)
     session = build(paths=tmp_path, n_workers=2, parallel_backend="dask")
 
     assert session.exit_code == ExitCode.OK
     worker, scheduler, answer = (tmp_path / "where.txt").read_text().split()
-    assert worker.startswith("tcp://127.0.0.1:")
-    assert scheduler.startswith("tcp://127.0.0.1:")
+    assert worker.startswith("tls://127.0.0.1:")
+    assert scheduler.startswith("tls://127.0.0.1:")
     assert answer == "42"
 
 

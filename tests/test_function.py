@@ -110,7 +110,7 @@ def test_call_submit_map_and_local() -> None:
     assert list(square.map(range(20))) == [i * i for i in range(20)]
     assert square.local(3) == 9
     assert square.client.scheduler_info()["workers"]
-    assert square.cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+    assert square.cluster.scheduler_address.startswith("tls://127.0.0.1:")
 
 
 def test_map_errors_return_keeps_positions() -> None:

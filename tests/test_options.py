@@ -143,7 +143,7 @@ def test_n_auto_on_one_worker_sends_decorated_tasks_to_their_pool(
         pools.close_all()
 
     assert result.exit_code == ExitCode.OK, result.output
-    assert (tmp_path / "heavy.txt").read_text().startswith("tcp://127.0.0.1:")
+    assert (tmp_path / "heavy.txt").read_text().startswith("tls://127.0.0.1:")
 
 
 def test_configuration_holds_the_backend_member(tmp_path, write) -> None:

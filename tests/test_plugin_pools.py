@@ -69,8 +69,8 @@ def test_decorated_tasks_run_on_their_pool(tmp_path, write, runner) -> None:
     result = run_cli(runner, tmp_path, "-n", "2")
 
     assert result.exit_code == ExitCode.OK, result.output
-    assert (tmp_path / "below.txt").read_text().startswith("dask tcp://127.0.0.1:")
-    assert (tmp_path / "above.txt").read_text().startswith("dask tcp://127.0.0.1:")
+    assert (tmp_path / "below.txt").read_text().startswith("dask tls://127.0.0.1:")
+    assert (tmp_path / "above.txt").read_text().startswith("dask tls://127.0.0.1:")
     light = (tmp_path / "light.txt").read_text()
     assert light.startswith("process ")
     assert light != f"process {os.getpid()}"

@@ -297,11 +297,11 @@ class DaskExecutor(Executor):
 
         The scheduler runs apart from pytask's process, so that routing each task's
         messages does not take turns with pytask's bookkeeping for the interpreter
-        lock; scheduler and workers fork from the fork server.
+        lock; scheduler and workers fork from the fork server. They speak TLS with
+        credentials of this cluster's own, and serve no dashboard.
         """
         import dask
         from distributed import Client
-        from distributed import SpecCluster
         from distributed import system
 
         from taskcloud.capacity import Shape
@@ -309,13 +309,16 @@ class DaskExecutor(Executor):
 
         # As LocalCluster does: one thread each, the memory dask sees shared out evenly.
         shape = Shape(cpu=1, memory=system.MEMORY_LIMIT // n_workers)
-        worker = local.worker_spec(shape, 1, options={"silence_logs": logging.WARNING})
+        worker = local.worker_spec(
+            shape, 1, options={"silence_logs": logging.WARNING}, http_routes=local.HEALTH_ONLY
+        )
         # No dashboard shows the workers' profiles; sampling them costs each worker a
         # thread's wake-up every 10 ms.
-        settings = {"distributed.worker.profile.enabled": False}
+        settings = {"distributed.worker.profile.enabled": False, **local.http_config(False)}
         with dask.config.set(settings), main_module_hidden(), forking_workers():
-            cluster = SpecCluster(
+            cluster = local.SecuredCluster(
                 scheduler=local.scheduler_spec(own_process=True),
+                worker=worker,
                 workers={str(i): worker for i in range(n_workers)},
                 silence_logs=logging.WARNING,
                 name="taskcloud-dask-backend",

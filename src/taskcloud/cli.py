@@ -67,6 +67,11 @@ def config() -> None:
 @click.option("--n-workers", help="N for a fixed size, MIN,MAX for an adaptive range.")
 @click.option("--keepalive", help="How long idle workers stay, e.g. '30 s'.")
 @click.option("--threads-per-worker", type=int, help="Threads inside one worker.")
+@click.option(
+    "--dashboard/--no-dashboard",
+    default=None,
+    help="Whether pools get a dask dashboard (any local user can read it).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the saved configuration as JSON.")
 @_errors_as_messages
 def config_create(name: str, n_workers: str | None, as_json: bool, **options: Any) -> None:

@@ -38,6 +38,7 @@ _TO_FUNCTION = {
     "threads_per_worker": "threads_per_worker",
     "environ": "environ",
     "provider": "provider",
+    "dashboard": "dashboard",
 }
 _FROM_FUNCTION = {value: key for key, value in _TO_FUNCTION.items()}
 
@@ -54,6 +55,7 @@ def create_cluster_configuration(
     threads_per_worker: int | None = None,
     environ: dict[str, str] | None = None,
     provider: str | None = None,
+    dashboard: bool | None = None,
     store: Store | None = None,
 ) -> dict[str, Any]:
     """Save (or replace) the configuration ``name``; return what was saved.
@@ -71,6 +73,7 @@ def create_cluster_configuration(
         "threads_per_worker": threads_per_worker,
         "environ": environ,
         "provider": provider,
+        "dashboard": dashboard,
     }
     options = {key: value for key, value in given.items() if value is not None}
     check_name(name)

@@ -3,23 +3,90 @@
 The certificate is both the cluster's CA and the identity every party presents, so
 only a process that can read the key (files mode 0600, directory 0700, owned by the
 user who started the cluster) can talk to the scheduler or join as a worker.
+
+A named cluster keeps its credentials in its own directory. A pool, or the dask
+backend's cluster, gets :func:`ephemeral` ones: a fresh key in a private directory
+of the system's temporary directory, named after the process that made it, removed
+by :func:`discard` when the pool closes, at the latest when that process exits; those
+of a process that was killed are removed by the next one that makes credentials.
 """
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import ipaddress
 import os
+import shutil
+import stat
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from distributed.security import Security
 
-__all__ = ["create", "load"]
+__all__ = ["create", "discard", "ephemeral", "load"]
 
 CERT = "tls-cert.pem"
 KEY = "tls-key.pem"
+
+#: The start of the name of an ephemeral credentials directory; the owner's pid follows.
+EPHEMERAL_PREFIX = "taskcloud-run-"
+
+
+def ephemeral(name: str) -> tuple[Security, Path]:
+    """New credentials for ``name`` in a private directory of their own, and that
+    directory; :func:`discard` removes it, and so does this process's exit."""
+    _reap_orphans()
+    pid = os.getpid()
+    if _OURS.get(pid) is None:
+        _OURS[pid] = set()
+        atexit.register(_discard_ours, pid)
+    # mkdtemp makes a directory of a new name, mode 0700, that no one else can own.
+    directory = Path(tempfile.mkdtemp(prefix=f"{EPHEMERAL_PREFIX}{pid}-"))
+    _OURS[pid].add(directory)
+    return create(directory, name), directory
+
+
+def discard(directory: Path) -> None:
+    """Remove the ephemeral credentials in ``directory``."""
+    _OURS.get(os.getpid(), set()).discard(directory)
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+#: The ephemeral credentials not yet discarded, by the process that made them.
+_OURS: dict[int, set[Path]] = {}
+
+
+def _discard_ours(pid: int) -> None:
+    # A child forked from this process inherits the exit hook, not the credentials.
+    if os.getpid() == pid:
+        for directory in list(_OURS.get(pid, ())):
+            discard(directory)
+
+
+def _reap_orphans() -> None:
+    """Remove this user's ephemeral credentials whose process is gone."""
+    for path in Path(tempfile.gettempdir()).glob(f"{EPHEMERAL_PREFIX}*-*"):
+        pid = path.name[len(EPHEMERAL_PREFIX) :].split("-", 1)[0]
+        try:
+            info = path.lstat()
+        except OSError:
+            continue
+        mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+        if mine and pid.isdigit() and not _alive(int(pid)):
+            discard(path)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process has that number now
+        return False
+    return True
 
 
 def create(directory: Path, name: str) -> Security:

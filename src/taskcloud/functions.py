@@ -178,6 +178,7 @@ def function(
     timeout: float | str | None = None,
     provider: str = "local",
     configuration: str | None = None,
+    dashboard: bool = False,
 ) -> Callable[[Callable[..., R]], Function[R]]: ...
 
 
@@ -188,6 +189,7 @@ def function(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     ``@taskcloud.function(cpu=4, memory="8 GiB", n_workers=[0, 4])``. Options are
     checked here, when the decorator is applied. ``configuration="name"`` takes the
     defaults from a saved cluster configuration; options given here win.
+    ``dashboard=True`` gives the pool a dask dashboard, which every local user can read.
     """
     configuration = options.get("configuration")
     if configuration is not None:

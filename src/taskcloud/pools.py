@@ -343,6 +343,7 @@ class Pool:
             spec.keepalive,
             python=python,
             env=dict(spec.environ),
+            dashboard=spec.dashboard,
         )
         cluster.label = label  # what it is called when it waits for capacity
         cluster.scheduler.add_plugin(watch, name=watch.name)
@@ -447,6 +448,8 @@ class Pool:
     @property
     def dashboard_link(self) -> str:
         """The address of the pool's dashboard; empty when it has none."""
+        if not self.spec.dashboard:  # its scheduler's HTTP server serves /health alone
+            return ""
         try:
             return str(self.cluster.dashboard_link or "")
         except Exception:  # the cluster closed, or a scheduler without services

@@ -205,6 +205,14 @@ def _optional_name(parameter: str) -> Any:
     return check
 
 
+def _flag(parameter: str) -> Any:
+    def check(instance: Any, attribute: Any, value: Any) -> None:
+        if not isinstance(value, bool):
+            raise InvalidOptionError(parameter, value, "True or False")
+
+    return check
+
+
 def _provider(instance: Any, attribute: Any, value: Any) -> None:
     if value not in PROVIDERS:
         names = ", ".join(repr(name) for name in PROVIDERS)
@@ -225,6 +233,7 @@ class PoolSpec:
     keepalive: float = 30.0
     #: The workers start with these variables set; only this pool's calls see them.
     environ: tuple[tuple[str, str], ...] = field(default=(), repr=_redacted_repr)
+    dashboard: bool = False
 
     def describe(self) -> str:
         """A short label for summaries: ``cpu=1 memory=512 MiB n_workers=[0, 2]``."""
@@ -243,6 +252,8 @@ class PoolSpec:
             parts.append(f"environ={','.join(key for key, _ in self.environ)}")
         if self.provider != "local":
             parts.append(f"provider={self.provider}")
+        if self.dashboard:
+            parts.append("dashboard")
         return " ".join(parts)
 
 
@@ -266,6 +277,7 @@ class FunctionSpec:
     timeout: float | None = field(default=None, converter=_timeout)
     provider: str = field(default="local", validator=_provider)
     configuration: str | None = field(default=None, validator=_optional_name("configuration"))
+    dashboard: bool = field(default=False, validator=_flag("dashboard"))
 
     def pool(self) -> PoolSpec:
         """The part of this spec that selects a pool."""
@@ -279,6 +291,7 @@ class FunctionSpec:
             n_workers=self.n_workers,
             keepalive=self.keepalive,
             environ=self.environ,
+            dashboard=self.dashboard,
         )
 
 

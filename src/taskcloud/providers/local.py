@@ -4,6 +4,10 @@ A pool is a dask ``SpecCluster`` whose scheduler runs in this process and whose
 workers are ``Nanny``-supervised processes listening on 127.0.0.1. The nanny enforces
 the memory limit and replaces a worker that dies; an :class:`Adaptive` subclass scales
 the pool from its queue, within what :class:`~taskcloud.capacity.HostCapacity` grants.
+
+Every such cluster is a :class:`SecuredCluster`: its scheduler, nannies and workers
+speak TLS with credentials made for it alone, so no other user of the host can
+connect. Without a dashboard, their HTTP servers answer ``/health`` alone.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from inspect import isawaitable
 from typing import Any
 
 import dask
@@ -31,6 +36,7 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.utils import import_term
 
+from taskcloud import credentials
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
 from taskcloud.providers import TIMED
@@ -47,7 +53,9 @@ __all__ = [
     "PoolNanny",
     "PoolWatch",
     "SchedulerProcess",
+    "SecuredCluster",
     "adapt",
+    "http_config",
     "quiet_logs",
     "replace_worker",
     "scheduler_spec",
@@ -92,6 +100,11 @@ class CallStarts(WorkerPlugin):
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
         if finish == "executing" and str(key).endswith(TIMED):
             self.worker.log_event(CALL_STARTED, {"key": str(key), "since": time.time()})
+
+
+#: What the HTTP server of a scheduler or worker without a dashboard serves. dask
+#: starts one in any case; its other pages (logs, call stacks) are any local user's.
+HEALTH_ONLY = ["distributed.http.health"]
 
 
 class PoolWatch(SchedulerPlugin):
@@ -420,17 +433,61 @@ async def kill_workers(cluster: SpecCluster) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
-class LocalPoolCluster(SpecCluster):
+class SecuredCluster(SpecCluster):
+    """A ``SpecCluster`` whose scheduler and workers speak TLS with credentials of its own.
+
+    The credentials are :func:`~taskcloud.credentials.ephemeral`: made as the cluster
+    starts, put into its scheduler's and workers' specs, and removed once it has closed.
+    Only this process and the processes it starts can read them.
+    """
+
+    def __init__(
+        self, *, scheduler: dict[str, Any], worker: dict[str, Any], name: str, **kwargs: Any
+    ) -> None:
+        # A named cluster brings its own credentials; a pool gets credentials of its own.
+        security = kwargs.pop("security", None)
+        self.credentials = None
+        if security is None:
+            security, self.credentials = credentials.ephemeral(name)
+        given = kwargs.pop("workers", None) or {}
+        workers = {key: _secured(spec, security) for key, spec in given.items()}
+        try:
+            super().__init__(
+                scheduler=_secured(scheduler, security, protocol="tls"),
+                worker=_secured(worker, security),
+                workers=workers,
+                security=security,
+                name=name,
+                **kwargs,
+            )
+        except BaseException:
+            if self.credentials is not None:
+                credentials.discard(self.credentials)
+            raise
+
+    def close(self, timeout: float | None = None) -> Any:
+        closed = super().close(timeout)
+        if self.credentials is not None and not isawaitable(closed):
+            # Closed by now; else the exit of this process removes them.
+            credentials.discard(self.credentials)
+        return closed
+
+
+def _secured(spec: dict[str, Any], security: Any, **options: Any) -> dict[str, Any]:
+    return {**spec, "options": {**spec.get("options", {}), "security": security, **options}}
+
+
+class LocalPoolCluster(SecuredCluster):
     """Workers of one shape, a pool's or a named cluster's; GPU workers each get their
     own ``CUDA_VISIBLE_DEVICES``."""
 
-    def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
+    def __init__(self, *, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
         self._capacity = capacity
         self._shape = shape
         self._failed_starts = 0
         #: What the cluster is called in messages; a pool sets its own label.
         self.label = str(kwargs.get("name") or "")
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
 
     @property
     def capacity(self) -> HostCapacity:
@@ -576,12 +633,14 @@ def worker_spec(
     options: dict[str, Any] | None = None,
     python: str | None = None,
     env: dict[str, str] | None = None,
+    http_routes: list[str] | None = None,
 ) -> dict[str, Any]:
     """Workers of ``shape`` on 127.0.0.1, each tagged with its resources.
 
     With ``python`` (a software environment's interpreter) they run in that Python.
     ``env`` is set in each worker's process as it starts (the nanny passes it on, not
-    the command line), and nowhere else.
+    the command line), and nowhere else. With ``http_routes``, their HTTP servers serve
+    those dask modules alone.
     """
     if python is not None:
         settings = {
@@ -589,7 +648,10 @@ def worker_spec(
             "nthreads": threads_per_worker,
             "memory_limit": shape.memory,
             "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
-            "env": dict(env or {}),
+            "env": {
+                **(env or {}),
+                **({} if http_routes is None else {_ROUTES_VARIABLE: repr(http_routes)}),
+            },
             "security": security,
             **(options or {}),
         }
@@ -606,6 +668,9 @@ def worker_spec(
     if issubclass(cls, Nanny):
         # A failing call is the caller's exception, not a worker's log line.
         settings.update(env=dict(env or {}), silence_logs=quiet_logs())
+        if http_routes is not None:
+            # The nanny hands the worker process this process's config, and these keys.
+            settings["config"] = {_ROUTES_KEY: list(http_routes)}
     if security is not None:
         settings["security"] = security
     settings.update(options or {})
@@ -614,6 +679,19 @@ def worker_spec(
         preload = settings.get("preload") or []
         settings["preload"] = [*([preload] if isinstance(preload, str) else preload), PRELOAD]
     return {"cls": cls, "options": settings}
+
+
+_ROUTES_KEY = "distributed.worker.http.routes"
+_ROUTES_VARIABLE = "DASK_DISTRIBUTED__WORKER__HTTP__ROUTES"
+
+
+def http_config(dashboard: bool) -> dict[str, Any]:
+    """The dask config under which a scheduler starts with or without its pages.
+
+    Without a dashboard its HTTP server serves :data:`HEALTH_ONLY`; with one, dask's
+    pages as configured, which every local user can read.
+    """
+    return {} if dashboard else {"distributed.scheduler.http.routes": list(HEALTH_ONLY)}
 
 
 def quiet_logs() -> int | bool:
@@ -635,21 +713,27 @@ def start(
     keepalive: float,
     python: str | None = None,
     env: dict[str, str] | None = None,
+    dashboard: bool = False,
 ) -> LocalPoolCluster:
     """Start an empty pool on this host and let it adapt between its bounds; its
-    workers start with ``env`` set."""
+    workers start with ``env`` set.
+
+    Its scheduler and workers speak TLS with credentials of its own (see
+    :class:`SecuredCluster`); its scheduler serves a dashboard only with ``dashboard``.
+    """
     # A worker that dies fails its call at once; the pool decides about retries.
-    settings = {"distributed.scheduler.allowed-failures": 0}
+    settings = {"distributed.scheduler.allowed-failures": 0, **http_config(dashboard)}
     with dask.config.set(settings), main_module_hidden():
         cluster = LocalPoolCluster(
             workers={},
-            scheduler=scheduler_spec(),
+            scheduler=scheduler_spec(dashboard=dashboard),
             worker=worker_spec(
                 shape,
                 threads_per_worker,
                 worker_class=f"{__name__}.PoolNanny",
                 python=python,
                 env=env,
+                http_routes=HEALTH_ONLY,
             ),
             asynchronous=False,
             name=name,
