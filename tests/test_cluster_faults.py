@@ -136,4 +136,3 @@ def test_worker_options_a_worker_cannot_start_with_fail_the_start_with_its_error
     assert "'broken' did not start" in str(caught.value)
     assert taskcloud.list_clusters() == {}
     assert Store().get("clusters", "broken") is None
-

@@ -208,7 +208,9 @@ class Cluster(_DaskCluster):
         """
         with contextlib.suppress(psutil.Error):
             owner = {"pid": pid, "started": psutil.Process(pid).create_time()}
-            self._store.update(TABLE, name, lambda r: {**r, **owner} if self._owns(r) else r)
+            self._store.update(
+                TABLE, name, lambda r: {**r, **owner} if r is not None and self._owns(r) else r
+            )
 
     def _python(self, spec: ClusterSpec) -> str:
         """The interpreter a new cluster runs in, once its shape is known to fit."""

@@ -72,7 +72,7 @@ class _Daemon:
         """Make the claim on the name this process's: it lives while this process does."""
         owner = {"pid": self.pid, "started": self.started}
         written = self.store.update(
-            TABLE, self.name, lambda record: {**record, **owner} if self._owns(record) else record
+            TABLE, self.name, lambda r: {**r, **owner} if r is not None and self._owns(r) else r
         )
         if not self._owns(written):
             raise ClusterStartError(
@@ -94,7 +94,8 @@ class _Daemon:
         # The daemon enforces idle_timeout itself, so that workers stop before the
         # scheduler does (a worker whose scheduler is gone takes seconds to give up).
         options.pop("idle_timeout", None)
-        cluster = self.cluster = SpecCluster(
+        # Asynchronous: its close() is awaitable, which its annotations do not say.
+        cluster: Any = SpecCluster(
             workers={},
             scheduler=local.scheduler_spec(
                 dashboard=with_dashboard, security=security, options=options
@@ -111,6 +112,7 @@ class _Daemon:
             name=self.name,
             silence_logs=logging.ERROR,
         )
+        self.cluster = cluster
         await cluster
         scheduler = cluster.scheduler
         scheduler.handlers["taskcloud_scale"] = self.scale
