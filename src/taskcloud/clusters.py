@@ -30,6 +30,7 @@ from distributed.core import Status
 from distributed.core import rpc
 from distributed.deploy.cluster import Cluster as _DaskCluster
 from distributed.objects import SchedulerInfo
+from distributed.utils import LoopRunner
 from distributed.utils import silence_logging_cmgr
 from tornado.ioloop import PeriodicCallback
 
@@ -137,8 +138,11 @@ class Cluster(_DaskCluster):
             raise InvalidOptionError(
                 "provider_options", spec.provider_options, "{} for the local provider"
             )
-        super().__init__(asynchronous=False, name=name)
-        self._loop_runner.start()
+        # The event loop's thread is this object's own: dask's Cluster runs on a loop
+        # it is given (public), rather than starting its private ``_loop_runner``.
+        self._loop_thread = LoopRunner(asynchronous=False)
+        self._loop_thread.start()
+        super().__init__(asynchronous=False, loop=self._loop_thread.loop, name=name)
         self._token = secrets.token_hex(8)
         record = self._claim(name)
         if record is None:
@@ -146,7 +150,7 @@ class Cluster(_DaskCluster):
                 record = self._launch(name, spec, self._python(spec))
             except BaseException:
                 self._store.update(TABLE, name, lambda r: None if self._owns(r) else r)
-                self._loop_runner.stop()
+                self._loop_thread.stop()
                 raise
             created = True
         else:
@@ -164,7 +168,7 @@ class Cluster(_DaskCluster):
         try:
             self.sync(self._start)
         except BaseException:
-            self._loop_runner.stop()
+            self._loop_thread.stop()
             raise
 
     # -- starting or finding ------------------------------------------------------------
@@ -373,7 +377,7 @@ class Cluster(_DaskCluster):
         super().close(timeout)
         if self.shutdown_on_close:
             _wait_stopped(self.pid, STOP_TIMEOUT)
-        self._loop_runner.stop()
+        self._loop_thread.stop()
 
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))

@@ -66,6 +66,7 @@ class _Daemon:
         # Store writes leave the event loop, one at a time and in order.
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="taskcloud-store")
         self.cluster: Any = None
+        self.adaptive: Any = None  # the cluster's adaptive scaling, while it adapts
         self.stopping = asyncio.Event()
 
     def take_over(self) -> None:
@@ -200,9 +201,9 @@ class _Daemon:
     async def scale(self, n: int) -> int:
         """Hold ``n`` workers, or as many as the host fits; stops adaptive scaling."""
         cluster = self.cluster
-        if cluster._adaptive is not None:
-            cluster._adaptive.stop()
-            cluster._adaptive = None
+        if self.adaptive is not None:
+            self.adaptive.stop()
+            self.adaptive = None
         granted = self.capacity.grant(cluster, self.shape, int(n), 0)
         cluster.scale(granted)  # asynchronous: the workers start in the background
         return granted
@@ -211,7 +212,9 @@ class _Daemon:
         """Scale between ``minimum`` and ``maximum`` from the work queued."""
         from taskcloud.providers import local
 
-        local.adapt(self.cluster, self.capacity, self.shape, int(minimum), int(maximum), _KEEPALIVE)
+        self.adaptive = local.adapt(
+            self.cluster, self.capacity, self.shape, int(minimum), int(maximum), _KEEPALIVE
+        )
         return min(int(maximum), self.capacity.fit(self.shape))
 
     def record(self, **changes: Any) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import itertools
 import logging
 import os
 import signal
@@ -365,12 +366,17 @@ class LocalPoolCluster(SpecCluster):
         self._capacity = capacity
         self._shape = shape
         self._failed_starts = 0
+        self._numbers = itertools.count()
         super().__init__(*args, **kwargs)
 
-    def _new_worker_name(self, worker_number: int) -> str:
+    def _named_spec(self) -> dict[str, Any]:
         # Workers started from the command line report their name as a string; the
         # spec must use the same, or adaptive scaling never finds them to retire.
-        return str(worker_number)
+        # (dask's own naming hook, ``_new_worker_name``, is private.)
+        name = str(next(self._numbers))
+        while name in self.worker_spec:
+            name = str(next(self._numbers))
+        return {name: self.new_spec}
 
     def _correct_state(self) -> asyncio.Future[None]:
         # dask logs a worker that failed to start as an error from tornado's event
@@ -396,7 +402,7 @@ class LocalPoolCluster(SpecCluster):
             self._failed_starts = 0
 
     def new_worker_spec(self) -> dict[str, Any]:
-        spec = super().new_worker_spec()
+        spec = self._named_spec()
         if self._shape.gpu:
             for name, worker in spec.items():
                 gpus = self._capacity.assign_gpus(self, name, self._shape.gpu, self.worker_spec)
@@ -556,10 +562,10 @@ def adapt(
     maximum: int,
     keepalive: float,
     adaptive: type[CapacityAdaptive] = CapacityAdaptive,
-) -> None:
+) -> Adaptive:
     """Scale ``cluster`` from its queue, within the host's capacity; an idle worker
-    goes after ``keepalive`` seconds."""
-    cluster.adapt(
+    goes after ``keepalive`` seconds. Returns the :class:`Adaptive` that does it."""
+    return cluster.adapt(
         Adaptive=adaptive,
         minimum=minimum,
         maximum=maximum,
