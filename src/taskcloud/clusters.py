@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import secrets
@@ -25,10 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from distributed import Client
 from distributed.core import Status
 from distributed.core import rpc
 from distributed.deploy.cluster import Cluster as _DaskCluster
 from distributed.objects import SchedulerInfo
+from distributed.utils import LoopRunner
+from distributed.utils import silence_logging_cmgr
 from tornado.ioloop import PeriodicCallback
 
 from taskcloud import credentials
@@ -144,15 +148,19 @@ class Cluster(_DaskCluster):
             raise InvalidOptionError(
                 "provider_options", spec.provider_options, "{} for the local provider"
             )
-        super().__init__(asynchronous=False, name=name)
-        self._loop_runner.start()
+        # The event loop's thread is this object's own: dask's Cluster runs on a loop
+        # it is given (public), rather than starting its private ``_loop_runner``.
+        self._loop_thread = LoopRunner(asynchronous=False)
+        self._loop_thread.start()
+        super().__init__(asynchronous=False, loop=self._loop_thread.loop, name=name)
+        self._token = secrets.token_hex(8)
         record = self._claim(name)
         if record is None:
             try:
                 record = self._launch(name, spec, self._python(spec))
             except BaseException:
-                self._store.update(TABLE, name, lambda record: None)
-                self._loop_runner.stop()
+                self._store.update(TABLE, name, lambda r: None if self._owns(r) else r)
+                self._loop_thread.stop()
                 raise
             created = True
         else:
@@ -170,7 +178,7 @@ class Cluster(_DaskCluster):
         try:
             self.sync(self._start)
         except BaseException:
-            self._loop_runner.stop()
+            self._loop_thread.stop()
             raise
 
     # -- starting or finding ------------------------------------------------------------
@@ -178,7 +186,12 @@ class Cluster(_DaskCluster):
     def _claim(self, name: str) -> dict[str, Any] | None:
         """The running cluster ``name``, or None after claiming the name for a new one."""
         deadline = time.monotonic() + START_TIMEOUT
-        me = {"status": "starting", "pid": os.getpid(), "started": _my_start()}
+        me = {
+            "status": "starting",
+            "pid": os.getpid(),
+            "started": _my_start(),
+            "token": self._token,
+        }
         found: list[dict[str, Any] | None] = []
 
         def change(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -198,6 +211,21 @@ class Cluster(_DaskCluster):
                 raise ClusterStartError(name, "another process started it and never finished")
             threading.Event().wait(0.05)
 
+    def _owns(self, record: dict[str, Any] | None) -> bool:
+        """Whether ``record`` is the claim this object made on its name."""
+        return record is not None and record.get("token") == self._token
+
+    def _hand_over(self, name: str, pid: int) -> None:
+        """Let the claim live with the new cluster's process rather than with this one.
+
+        Should this process die now, the cluster still finishes starting and is listed.
+        """
+        with contextlib.suppress(psutil.Error):
+            owner = {"pid": pid, "started": psutil.Process(pid).create_time()}
+            self._store.update(
+                TABLE, name, lambda r: {**r, **owner} if r is not None and self._owns(r) else r
+            )
+
     def _python(self, spec: ClusterSpec) -> str:
         """The interpreter a new cluster runs in, once its shape is known to fit."""
         capacity = HostCapacity()
@@ -214,7 +242,12 @@ class Cluster(_DaskCluster):
         shutil.rmtree(directory, ignore_errors=True)
         directory.mkdir(mode=0o700, parents=True)
         log = directory / "cluster.log"
-        request = {"name": name, "spec": spec.to_json(), "directory": str(directory)}
+        request = {
+            "name": name,
+            "spec": spec.to_json(),
+            "directory": str(directory),
+            "token": self._token,
+        }
         environ = {**os.environ, "TASKCLOUD_HOME": str(self._store.path.parent)}
         with open(log, "ab") as log_file:
             process = subprocess.Popen(
@@ -230,6 +263,7 @@ class Cluster(_DaskCluster):
         assert process.stdout is not None
         process.stdin.write(json.dumps(request).encode() + b"\n")
         process.stdin.close()
+        self._hand_over(name, process.pid)
         try:
             answer = _read_answer(process, START_TIMEOUT)
         except BaseException:
@@ -244,6 +278,8 @@ class Cluster(_DaskCluster):
             reason = (answer or {}).get("error", "the cluster's process exited")
             raise ClusterStartError(name, f"{reason}\n{tail}")
         record = self._store.get(TABLE, name)
+        if not self._owns(record):
+            raise ClusterStartError(name, "another process claimed the name as it started")
         assert record is not None
         return record
 
@@ -343,9 +379,31 @@ class Cluster(_DaskCluster):
 
     def _ask(self, operation: str, **arguments: Any) -> Any:
         """Call a handler of the cluster's process; a cluster that is gone says so."""
+        self.check_running()
+        return self.sync(getattr(self.scheduler_comm, operation), **arguments)
+
+    def check_running(self) -> None:
+        """Raise :class:`ClusterNotFoundError` when this cluster's process is gone.
+
+        A cluster restarted under the same name is another cluster: this object, and
+        every client it gave, stay attached to the one that is gone.
+        """
         if not _alive(self.record):
             raise ClusterNotFoundError(self.name, list_clusters(self._store))
-        return self.sync(getattr(self.scheduler_comm, operation), **arguments)
+
+    def get_client(self) -> Client:
+        """A client of this cluster: the current one if it is this cluster's, else new.
+
+        Its calls raise :class:`ClusterNotFoundError` at once when the cluster's process
+        is gone, rather than waiting for a scheduler that will not come back.
+        """
+        self.check_running()
+        with contextlib.suppress(ValueError):
+            current = Client.current()
+            # dask's clusters are equal by name; a restarted cluster has the same one.
+            if getattr(current, "cluster", None) is self and current.status == "running":
+                return current
+        return ClusterClient(self)
 
     @property
     def dashboard_link(self) -> str:
@@ -365,7 +423,8 @@ class Cluster(_DaskCluster):
         self.status = Status.running
 
     async def _refresh(self) -> None:
-        # When the cluster stopped, close() or the next call says so.
+        # When the cluster stopped, close() or the next call says so (its clients'
+        # futures are cancelled by dask as the connection drops).
         with contextlib.suppress(OSError):
             self.scheduler_info = SchedulerInfo(await self.scheduler_comm.identity())
 
@@ -385,11 +444,49 @@ class Cluster(_DaskCluster):
         super().close(timeout)
         if self.shutdown_on_close:
             _wait_stopped(self.pid, STOP_TIMEOUT)
-        self._loop_runner.stop()
+        self._loop_thread.stop()
 
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))
         return f"<taskcloud.Cluster {self.name!r} {self.scheduler_address} workers={workers}>"
+
+
+class ClusterClient(Client):
+    """The client :meth:`Cluster.get_client` gives: calls fail at once once it is gone.
+
+    Without this a client whose cluster's process died waits for the scheduler to
+    come back (``distributed.comm.timeouts.connect``) before it cancels its futures.
+    """
+
+    cluster: Cluster
+
+    def submit(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`distributed.Client.submit`, once the cluster is known to run."""
+        self.cluster.check_running()
+        return super().submit(*args, **kwargs)
+
+    def map(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`distributed.Client.map`, once the cluster is known to run."""
+        self.cluster.check_running()
+        return super().map(*args, **kwargs)
+
+    def compute(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`distributed.Client.compute`, once the cluster is known to run."""
+        self.cluster.check_running()
+        return super().compute(*args, **kwargs)
+
+    def gather(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`distributed.Client.gather`, once the cluster is known to run."""
+        self.cluster.check_running()
+        return super().gather(*args, **kwargs)
+
+    def close(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`distributed.Client.close`; quiet about a cluster that is gone."""
+        if _alive(self.cluster.record):
+            return super().close(*args, **kwargs)
+        # dask logs the reconnection that closing cancels as an error, with a traceback.
+        with silence_logging_cmgr(logging.CRITICAL):
+            return super().close(*args, **kwargs)
 
 
 def _my_start() -> float:

@@ -1,11 +1,19 @@
 """The process that keeps one cluster alive, whoever asked for it and whether they live.
 
-``python -m taskcloud.daemon`` reads one JSON line on stdin (the cluster's name, spec
-and directory), writes the cluster's TLS credentials, starts a scheduler on
-127.0.0.1 and the spec's workers (see :mod:`taskcloud.providers.local`), records
-itself in the store and answers with one JSON line on stdout. It then runs until its
-scheduler closes: after ``idle_timeout`` without work, on a client's ``terminate``, or
-on SIGTERM. Then it stops its workers and marks its record stopped.
+``python -m taskcloud.daemon`` reads one JSON line on stdin (the cluster's name, spec,
+directory and the token of the claim on its name), takes the claim over from the
+process that started it, writes the cluster's TLS credentials, starts a scheduler on
+127.0.0.1 and the spec's workers (see :mod:`taskcloud.providers.local`), waits for the
+first workers (a worker's start error is the answer), records itself in the store and
+answers with one JSON line on stdout. It then runs until its scheduler closes: after
+``idle_timeout`` without work, on a client's ``terminate``, or on SIGTERM. Then it stops
+its workers and marks its record stopped.
+
+The claim holds the name while the cluster starts. Once the daemon has taken it over,
+the half-started cluster lives with the daemon, not with its creator: a creator
+SIGKILLed meanwhile leaves a cluster that finishes starting and is listed. A daemon
+whose claim was dropped or taken by another process (its creator died before the
+take-over) exits at once instead of running unlisted.
 
 Clients change the cluster's size through two scheduler handlers:
 ``taskcloud_scale(n)`` and ``taskcloud_adapt(minimum, maximum)``.
@@ -30,6 +38,7 @@ import psutil
 from taskcloud import credentials
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
+from taskcloud.errors import ClusterStartError
 from taskcloud.providers import start_forkserver
 from taskcloud.specs import ClusterSpec
 from taskcloud.store import Store
@@ -43,8 +52,9 @@ _KEEPALIVE = 5.0
 
 
 class _Daemon:
-    def __init__(self, name: str, spec: ClusterSpec, directory: Path) -> None:
+    def __init__(self, name: str, spec: ClusterSpec, directory: Path, token: str) -> None:
         self.name = name
+        self.token = token
         self.spec = spec
         self.directory = directory
         self.store = Store()
@@ -56,7 +66,22 @@ class _Daemon:
         # Store writes leave the event loop, one at a time and in order.
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="taskcloud-store")
         self.cluster: Any = None
+        self.adaptive: Any = None  # the cluster's adaptive scaling, while it adapts
         self.stopping = asyncio.Event()
+
+    def take_over(self) -> None:
+        """Make the claim on the name this process's: it lives while this process does."""
+        owner = {"pid": self.pid, "started": self.started}
+        written = self.store.update(
+            TABLE, self.name, lambda r: {**r, **owner} if r is not None and self._owns(r) else r
+        )
+        if not self._owns(written):
+            raise ClusterStartError(
+                self.name, "its claim on the name was dropped before it started"
+            )
+
+    def _owns(self, record: dict[str, Any] | None) -> bool:
+        return record is not None and record.get("token") == self.token
 
     async def serve(self) -> None:
         from distributed.diagnostics.plugin import SchedulerPlugin
@@ -69,7 +94,8 @@ class _Daemon:
         # The daemon enforces idle_timeout itself, so that workers stop before the
         # scheduler does (a worker whose scheduler is gone takes seconds to give up).
         options.pop("idle_timeout", None)
-        cluster = self.cluster = local.LocalPoolCluster(
+        # Asynchronous: its close() is awaitable, which its annotations do not say.
+        cluster: Any = local.LocalPoolCluster(
             workers={},
             scheduler=local.scheduler_spec(
                 dashboard=with_dashboard, security=security, options=options
@@ -88,6 +114,7 @@ class _Daemon:
             capacity=self.capacity,
             shape=self.shape,
         )
+        self.cluster = cluster
         await cluster
         scheduler = cluster.scheduler
         scheduler.handlers["taskcloud_scale"] = self.scale
@@ -106,17 +133,24 @@ class _Daemon:
 
         scheduler.add_plugin(CountWorkers())
         low, high = self.spec.n_workers or (self.capacity.fit(self.shape),) * 2
-        if low == high:
-            await self.scale(low)
-        else:
-            await self.adapt(low, high)
+        try:
+            if low == high:
+                await self.scale(low)
+                # The first workers start before the answer: a worker that cannot
+                # start (bad worker_options) fails the start with its own error.
+                await cluster
+            else:
+                await self.adapt(low, high)
+        except BaseException:
+            await cluster.close()
+            raise
 
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         # The scheduler's HTTP server always runs; it is a dashboard only with bokeh.
         dashboard = scheduler.services.get("dashboard") if with_dashboard else None
         port = dashboard.port if dashboard is not None else None
-        await loop.run_in_executor(
+        owned = await loop.run_in_executor(
             self.writer,
             self._write,
             {
@@ -131,11 +165,14 @@ class _Daemon:
                 "workers": len(scheduler.workers),
             },
         )
+        if not owned:
+            await cluster.close()
+            raise ClusterStartError(self.name, "another process claimed the name as it started")
         _answer({"address": scheduler.address, "pid": self.pid})
 
         reason = await self.until_stopped(scheduler)
         self.capacity.release(cluster)
-        await cluster._close()
+        await cluster.close()
         await loop.run_in_executor(
             self.writer,
             self._write,
@@ -165,9 +202,9 @@ class _Daemon:
     async def scale(self, n: int) -> int:
         """Hold ``n`` workers, or as many as the host fits; stops adaptive scaling."""
         cluster = self.cluster
-        if cluster._adaptive is not None:
-            cluster._adaptive.stop()
-            cluster._adaptive = None
+        if self.adaptive is not None:
+            self.adaptive.stop()
+            self.adaptive = None
         granted = self.capacity.grant(cluster, self.shape, int(n), 0)
         cluster.scale(granted)  # asynchronous: the workers start in the background
         return granted
@@ -176,21 +213,22 @@ class _Daemon:
         """Scale between ``minimum`` and ``maximum`` from the work queued."""
         from taskcloud.providers import local
 
-        local.adapt(self.cluster, self.capacity, self.shape, int(minimum), int(maximum), _KEEPALIVE)
+        self.adaptive = local.adapt(
+            self.cluster, self.capacity, self.shape, int(minimum), int(maximum), _KEEPALIVE
+        )
         return min(int(maximum), self.capacity.fit(self.shape))
 
     def record(self, **changes: Any) -> None:
         """Update this cluster's store record in the background."""
         self.writer.submit(self._write, changes)
 
-    def _write(self, changes: dict[str, Any]) -> None:
-        def change(record: dict[str, Any] | None) -> dict[str, Any] | None:
-            record = record or {}
-            if record.get("pid") not in (None, self.pid) and record.get("status") == "running":
-                return record  # the name belongs to another cluster now
-            return {**record, **changes}
+    def _write(self, changes: dict[str, Any]) -> bool:
+        """Change this cluster's record; False when the name is no longer this cluster's."""
 
-        self.store.update(TABLE, self.name, change)
+        def change(record: dict[str, Any] | None) -> dict[str, Any] | None:
+            return {**record, **changes} if self._owns(record) else record  # type: ignore[dict-item]
+
+        return self._owns(self.store.update(TABLE, self.name, change))
 
 
 def _has_dashboard() -> bool:
@@ -203,9 +241,13 @@ def _has_dashboard() -> bool:
 
 
 def _answer(message: dict[str, Any]) -> None:
-    """Send the one line the starting process waits for, then let go of stdout."""
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
+    """Send the one line the starting process waits for, then let go of stdout.
+
+    A starting process that died meanwhile hears nothing; the cluster runs on, listed.
+    """
+    with contextlib.suppress(OSError):
+        sys.stdout.write(json.dumps(message) + "\n")
+        sys.stdout.flush()
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
@@ -217,9 +259,9 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         request = json.loads(sys.stdin.readline())
-        daemon = _Daemon(
-            request["name"], ClusterSpec.from_json(request["spec"]), Path(request["directory"])
-        )
+        spec = ClusterSpec.from_json(request["spec"])
+        daemon = _Daemon(request["name"], spec, Path(request["directory"]), request["token"])
+        daemon.take_over()
         asyncio.run(daemon.serve())
     except BaseException as exc:
         _answer({"error": f"{type(exc).__name__}: {exc}"})

@@ -61,12 +61,27 @@ class Function(Generic[R]):
             _DECORATED[function] = self
 
     def __repr__(self) -> str:
+        if self.spec.cluster is not None:
+            return f"<taskcloud.Function {self._name} on cluster {self.spec.cluster!r}>"
         return f"<taskcloud.Function {self._name} on {self.spec.pool().describe()}>"
 
     @property
     def pool(self) -> Pool:
-        """The pool behind this function, started on first use."""
-        return self._manager.get(self.spec.pool())
+        """The pool behind this function, started on first use.
+
+        With ``cluster=`` it is the named cluster's workers, attached to (or the
+        cluster started) on first use, and again once that cluster is gone.
+        """
+        name = self.spec.cluster
+        if name is None:
+            return self._manager.get(self.spec.pool())
+        # Deferred like every pool's start: importing taskcloud imports no dask.
+        from taskcloud.clusterpool import ClusterPool
+
+        configuration = self.spec.configuration
+        return self._manager.get_or_start(
+            ("cluster", name), lambda: ClusterPool.attach(name, configuration)
+        )
 
     @property
     def cluster(self) -> Any:
@@ -179,6 +194,7 @@ def function(
     provider: str = "local",
     configuration: str | None = None,
     dashboard: bool = False,
+    cluster: str | None = None,
 ) -> Callable[[Callable[..., R]], Function[R]]: ...
 
 
@@ -190,9 +206,15 @@ def function(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     checked here, when the decorator is applied. ``configuration="name"`` takes the
     defaults from a saved cluster configuration; options given here win.
     ``dashboard=True`` gives the pool a dask dashboard, which every local user can read.
+
+    ``cluster="analysis"`` sends the calls to the workers of the named cluster
+    ``analysis`` instead of a pool of the function's own, and starts that cluster
+    when it does not run: from ``configuration=``, else from the saved configuration
+    named like the cluster. Shape options cannot be combined with it.
     """
     configuration = options.get("configuration")
-    if configuration is not None:
+    # With cluster=, the configuration is the one the cluster starts from.
+    if configuration is not None and options.get("cluster") is None:
         from taskcloud.configurations import function_defaults
 
         options = {**function_defaults(configuration), **options}

@@ -492,7 +492,7 @@ class PoolManager:
     """One pool per spec, all within the host's capacity, all closed on exit."""
 
     capacity: HostCapacity = field(factory=HostCapacity)
-    _pools: dict[PoolSpec, Pool] = field(factory=dict, init=False)
+    _pools: dict[Any, Pool] = field(factory=dict, init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
     _exit_hook: bool = field(default=False, init=False)
 
@@ -503,6 +503,23 @@ class PoolManager:
             if pool is None:
                 pool = Pool.start(spec, self.capacity)
                 self._pools[spec] = pool
+                if not self._exit_hook:
+                    atexit.register(self.close_all)
+                    self._exit_hook = True
+            return pool
+
+    def get_or_start(self, key: Any, start: Callable[[], Pool]) -> Pool:
+        """The pool kept under ``key`` (not a spec: a named cluster's, say), or
+        ``start()``'s; a pool whose ``alive`` is False is replaced."""
+        with self._lock:
+            pool = self._pools.get(key)
+            if pool is not None and not getattr(pool, "alive", True):
+                del self._pools[key]
+                with contextlib.suppress(Exception):
+                    pool.close()
+                pool = None
+            if pool is None:
+                pool = self._pools[key] = start()
                 if not self._exit_hook:
                     atexit.register(self.close_all)
                     self._exit_hook = True

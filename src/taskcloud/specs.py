@@ -278,6 +278,21 @@ class FunctionSpec:
     provider: str = field(default="local", validator=_provider)
     configuration: str | None = field(default=None, validator=_optional_name("configuration"))
     dashboard: bool = field(default=False, validator=_flag("dashboard"))
+    cluster: str | None = field(default=None, validator=_optional_name("cluster"))
+
+    def __attrs_post_init__(self) -> None:
+        if self.cluster is None:
+            return
+        # The workers of a named cluster have the cluster's shape.
+        for name, default in _SHAPE_DEFAULTS.items():
+            value = getattr(self, name)
+            if value != default:
+                raise InvalidOptionError(
+                    name,
+                    value,
+                    f"to be left out with cluster={self.cluster!r}: that cluster's "
+                    "workers have its shape; set it on the cluster or its configuration",
+                )
 
     def pool(self) -> PoolSpec:
         """The part of this spec that selects a pool."""
@@ -293,6 +308,19 @@ class FunctionSpec:
             environ=self.environ,
             dashboard=self.dashboard,
         )
+
+
+#: The options that shape a pool, and their defaults: with ``cluster=``, none is given.
+_SHAPE_DEFAULTS: dict[str, Any] = {
+    "cpu": 1,
+    "memory": None,
+    "gpu": 0,
+    "software": None,
+    "n_workers": None,
+    "keepalive": 30.0,
+    "threads_per_worker": 1,
+    "provider": "local",
+}
 
 
 def _json_options(parameter: str, value: Any) -> dict[str, Any]:

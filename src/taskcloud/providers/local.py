@@ -16,6 +16,7 @@ import asyncio
 import collections
 import contextlib
 import copy
+import itertools
 import logging
 import os
 import signal
@@ -485,6 +486,7 @@ class LocalPoolCluster(SecuredCluster):
         self._capacity = capacity
         self._shape = shape
         self._failed_starts = 0
+        self._numbers = itertools.count()
         #: What the cluster is called in messages; a pool sets its own label.
         self.label = str(kwargs.get("name") or "")
         super().__init__(**kwargs)
@@ -494,10 +496,14 @@ class LocalPoolCluster(SecuredCluster):
         """The host's capacity this cluster grows within."""
         return self._capacity
 
-    def _new_worker_name(self, worker_number: int) -> str:
+    def _named_spec(self) -> dict[str, Any]:
         # Workers started from the command line report their name as a string; the
         # spec must use the same, or adaptive scaling never finds them to retire.
-        return str(worker_number)
+        # (dask's own naming hook, ``_new_worker_name``, is private.)
+        name = str(next(self._numbers))
+        while name in self.worker_spec:
+            name = str(next(self._numbers))
+        return {name: self.new_spec}
 
     def _correct_state(self) -> asyncio.Future[None]:
         # dask logs a worker that failed to start as an error from tornado's event
@@ -523,7 +529,7 @@ class LocalPoolCluster(SecuredCluster):
             self._failed_starts = 0
 
     def new_worker_spec(self) -> dict[str, Any]:
-        spec = super().new_worker_spec()
+        spec = self._named_spec()
         if self._shape.gpu:
             for name, worker in spec.items():
                 if not _own_process(worker["cls"]):
@@ -753,10 +759,10 @@ def adapt(
     maximum: int,
     keepalive: float,
     adaptive: type[CapacityAdaptive] = CapacityAdaptive,
-) -> None:
+) -> Adaptive:
     """Scale ``cluster`` from its queue, within the host's capacity; an idle worker
-    goes after ``keepalive`` seconds."""
-    cluster.adapt(
+    goes after ``keepalive`` seconds. Returns the :class:`Adaptive` that does it."""
+    return cluster.adapt(
         Adaptive=adaptive,
         minimum=minimum,
         maximum=maximum,

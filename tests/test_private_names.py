@@ -1,0 +1,113 @@
+"""Other libraries' private names that taskcloud still uses: each still has its shape.
+
+Every name here is listed, with why and its fallback, in docs/architecture.md
+("Private names of other libraries"). A library release that changes one fails here,
+loudly, rather than in a user's run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import inspect
+import multiprocessing.resource_tracker
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+
+
+def test_a_dask_future_can_be_awaited_through_its_state():
+    """``Future._state.wait()`` (providers.settled) is a coroutine function."""
+    from distributed.client import FutureState
+
+    assert inspect.iscoroutinefunction(FutureState.wait)
+    assert "_state" in inspect.getsource(__import__("distributed").Future.__init__)
+
+
+def test_spec_cluster_correct_state_is_what_scaling_awaits():
+    """``SpecCluster._correct_state`` (LocalPoolCluster quiets failed starts through it)."""
+    from distributed import SpecCluster
+
+    assert callable(SpecCluster._correct_state)
+    assert "self._correct_state" in inspect.getsource(SpecCluster.scale)
+
+
+def test_a_spec_clusters_adaptive_is_kept_on_it():
+    """``Cluster._adaptive`` (Pool.close stops a pool's adaptive scaling before closing)."""
+    from distributed.deploy.cluster import Cluster
+
+    assert "self._adaptive" in inspect.getsource(Cluster.adapt)
+
+
+def test_a_nanny_says_when_its_worker_exits():
+    """``Nanny._on_worker_exit(exitcode)`` (PoolNanny reports exits through it)."""
+    from distributed import Nanny
+
+    assert inspect.iscoroutinefunction(Nanny._on_worker_exit)
+    assert list(inspect.signature(Nanny._on_worker_exit).parameters) == ["self", "exitcode"]
+
+
+def test_pytask_builds_a_capture_that_does_nothing():
+    """``_pytask.capture._get_multicapture`` and ``CaptureManager._capturing``."""
+    from _pytask.capture import CaptureManager
+    from _pytask.capture import CaptureMethod
+    from _pytask.capture import _get_multicapture
+
+    idle = _get_multicapture(CaptureMethod.NO)
+    idle.start_capturing()
+    idle.stop_capturing()
+    assert "_capturing" in inspect.getsource(CaptureManager.__init__)
+
+
+def test_pytask_reads_its_configuration_file():
+    """``_pytask.config_utils`` (the early start reads pytask's configuration with it)."""
+    from _pytask.config_utils import find_project_root_and_config
+    from _pytask.config_utils import read_config
+
+    assert list(inspect.signature(find_project_root_and_config).parameters) == ["paths"]
+    assert callable(read_config)
+
+
+def test_pytask_live_display_takes_initial_status_and_update_task():
+    """``LiveExecution.initial_status`` and ``update_task(signature, status=)``."""
+    from _pytask.live import LiveExecution
+
+    fields = {field.name for field in dataclasses.fields(LiveExecution)}
+    assert "initial_status" in fields
+    assert "status" in inspect.signature(LiveExecution.update_task).parameters
+
+
+def test_a_process_pool_holds_its_processes():
+    """``ProcessPoolExecutor._processes`` (interrupt kills them before shutting down)."""
+    with ProcessPoolExecutor(max_workers=1) as executor:
+        executor.submit(abs, -1).result(timeout=60)
+        processes = executor._processes
+        assert isinstance(processes, dict)
+        assert all(hasattr(process, "kill") for process in processes.values())
+
+
+@pytest.mark.parametrize("module", ["standard", "loky"])
+def test_resource_trackers_know_their_pid(module):
+    """``resource_tracker._resource_tracker._pid`` (loky's trackers are reniced)."""
+    from loky.backend import resource_tracker as loky
+
+    tracker = {"standard": multiprocessing.resource_tracker, "loky": loky}[module]
+    tracker.ensure_running()
+    assert isinstance(tracker._resource_tracker._pid, int)
+
+
+def test_warnings_caches_can_be_reset():
+    """``warnings._filters_mutated`` and ``_showwarning_orig`` (per-thread warning capture)."""
+    warnings._filters_mutated()  # type: ignore[attr-defined]
+    assert callable(warnings._showwarning_orig)  # type: ignore[attr-defined]
+
+
+def test_settled_falls_back_to_polling_without_the_state():
+    """Without ``_state``, ``settled`` still returns once the status is settled."""
+    from taskcloud.providers import settled
+
+    class Done:
+        status = "finished"
+
+    asyncio.run(asyncio.wait_for(settled(Done()), 5))
