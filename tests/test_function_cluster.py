@@ -31,7 +31,7 @@ def test_calls_run_on_the_named_clusters_workers():
     """Call, submit and map go to the running cluster; no pool of the function's own."""
     with taskcloud.Cluster(name="analysis", n_workers=1) as cluster:
         workers = set(cluster.scheduler_info["workers"])
-        on_cluster = taskcloud.function(cluster="analysis", environ={"WHO": "me"})(where)
+        on_cluster = taskcloud.function(cluster="analysis")(where)
 
         assert on_cluster() in workers
         assert on_cluster.submit().result(timeout=60) in workers
@@ -119,3 +119,9 @@ def test_decorated_tasks_of_a_pytask_run_use_the_cluster(tmp_path, write, runner
         assert result.exit_code == ExitCode.OK, result.output
         assert (tmp_path / "where.txt").read_text() in cluster.scheduler_info["workers"]
         assert "cluster 'analysis'" in result.output
+
+
+def test_environ_cannot_be_given_with_a_cluster():
+    """A named cluster's workers are shared: environ= with cluster= is refused."""
+    with pytest.raises(InvalidOptionError, match=r"environ='WHO' is invalid.*worker_options"):
+        taskcloud.function(cluster="analysis", environ={"WHO": "me"})(where)

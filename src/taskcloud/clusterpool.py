@@ -15,8 +15,10 @@ as it starts; the pool's client subscribes to them.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +62,7 @@ class ClusterWatch:
 
     def __init__(self) -> None:
         self._on_start: dict[str, Callable[[str], None]] = {}
+        self._on_executing: dict[str, Callable[[str, float], None]] = {}
         self._lock = threading.Lock()
 
     def on_start(self, key: str, callback: Callable[[str], None]) -> None:
@@ -67,12 +70,26 @@ class ClusterWatch:
         with self._lock:
             self._on_start[key] = callback
 
-    def notice(self, event: tuple[float, Any]) -> None:
-        """Handle one :data:`TOPIC` event, ``(timestamp, key)``."""
+    def on_executing(self, key: str, callback: Callable[[str, float], None]) -> None:
+        """Call ``callback(key, since)`` when a worker's thread takes the timed call."""
         with self._lock:
-            callback = self._on_start.pop(str(event[1]), None)
+            self._on_executing[key] = callback
+
+    def notice(self, event: tuple[float, Any]) -> None:
+        """Handle one :data:`TOPIC` event: a key from :class:`StartNotices`, or from a
+        worker's :class:`~taskcloud.providers.local.CallStarts` the key and its start."""
+        message = event[1]
+        if isinstance(message, dict):
+            key = str(message.get("key"))
+            with self._lock:
+                executing = self._on_executing.pop(key, None)
+            if executing is not None:
+                executing(key, float(message.get("since", 0.0)))
+            return
+        with self._lock:
+            callback = self._on_start.pop(str(message), None)
         if callback is not None:
-            callback(str(event[1]))
+            callback(str(message))
 
     def memory_kill(self, worker: str, wait: float) -> int | None:
         """Never known for a named cluster's workers."""
@@ -89,6 +106,7 @@ class ClusterPool(Pool):
         from taskcloud.clusters import Cluster
         from taskcloud.clusters import ClusterClient
         from taskcloud.configurations import list_cluster_configurations
+        from taskcloud.providers import local
 
         if configuration is None and name in list_cluster_configurations():
             configuration = name
@@ -96,6 +114,8 @@ class ClusterPool(Pool):
         try:
             client = ClusterClient(cluster, set_as_default=False)
             client.register_plugin(StartNotices(), name=StartNotices.name)
+            # Its workers say when a timed call starts, on the same topic.
+            client.register_plugin(local.CallStarts())
             watch = ClusterWatch()
             client.subscribe_topic(TOPIC, watch.notice)
         except BaseException:
@@ -135,6 +155,36 @@ class ClusterPool(Pool):
     @property
     def n_workers(self) -> int:
         return _workers(self.cluster)
+
+    @property
+    def waiting_for_capacity(self) -> bool:
+        """A named cluster's process, not this pool, asks the host for room."""
+        return False
+
+    @property
+    def waited_for_capacity(self) -> float:
+        return 0.0
+
+    def stop_running(self, dask_future: Any) -> None:
+        """Take a timed-out call back: cancel it, and replace its worker through the
+        cluster's scheduler (in the cluster's process, so asked over the client)."""
+        key = dask_future.key
+        try:
+            processing = self.client.processing()
+        except Exception:  # the cluster is gone
+            processing = {}
+        worker = next((name for name, keys in processing.items() if key in keys), None)
+        dask_future.cancel()
+        if worker is None:
+            return
+        with contextlib.suppress(Exception):  # the cluster closed meanwhile
+            self.client.sync(
+                self.client.scheduler.restart_workers,
+                workers=[worker],
+                wait_for_workers=False,
+                on_error="return",
+                stimulus_id=f"taskcloud-timeout-{time.time()}",
+            )
 
     def close(self, *, kill: bool = False) -> None:
         """Detach from the cluster; it runs on (its ``idle_timeout`` stops it)."""

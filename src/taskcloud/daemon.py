@@ -113,6 +113,7 @@ class _Daemon:
             silence_logs=logging.ERROR,
             capacity=self.capacity,
             shape=self.shape,
+            start_errors=True,
         )
         self.cluster = cluster
         await cluster

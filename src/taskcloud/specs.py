@@ -284,6 +284,13 @@ class FunctionSpec:
         if self.cluster is None:
             return
         # The workers of a named cluster have the cluster's shape.
+        if self.environ:
+            raise InvalidOptionError(
+                "environ",
+                ", ".join(key for key, _ in self.environ),
+                f"to be left out with cluster={self.cluster!r}: that cluster's workers "
+                "are shared; set worker_options={'env': {...}} on the cluster instead",
+            )
         for name, default in _SHAPE_DEFAULTS.items():
             value = getattr(self, name)
             if value != default:

@@ -482,10 +482,20 @@ class LocalPoolCluster(SecuredCluster):
     """Workers of one shape, a pool's or a named cluster's; GPU workers each get their
     own ``CUDA_VISIBLE_DEVICES``."""
 
-    def __init__(self, *, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        capacity: HostCapacity,
+        shape: Shape,
+        start_errors: bool = False,
+        **kwargs: Any,
+    ) -> None:
         self._capacity = capacity
         self._shape = shape
         self._failed_starts = 0
+        #: Whether a worker that fails to start fails the cluster's start too (a named
+        #: cluster's first workers), rather than being retried quietly (a pool's).
+        self._start_errors = start_errors
         self._numbers = itertools.count()
         #: What the cluster is called in messages; a pool sets its own label.
         self.label = str(kwargs.get("name") or "")
@@ -514,6 +524,8 @@ class LocalPoolCluster(SecuredCluster):
         try:
             await super()._correct_state()
         except Exception as exc:
+            if self._start_errors:
+                raise
             self._failed_starts += 1
             # One failure is a worker that died as it started; a run of them is news.
             level = logging.ERROR if self._failed_starts == FAILED_STARTS else logging.DEBUG
