@@ -156,3 +156,31 @@ def test_impossible_shape_fails_only_its_task(tmp_path, write, runner):
     outcomes = {r.task.name.split("::")[-1]: r.outcome for r in session.execution_reports}
     assert outcomes["task_huge"] == TaskOutcome.FAIL
     assert outcomes["task_after"] == TaskOutcome.SKIP_PREVIOUS_FAILED
+
+
+def test_a_pool_waiting_for_capacity_says_so_in_the_run(tmp_path, write, runner):
+    """Two decorated shapes that cannot run side by side: the second pool's wait is
+    printed in the run, and the summary says it waited."""
+    from taskcloud.capacity import HostCapacity
+
+    cores = HostCapacity().cores
+    write(
+        "task_shapes.py",
+        f"""
+        import time
+        import taskcloud
+
+        @taskcloud.function(cpu={cores}, memory="400 MiB", keepalive="120 s")
+        def task_whole():
+            time.sleep(0.5)
+
+        @taskcloud.function(cpu=1, memory="401 MiB", keepalive="5 s")
+        def task_single():
+            time.sleep(0.5)
+        """,
+    )
+    result = run_cli(runner, tmp_path, "-n", "2")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert "waits for capacity" in result.output
+    assert "Waited for capacity" in result.output

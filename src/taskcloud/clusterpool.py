@@ -142,6 +142,12 @@ class ClusterPool(Pool):
         self._count_workers()
         return super().submit(*args, **kwargs)
 
+    def submit_pickled(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`Pool.submit_pickled`; a cluster that is gone raises
+        ``ClusterNotFoundError``."""
+        self._count_workers()
+        return super().submit_pickled(*args, **kwargs)
+
     def map(self, *args: Any, **kwargs: Any) -> Any:
         """As :meth:`Pool.map`; a cluster that is gone raises ``ClusterNotFoundError``."""
         self._count_workers()

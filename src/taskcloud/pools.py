@@ -80,6 +80,9 @@ class _Call:
     retries: int
     timeout: float | None
     on_start: Callable[[], None] | None = None
+    #: What the worker runs on ``arguments_blob`` alone, when the call arrives pickled
+    #: whole (a pytask task's call); else :func:`taskcloud.runner.invoke`.
+    runs: Callable[[bytes], bytes] | None = None
     future: Future[Any] = field(factory=_Future)
     attempts: int = 0
     _dask: Any = None
@@ -91,11 +94,16 @@ class _Call:
         from taskcloud import runner
 
         key = self.new_key()
+        target: Callable[..., bytes]
+        args: tuple[bytes, ...]
+        if self.runs is None:
+            target, args = runner.invoke, (self.function_blob, self.arguments_blob)
+        else:
+            target, args = self.runs, (self.arguments_blob,)
         self.attach(
             self.pool.client.submit(
-                runner.invoke,
-                self.function_blob,
-                self.arguments_blob,
+                target,
+                *args,
                 key=key,
                 pure=False,
             )
@@ -376,6 +384,28 @@ class Pool:
             timeout,
         )
         call.on_start = on_start
+        call.start()
+        return call.future
+
+    def submit_pickled(
+        self,
+        name: str,
+        runs: Callable[[bytes], bytes],
+        payload: bytes,
+        *,
+        retries: int = 1,
+        timeout: float | None = None,
+        on_start: Callable[[], None] | None = None,
+    ) -> Future[Any]:
+        """Have a worker run ``runs(payload)``, a call pickled whole by the caller.
+
+        ``runs`` is importable on the workers and returns its result pickled; the
+        payload travels as it is, not pickled a second time. The future holds what
+        ``runs`` returned, unpickled.
+        """
+        call = _Call(self, name, b"", payload, retries, timeout, on_start=on_start, runs=runs)
+        call.future.add_done_callback(lambda f: call.cancel() if f.cancelled() else None)
+        self.stats.calls += 1
         call.start()
         return call.future
 

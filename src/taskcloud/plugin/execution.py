@@ -9,9 +9,12 @@ or once ``-x``/``--max-failures`` is reached, shut down after pytask has reporte
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import Executor
+from contextlib import contextmanager
 from typing import Any
 
 from attrs import define
@@ -127,11 +130,12 @@ class ParallelExecution:
         )
         threaded = backend.worker_type is WorkerType.THREADS
         try:
-            if threaded:
-                with threads_capture(session):
+            with _warnings_on_console():
+                if threaded:
+                    with threads_capture(session):
+                        dispatch.run()
+                else:
                     dispatch.run()
-            else:
-                dispatch.run()
         except KeyboardInterrupt:
             cancelled = dispatch.cancel()
             self.kill()
@@ -169,6 +173,26 @@ class ParallelExecution:
         if self.where:
             workers = {f"{self.backend} backend": self.n_workers}
             console.print(where_table(self.where, pools.active(), workers))
+
+
+class _ConsoleHandler(logging.Handler):
+    """Prints a record through pytask's console, above its live table."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        console.print(Text(self.format(record), style="yellow"))
+
+
+@contextmanager
+def _warnings_on_console() -> Iterator[None]:
+    """During the build, taskcloud's warnings (a pool that waits for capacity, say)
+    show in the run's display instead of on stderr beneath it."""
+    logger = logging.getLogger("taskcloud")
+    handler = _ConsoleHandler(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _depth(executor: Any) -> int:

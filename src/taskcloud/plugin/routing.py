@@ -34,10 +34,10 @@ def submit_to_pool(
     :class:`~taskcloud.errors.ResourceUnavailableError`, and fails only this task.
     """
     spec = function.spec
-    return function.pool.submit(
+    return function.pool.submit_pickled(
         name,
         worker.run_serialized,
-        (payload,),
+        payload,
         retries=spec.retries,
         timeout=spec.timeout,
         on_start=on_start,
