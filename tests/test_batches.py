@@ -14,9 +14,9 @@ from pytask import ExitCode
 from pytask import TaskOutcome
 from pytask import build
 
-from taskcloud.plugin import worker
+from taskcloud import worker
+from taskcloud.call import TaskCall
 from taskcloud.plugin.batches import MOST
-from taskcloud.plugin.call import TaskCall
 
 #: A backend that hands every submission to a built-in one and logs the task names
 #: each submission carries, one line per submission.

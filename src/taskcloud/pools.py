@@ -81,7 +81,7 @@ class _Call:
     timeout: float | None
     on_start: Callable[[], None] | None = None
     #: What the worker runs on ``arguments_blob`` alone, when the call arrives pickled
-    #: whole (a pytask task's call); else :func:`taskcloud.runner.invoke`.
+    #: whole (a pytask task's call); else :func:`taskcloud.worker.invoke`.
     runs: Callable[[bytes], bytes] | None = None
     future: Future[Any] = field(factory=_Future)
     attempts: int = 0
@@ -91,13 +91,13 @@ class _Call:
 
     def start(self) -> None:
         """Submit the call on its own; it settles through a done callback."""
-        from taskcloud import runner
+        from taskcloud.worker import invoke
 
         key = self.new_key()
         target: Callable[..., bytes]
         args: tuple[bytes, ...]
         if self.runs is None:
-            target, args = runner.invoke, (self.function_blob, self.arguments_blob)
+            target, args = invoke, (self.function_blob, self.arguments_blob)
         else:
             target, args = self.runs, (self.arguments_blob,)
         self.attach(
@@ -423,7 +423,7 @@ class Pool:
         One graph update carries every call, with the pickled function once, and
         results come back in batches, as ``client.map`` and ``client.gather`` do.
         """
-        from taskcloud import runner
+        from taskcloud.worker import invoke
 
         function_blob = dumps_function(name, function)
         calls = [
@@ -433,7 +433,7 @@ class Pool:
         if not calls:
             return []
         dask_futures = self.client.map(
-            runner.invoke,
+            invoke,
             [function_blob] * len(calls),
             [call.arguments_blob for call in calls],
             key=[call.new_key() for call in calls],

@@ -4,7 +4,7 @@ pytask's capture manager swaps ``sys.stdout`` for the whole process around each
 setup and teardown in the dispatching thread; with tasks running in other threads of
 this process that would mix their output. For a build on the threads backend, the
 capture manager gets a capture that does nothing, and each worker thread captures its
-own task's output through :func:`taskcloud.plugin.worker.interceptor`.
+own task's output through :func:`taskcloud.worker.interceptor`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from pytask import Session
 
-from taskcloud.plugin import worker
+from taskcloud import worker
 
 __all__ = ["threads_capture"]
 

@@ -35,18 +35,18 @@ from pytask import console
 from pytask import get_marks
 from pytask import parse_warning_filter
 
+from taskcloud import worker
 from taskcloud.backends import Backend
 from taskcloud.backends import WorkerType
+from taskcloud.call import CallOutcome
+from taskcloud.call import RenderOptions
+from taskcloud.call import TaskCall
 from taskcloud.errors import TaskcloudError
 from taskcloud.frames import visible
 from taskcloud.functions import Function
 from taskcloud.pickling import dumps
 from taskcloud.pickling import ship
-from taskcloud.plugin import worker
 from taskcloud.plugin.batches import Batches
-from taskcloud.plugin.call import CallOutcome
-from taskcloud.plugin.call import RenderOptions
-from taskcloud.plugin.call import TaskCall
 from taskcloud.plugin.nodes import Arguments
 from taskcloud.plugin.nodes import load_arguments
 from taskcloud.plugin.nodes import store_carried

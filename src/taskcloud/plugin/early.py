@@ -22,11 +22,11 @@ from typing import Any
 
 from attrs import define
 
+from taskcloud import worker
 from taskcloud.backends import ParallelBackend
 from taskcloud.backends import build_loky_executor
 from taskcloud.backends import parse_parallel_options
 from taskcloud.errors import InvalidOptionError
-from taskcloud.plugin import worker
 
 __all__ = ["PLUGIN", "EarlyPool", "requested_workers", "start", "take"]
 

@@ -26,12 +26,12 @@ from pytask import console
 from pytask import hookimpl
 from rich.text import Text
 
+from taskcloud import worker
 from taskcloud.backends import Backend
 from taskcloud.backends import DaskExecutor
 from taskcloud.backends import WorkerType
 from taskcloud.backends import registry
 from taskcloud.errors import TaskcloudError
-from taskcloud.plugin import worker
 from taskcloud.plugin.capture import threads_capture
 from taskcloud.plugin.dispatch import Dispatch
 from taskcloud.plugin.interrupt import kill_executor

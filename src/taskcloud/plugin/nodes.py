@@ -3,7 +3,7 @@
 Loading and storing happen in pytask's process, as in a serial run, so every node
 type (paths, pickles, ``PythonNode``s, custom nodes) keeps its own semantics. For
 backends whose workers cannot see this file system (``remote=True``), local files
-travel as :class:`~taskcloud.plugin.call.RemoteFile` and products travel back.
+travel as :class:`~taskcloud.call.RemoteFile` and products travel back.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pytask.tree_util import tree_leaves
 from pytask.tree_util import tree_map
 from pytask.tree_util import tree_structure
 
-from taskcloud.plugin.call import RemoteFile
+from taskcloud.call import RemoteFile
 
 __all__ = ["Arguments", "load_arguments", "store_carried", "store_files", "store_return"]
 

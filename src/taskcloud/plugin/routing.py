@@ -13,9 +13,9 @@ from typing import Any
 
 from pytask import PTask
 
+from taskcloud import worker
 from taskcloud.functions import Function
 from taskcloud.functions import decorated
-from taskcloud.plugin import worker
 
 __all__ = ["pool_function", "submit_to_pool"]
 

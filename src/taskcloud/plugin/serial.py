@@ -26,7 +26,7 @@ from taskcloud.functions import Function
 from taskcloud.functions import decorated
 from taskcloud.plugin.summary import where_table
 from taskcloud.pools import pools
-from taskcloud.runner import environ_set
+from taskcloud.worker import environ_set
 
 __all__ = ["IN_PROCESS", "SerialExecution"]
 

@@ -114,7 +114,7 @@ def main_module_hidden() -> Iterator[None]:
 
 
 #: What the fork server imports before it forks the first worker.
-FORKSERVER_PRELOAD = ("distributed", "distributed.worker", "taskcloud.runner")
+FORKSERVER_PRELOAD = ("distributed", "distributed.worker", "taskcloud.worker")
 
 
 def start_forkserver() -> bool:

@@ -1,9 +1,17 @@
-"""Runs one :class:`~taskcloud.plugin.call.TaskCall` inside a worker.
+"""What runs inside a worker: a ``@taskcloud.function`` call, or a pytask task's call.
 
-A worker is a thread of pytask's own process (the threads backend) or a thread of
-another process (loky, processes, dask). In both cases several calls may run at once
-in one process, so output, warnings and breakpoints are routed per thread instead of
-swapping ``sys.stdout`` or entering ``warnings.catch_warnings``, which are global.
+:func:`invoke` runs one call of a decorated function on a pool's worker. A
+function's ``environ`` is no concern of a call: its pool's workers start with it set
+(see :class:`~taskcloud.specs.PoolSpec`), so that no other function's call, on any
+thread, sees it. :func:`environ_set` is for serial pytask runs, which call one task
+at a time in pytask's own process.
+
+:func:`run_call` (and :func:`run_serialized`, :func:`run_batch`) run one
+:class:`~taskcloud.call.TaskCall`. A worker is a thread of pytask's own process (the
+threads backend) or a thread of another process (loky, processes, dask). In both
+cases several calls may run at once in one process, so output, warnings and
+breakpoints are routed per thread instead of swapping ``sys.stdout`` or entering
+``warnings.catch_warnings``, which are global.
 
 Workers import this module to unpickle their work, so it stays light: pytask is never
 imported here and rich only when a traceback has to be rendered.
@@ -11,6 +19,7 @@ imported here and rich only when a traceback has to be rendered.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -31,17 +40,27 @@ from typing import TextIO
 
 import cloudpickle
 
+from taskcloud.call import CallOutcome
+from taskcloud.call import RemoteFile
+from taskcloud.call import RenderedTraceback
+from taskcloud.call import RenderOptions
+from taskcloud.call import TaskCall
+from taskcloud.call import WarningFilter
 from taskcloud.errors import BreakpointError
 from taskcloud.errors import RemoteTaskError
+from taskcloud.errors import SerializationError
 from taskcloud.frames import visible
-from taskcloud.plugin.call import CallOutcome
-from taskcloud.plugin.call import RemoteFile
-from taskcloud.plugin.call import RenderedTraceback
-from taskcloud.plugin.call import RenderOptions
-from taskcloud.plugin.call import TaskCall
-from taskcloud.plugin.call import WarningFilter
 
-__all__ = ["interceptor", "run_batch", "run_call", "run_serialized", "warm", "warm_up"]
+__all__ = [
+    "environ_set",
+    "interceptor",
+    "invoke",
+    "run_batch",
+    "run_call",
+    "run_serialized",
+    "warm",
+    "warm_up",
+]
 
 _BREAKPOINT_ADVICE = "Run pytask without -n, or with --pdb or --trace, to debug this task."
 
@@ -369,3 +388,64 @@ def _dumps(outcome: CallOutcome, name: str) -> bytes:
     )
     failed = replace(outcome, value=None, exc_info=(RemoteTaskError, error, None))
     return cloudpickle.dumps(failed)
+
+
+@contextmanager
+def environ_set(environ: tuple[tuple[str, str], ...]) -> Iterator[None]:
+    """Set ``environ`` in ``os.environ`` for the block, then restore what was there.
+
+    The whole process sees the change: use it only where nothing else runs meanwhile.
+    """
+    saved = {key: os.environ.get(key) for key, _ in environ}
+    os.environ.update(dict(environ))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _no_debugger(*args: Any, **kwargs: Any) -> None:
+    raise BreakpointError("Call the function's .local() to run it in this process and debug it.")
+
+
+@functools.cache
+def _guard_debuggers() -> None:
+    """A worker has no terminal for a debugger: breakpoint() fails, saying so.
+
+    Once per worker process; pytask's calls add their own advice on top.
+    """
+    import pdb
+
+    sys.breakpointhook = _no_debugger
+    pdb.set_trace = _no_debugger
+
+
+@functools.lru_cache(maxsize=32)
+def _load_function(blob: bytes) -> tuple[str, Any]:
+    # A map sends one function with many arguments; unpickle it once per worker.
+    return pickle.loads(blob)
+
+
+def _dumps_result(value: Any) -> bytes:
+    # The C pickler is several times faster; cloudpickle handles what it cannot,
+    # such as instances of classes defined in a task module that travelled by value.
+    try:
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(value)
+
+
+def invoke(function_blob: bytes, arguments_blob: bytes) -> bytes:
+    """Run a pickled call; return its pickled result."""
+    _guard_debuggers()
+    name, function = _load_function(function_blob)
+    args, kwargs = pickle.loads(arguments_blob)
+    result = function(*args, **kwargs)
+    try:
+        return _dumps_result(result)
+    except Exception as exc:
+        raise SerializationError("return value", name, f"{type(exc).__name__}: {exc}") from None
