@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import select
 import shutil
@@ -274,9 +275,9 @@ class Cluster(_DaskCluster):
             process.stdout.close()
         if answer is None or "error" in answer:
             process.wait(STOP_TIMEOUT)
-            tail = log.read_text(errors="replace")[-2000:]
+            text = log.read_text(errors="replace")
             reason = (answer or {}).get("error", "the cluster's process exited")
-            raise ClusterStartError(name, f"{reason}\n{tail}")
+            raise ClusterStartError(name, f"{reason}{_first_error(text)}\n{text[-2000:]}")
         record = self._store.get(TABLE, name)
         if not self._owns(record):
             raise ClusterStartError(name, "another process claimed the name as it started")
@@ -449,6 +450,19 @@ class Cluster(_DaskCluster):
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))
         return f"<taskcloud.Cluster {self.name!r} {self.scheduler_address} workers={workers}>"
+
+
+#: A line of the cluster's log that names an error, e.g. a worker's own start error.
+_ERROR_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception): .+$", re.MULTILINE)
+
+
+def _first_error(log: str) -> str:
+    """The first error the cluster's log names, other than a nanny's "failed to start"
+    (which says only that its worker did not), as a line of its own; else ''."""
+    for match in _ERROR_LINE.finditer(log):
+        if "Nanny failed to start" not in match.group(0):
+            return f"\nFirst error in the cluster's log: {match.group(0)}"
+    return ""
 
 
 class ClusterClient(Client):

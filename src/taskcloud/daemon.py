@@ -265,8 +265,20 @@ def main() -> None:
         daemon.take_over()
         asyncio.run(daemon.serve())
     except BaseException as exc:
-        _answer({"error": f"{type(exc).__name__}: {exc}"})
+        _answer({"error": _reason(exc)})
         raise
+
+
+def _reason(exc: BaseException) -> str:
+    """``exc`` and what caused it, innermost last: a nanny's "failed to start" hides
+    the worker's own error (a bad ``worker_options`` key, say) in its causes."""
+    reasons, seen = [], set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        reasons.append(f"{type(current).__name__}: {current}")
+        current = current.__cause__ or current.__context__
+    return reasons[0] if len(reasons) == 1 else f"{reasons[0]} (caused by {reasons[-1]})"
 
 
 if __name__ == "__main__":

@@ -96,7 +96,9 @@ class ParallelExecution:
         the build to raise."""
         try:
             executor = backend.build(self.n_workers)
-            if backend.worker_type is WorkerType.PROCESSES:
+            # dask's workers fork from a server that has imported what they run; a
+            # warm-up result nobody waits for only makes older schedulers log errors.
+            if backend.worker_type is WorkerType.PROCESSES and backend.name != "dask":
                 worker.warm(executor, self.n_workers)
         except Exception:
             return
