@@ -7,6 +7,8 @@ import signal
 
 import psutil
 import pytest
+from pytask import ExitCode
+from pytask import build
 
 import taskcloud
 from taskcloud.errors import ClusterNotFoundError
@@ -110,6 +112,7 @@ def test_a_client_whose_cluster_was_killed_fails_at_once_and_a_new_cluster_serve
         assert live.scheduler.address == fresh.scheduler_address
         assert live.submit(lambda: 3).result(timeout=60) == 3
         live.close()
+    client.close()
     cluster.shutdown_on_close = False
     cluster.close()
 
@@ -125,8 +128,25 @@ def test_futures_of_a_killed_cluster_are_cancelled_without_waiting_for_a_reconne
     assert future.status == "cancelled"
     with pytest.raises(ClusterNotFoundError, match="'pending'"):
         client.gather([future])
+    client.close()
     cluster.shutdown_on_close = False
     cluster.close()
+
+
+def test_the_dask_backend_does_not_take_a_default_client_whose_cluster_is_gone(tmp_path):
+    """pytask's dask backend starts its own cluster instead of a dead default client."""
+    cluster = taskcloud.Cluster(name="gone", n_workers=1)
+    client = cluster.get_client()
+    os.kill(cluster.pid, signal.SIGKILL)
+    wait_for(lambda: _gone(cluster.pid), 30, "the cluster's process dying")
+    (tmp_path / "task_one.py").write_text("def task_one():\n    pass\n")
+    try:
+        session = build(paths=tmp_path, n_workers=2, parallel_backend="dask")
+    finally:
+        client.close()
+        cluster.shutdown_on_close = False
+        cluster.close()
+    assert session.exit_code == ExitCode.OK, [r.exc_info for r in session.execution_reports]
 
 
 def test_worker_options_a_worker_cannot_start_with_fail_the_start_with_its_error():

@@ -262,7 +262,24 @@ def build_dask_executor(n_workers: int) -> Executor:
         client = Client.current()
     except ValueError:
         return DaskExecutor.start(n_workers)
+    if not _usable(client):
+        # A default client whose cluster is gone (a named cluster killed, say).
+        return DaskExecutor.start(n_workers)
     return DaskExecutor(client)
+
+
+def _usable(client: Any) -> bool:
+    """Whether ``client`` is connected, and its taskcloud cluster (if any) still runs."""
+    if client.status != "running":
+        return False
+    check = getattr(getattr(client, "cluster", None), "check_running", None)
+    if not callable(check):
+        return True
+    try:
+        check()
+    except LookupError:
+        return False
+    return True
 
 
 class DaskExecutor(Executor):
