@@ -98,8 +98,11 @@ class Dispatch:
     unshown: deque[Future[Any]] = field(factory=deque)
     next_shown: list[_Running] = field(factory=list)
     batches: Batches = field(factory=Batches)
+    #: pytask's ``--capture``, read once per build rather than once per task.
+    capture: str = field(init=False, default="fd")
 
     def __attrs_post_init__(self) -> None:
+        self.capture = _capture_method(self.session)
         # Threads need no trip to a worker. With -x or --max-failures, a batch
         # already sent would run on after the failure that stops the session.
         self.batches.enabled = (
@@ -230,8 +233,8 @@ class Dispatch:
             name=task.name,
             function=ship(task.function, getattr(task, "path", None)),
             kwargs=arguments.kwargs,
-            capture=_capture_method(self.session) != "no",
-            live=_capture_method(self.session) in ("no", "tee-sys"),
+            capture=self.capture != "no",
+            live=self.capture in ("no", "tee-sys"),
             filters=_filters(self.session, task),
             render=RenderOptions(
                 width=console.width,
