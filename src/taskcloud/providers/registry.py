@@ -1,0 +1,164 @@
+"""The provider registry: provider kinds by name, and the providers this process built.
+
+Built-in kinds are ``local`` and ``ssh``. A third-party package adds a kind through an
+entry point in the group :data:`ENTRY_POINTS`, whose value is the provider class::
+
+    [project.entry-points."taskcloud.providers"]
+    mine = "mypackage.provider:MyProvider"
+
+A class is called as ``cls(name, options)`` and follows
+:class:`~taskcloud.providers.protocol.Provider`. :func:`register` adds one at run time.
+
+:func:`resolve` turns what a user wrote (a kind, or a profile of
+:mod:`taskcloud.profiles`) into a kind and its options; :func:`get` builds that
+provider once per process and keeps it until :func:`close_all`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import threading
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+
+from taskcloud import profiles
+from taskcloud.errors import InvalidOptionError
+from taskcloud.providers.protocol import Provider
+
+__all__ = [
+    "ENTRY_POINTS",
+    "Resolved",
+    "close_all",
+    "get",
+    "kinds",
+    "register",
+    "resolve",
+]
+
+#: The entry point group of third-party providers.
+ENTRY_POINTS = "taskcloud.providers"
+
+_BUILT_IN = {
+    "local": "taskcloud.providers.local:LocalProvider",
+    "ssh": "taskcloud.providers.ssh:SSHProvider",
+}
+
+_registered: dict[str, Any] = {}
+_built: dict[tuple[str, str], Provider] = {}
+_lock = threading.RLock()
+_exit_hook = False
+
+
+def register(kind: str, provider: Any) -> None:
+    """Make ``kind`` name ``provider``: a class, or its ``module:Class`` path."""
+    if not isinstance(kind, str) or not kind.isidentifier():
+        raise InvalidOptionError("kind", kind, "a provider name such as 'ssh'")
+    _registered[kind] = provider
+
+
+def kinds() -> dict[str, Any]:
+    """Every registered kind and its class (or import path): built-in, entry points,
+    then :func:`register`'s, each later one winning."""
+    found: dict[str, Any] = dict(_BUILT_IN)
+    for point in entry_points(group=ENTRY_POINTS):
+        found[point.name] = point
+    found.update(_registered)
+    return found
+
+
+def _load(kind: str, target: Any) -> Any:
+    if hasattr(target, "load"):  # an entry point
+        return target.load()
+    if isinstance(target, str):
+        from importlib import import_module
+
+        module, _, attribute = target.partition(":")
+        return getattr(import_module(module), attribute)
+    return target
+
+
+@frozen
+class Resolved:
+    """A provider name as the user wrote it, made into a kind and its options."""
+
+    name: str
+    kind: str
+    options: dict[str, Any]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.name, json.dumps(self.options, sort_keys=True, default=str)
+
+
+def _unknown(name: Any, known_profiles: list[str]) -> InvalidOptionError:
+    names = ", ".join(sorted(kinds()))
+    profiles_text = ", ".join(sorted(known_profiles)) or "none defined"
+    return InvalidOptionError(
+        "provider",
+        name,
+        f"a registered provider ({names}) or a profile of [tool.taskcloud.providers] "
+        f"in pyproject.toml or $TASKCLOUD_HOME/{profiles.USER_FILE} ({profiles_text})",
+    )
+
+
+def resolve(
+    name: str | None, options: dict[str, Any] | None = None, start: Path | None = None
+) -> Resolved:
+    """What provider ``name`` means here: a profile of that name, else a kind.
+
+    ``None`` is the default provider (:func:`taskcloud.profiles.default_provider`).
+    ``options`` are laid over the profile's.
+    """
+    if name is None:
+        name = profiles.default_provider(start)
+    if not isinstance(name, str) or not name:
+        raise _unknown(name, [])
+    options = dict(options or {})
+    known = profiles.load(start).profiles
+    profile = known.get(name)
+    if profile is not None:
+        if profile.kind not in kinds():
+            raise InvalidOptionError(
+                f"{name}.kind",
+                profile.kind,
+                f"a registered provider ({', '.join(sorted(kinds()))}), in {profile.source}",
+            )
+        return Resolved(name, profile.kind, {**profile.options, **options})
+    if name in kinds():
+        return Resolved(name, name, options)
+    raise _unknown(name, list(known))
+
+
+def build(resolved: Resolved) -> Provider:
+    """A new provider for ``resolved``; its options are checked as it is made."""
+    cls = _load(resolved.kind, kinds()[resolved.kind])
+    return cls(resolved.name, dict(resolved.options))  # type: ignore[no-any-return]
+
+
+def get(resolved: Resolved) -> Provider:
+    """This process's provider for ``resolved``, built on first use."""
+    global _exit_hook
+    with _lock:
+        provider = _built.get(resolved.key)
+        if provider is None:
+            provider = _built[resolved.key] = build(resolved)
+            if not _exit_hook:
+                atexit.register(close_all)
+                _exit_hook = True
+        return provider
+
+
+def close_all() -> None:
+    """Close every provider this process built."""
+    with _lock:
+        built = list(_built.values())
+        _built.clear()
+    for provider in built:
+        try:
+            provider.close()
+        except Exception:  # noqa: S112 - closing at exit: what is gone is gone
+            continue
