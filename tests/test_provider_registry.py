@@ -180,8 +180,12 @@ def test_profile_with_an_unknown_kind(tmp_path, write) -> None:
     )
 
 
-def test_entry_point_adds_a_kind(tmp_path, write, plugin_dist) -> None:
-    """A distribution's taskcloud.providers entry point is a kind that resolves and builds."""
+@pytest.mark.parametrize("metadata", ["stdlib", "backport"])
+def test_entry_point_adds_a_kind(metadata, tmp_path, write, plugin_dist) -> None:
+    """A distribution's taskcloud.providers entry point is a kind that resolves and
+    builds, also once the importlib_metadata backport took over entry_points()."""
+    if metadata == "backport":
+        pytest.importorskip("importlib_metadata", reason="the backport is not installed")
     plugin_dist("mine = myproviders:MineProvider\n", PLUGIN)
     write("pyproject.toml", "[tool.taskcloud.providers.batch]\nkind = 'mine'\nqueue = 'short'\n")
 

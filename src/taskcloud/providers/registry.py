@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import sys
 import threading
 from importlib import import_module
 from importlib.metadata import EntryPoint
@@ -87,9 +88,18 @@ def kinds() -> dict[str, Any]:
     return found
 
 
+def _is_entry_point(target: Any) -> bool:
+    """Whether ``target`` is an entry point: the standard library's, or the
+    ``importlib_metadata`` backport's, which that package makes the standard library's
+    ``entry_points()`` return once anything imports it."""
+    backport = sys.modules.get("importlib_metadata")
+    types = (EntryPoint,) if backport is None else (EntryPoint, backport.EntryPoint)
+    return isinstance(target, types)
+
+
 def describe(target: Any) -> str:
     """Where a kind's class comes from, in words: ``module:Class``."""
-    if isinstance(target, EntryPoint):
+    if _is_entry_point(target):
         return target.value
     if isinstance(target, str):
         return target
@@ -98,7 +108,7 @@ def describe(target: Any) -> str:
 
 def _load(kind: str, target: Any) -> Any:
     try:
-        if isinstance(target, EntryPoint):
+        if _is_entry_point(target):
             return target.load()
         if isinstance(target, str):
             module, _, attribute = target.partition(":")
