@@ -262,10 +262,22 @@ def cluster_list(as_json: bool) -> None:
                 str(info["workers"]),
                 f"cpu={spec['worker_cpu']}" + (f" memory={format_bytes(memory)}" if memory else ""),
                 f"{info['age']:.0f} s",
+                info["provider"],
+                info["where"],
                 info["dashboard"] or "",
             ]
         )
-    columns = ("name", "status", "address", "workers", "worker", "age", "dashboard")
+    columns = (
+        "name",
+        "status",
+        "address",
+        "workers",
+        "worker",
+        "age",
+        "provider",
+        "where",
+        "dashboard",
+    )
     _print_table("Clusters", columns, rows)
 
 

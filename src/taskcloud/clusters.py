@@ -419,6 +419,11 @@ class Cluster(_DaskCluster):
         return ClusterClient(self)
 
     @property
+    def where(self) -> str:
+        """Where the cluster's workers run: ``this host``, or its provider's hosts."""
+        return str(self.record.get("where") or "this host")
+
+    @property
     def dashboard_link(self) -> str:
         """The dask dashboard's address; empty, with a warning saying why, without bokeh."""
         port = self.record.get("dashboard_port")
@@ -562,7 +567,8 @@ def _shown(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def list_clusters(store: Store | None = None) -> dict[str, dict[str, Any]]:
-    """The running clusters by name: status, address, workers, spec, age, dashboard.
+    """The running clusters by name: status, address, workers, spec, age, dashboard,
+    provider and where its workers run (``this host``, or the provider's hosts).
 
     Records of clusters whose process died without saying so are dropped (where the
     state may be written). Workers' ``env`` values show as ``"***"``.
@@ -589,6 +595,8 @@ def list_clusters(store: Store | None = None) -> dict[str, dict[str, Any]]:
             "age": now - float(record.get("started", now)),
             "dashboard": f"http://127.0.0.1:{port}/status" if port else None,
             "pid": record["pid"],
+            "provider": record.get("spec", {}).get("provider") or "local",
+            "where": record.get("where", "this host"),
         }
     return listing
 

@@ -18,7 +18,8 @@ def where_table(
 ) -> Table:
     """A table of tasks per backend or pool: the workers of each (a backend's, or
     those a pool started and its peak size), how long a pool waited for room on the
-    host when any did and, where a pool has one, its dashboard."""
+    host when any did, where its workers ran when any pool's ran beyond this host
+    and, where a pool has one, its dashboard."""
     by_label = {pool.label: pool for pool in pools}
     links = {label: pool.dashboard_link for label, pool in by_label.items()}
     waits = {label: pool.waited_for_capacity for label, pool in by_label.items()}
@@ -28,6 +29,10 @@ def where_table(
     table.add_column("Tasks", justify="right")
     table.add_column("Workers", justify="right")
     table.add_column("Peak workers", justify="right")
+    hosts = {label: pool.where for label, pool in by_label.items()}
+    remote = any(on != "this host" for on in hosts.values())
+    if remote:
+        table.add_column("On")
     if waited:
         table.add_column("Waited for capacity", justify="right")
     if any(links.values()):
@@ -39,6 +44,8 @@ def where_table(
         else:
             n_workers = (workers or {}).get(label)
             row = [label, str(count), "" if n_workers is None else str(n_workers), ""]
+        if remote:
+            row.append(hosts.get(label, "this host"))
         if waited:
             seconds = waits.get(label, 0.0)
             row.append(f"{seconds:.1f} s" if seconds >= 0.05 else "")
