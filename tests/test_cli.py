@@ -54,7 +54,7 @@ def test_config_create_list_delete(cli) -> None:
     [
         (["config", "create", "x", "--worker-cpu", "many"], "'many' is not a valid integer"),
         (["config", "create", "x", "--worker-memory", "lots"], "worker_memory='lots' is invalid"),
-        (["config", "create", "x", "--n-workers", "a,b"], "give N or MIN,MAX"),
+        (["config", "create", "x", "--n-workers", "a,b"], "n_workers='a,b' is invalid. Expected"),
         (["config", "delete", "ghost"], "No cluster configuration named 'ghost'"),
         (["config", "create", "x", "--software", "nope"], "No software environment named 'nope'"),
         (["config", "create", "x" * 65], "name='xxxx"),

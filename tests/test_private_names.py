@@ -18,7 +18,7 @@ import pytest
 
 
 def test_a_dask_future_can_be_awaited_through_its_state():
-    """``Future._state.wait()`` (providers.settled) is a coroutine function."""
+    """``Future._state.wait()`` (providers.until_done) is a coroutine function."""
     from distributed.client import FutureState
 
     assert inspect.iscoroutinefunction(FutureState.wait)
@@ -103,11 +103,11 @@ def test_warnings_caches_can_be_reset():
     assert callable(warnings._showwarning_orig)  # type: ignore[attr-defined]
 
 
-def test_settled_falls_back_to_polling_without_the_state():
-    """Without ``_state``, ``settled`` still returns once the status is settled."""
-    from taskcloud.providers import settled
+def test_until_done_falls_back_to_polling_without_the_state():
+    """Without ``_state``, ``until_done`` still returns once the status is done."""
+    from taskcloud.providers import until_done
 
     class Done:
         status = "finished"
 
-    asyncio.run(asyncio.wait_for(settled(Done()), 5))
+    asyncio.run(asyncio.wait_for(until_done(Done()), 5))

@@ -35,8 +35,7 @@ from taskcloud.errors import BackendBuildError
 from taskcloud.errors import BackendNotFoundError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.providers import forking_workers
-from taskcloud.providers import main_module_hidden
-from taskcloud.providers import settled
+from taskcloud.providers import until_done
 
 __all__ = [
     "Backend",
@@ -326,19 +325,21 @@ class DaskExecutor(Executor):
 
         # As LocalCluster does: one thread each, the memory dask sees shared out evenly.
         shape = Shape(cpu=1, memory=system.MEMORY_LIMIT // n_workers)
-        worker = local.worker_spec(
-            shape, 1, options={"silence_logs": logging.WARNING}, http_routes=local.HEALTH_ONLY
-        )
         # No dashboard shows the workers' profiles; sampling them costs each worker a
         # thread's wake-up every 10 ms.
         settings = {"distributed.worker.profile.enabled": False, **local.http_config(False)}
-        with dask.config.set(settings), main_module_hidden(), forking_workers():
-            cluster = local.SecuredCluster(
-                scheduler=local.scheduler_spec(own_process=True),
-                worker=worker,
-                workers={str(i): worker for i in range(n_workers)},
-                silence_logs=logging.WARNING,
+        with dask.config.set(settings), forking_workers():
+            cluster = local.build(
+                shape,
+                1,
                 name="taskcloud-dask-backend",
+                capacity=None,
+                n_workers=n_workers,
+                scheduler_process=True,
+                worker_class="distributed.Nanny",
+                worker_options={"silence_logs": logging.WARNING},
+                silence_logs=logging.WARNING,
+                start_errors=True,
             )
         # Results too large for an event come through the scheduler: one request
         # from this process instead of two (where is it, then fetch it from there).
@@ -361,7 +362,7 @@ class DaskExecutor(Executor):
         with self._lock:
             self._calls[future] = call
         future.add_done_callback(self._forget)
-        self._client.loop.add_callback(self._settle, key, call, future)
+        self._client.loop.add_callback(self._pass_on, key, call, future)
         return future
 
     def _on_result(self, event: tuple[float, Any]) -> None:
@@ -372,10 +373,10 @@ class DaskExecutor(Executor):
         if future is not None and not future.done():
             future.set_result(payload)
 
-    async def _settle(self, key: str, call: Any, future: Future[Any]) -> None:
+    async def _pass_on(self, key: str, call: Any, future: Future[Any]) -> None:
         """Pass on the outcome of ``call``, unless its result came as an event."""
         try:
-            await settled(call)
+            await until_done(call)
             if not future.done():
                 result = await call
                 if not future.done():
@@ -424,9 +425,7 @@ class DaskExecutor(Executor):
     def kill(self) -> None:
         """Cancel every call; end the worker processes of a cluster this executor started."""
         if self._cluster is not None:
-            from taskcloud.providers import local
-
-            self._cluster.sync(local.kill_workers, self._cluster)
+            self._cluster.kill()
             self._killed = True
         self.shutdown(wait=False, cancel_futures=True)
 

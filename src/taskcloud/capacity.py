@@ -47,6 +47,14 @@ class Shape:
     memory: int
     gpu: int = 0
 
+    @classmethod
+    def of(cls, capacity: Any, *, cpu: int, memory: int | None, gpu: int = 0) -> Shape:
+        """A worker's shape as asked for; without ``memory``, the capacity's default
+        for ``cpu`` cores. This is the one rule for a shape's default memory."""
+        if memory is None:
+            memory = capacity.default_memory(cpu)
+        return cls(cpu=cpu, memory=memory, gpu=gpu)
+
 
 def detect_gpus() -> tuple[str, ...]:
     """The GPU ids this process may use: ``CUDA_VISIBLE_DEVICES``, else ``nvidia-smi``."""

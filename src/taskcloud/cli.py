@@ -36,17 +36,6 @@ def _errors_as_messages(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _n_workers(value: str | None) -> int | list[int] | None:
-    if value is None:
-        return None
-    parts = value.split(",")
-    try:
-        numbers = [int(part) for part in parts]
-    except ValueError:
-        raise click.BadParameter(f"{value!r}: give N or MIN,MAX, e.g. 0,4") from None
-    return numbers[0] if len(numbers) == 1 else numbers
-
-
 @click.group()
 @click.version_option(package_name="taskcloud")
 def main() -> None:
@@ -76,7 +65,7 @@ def config() -> None:
 @_errors_as_messages
 def config_create(name: str, n_workers: str | None, as_json: bool, **options: Any) -> None:
     """Save the configuration NAME (replacing one of that name)."""
-    saved = create_cluster_configuration(name, n_workers=_n_workers(n_workers), **options)
+    saved = create_cluster_configuration(name, n_workers=n_workers, **options)
     if as_json:
         click.echo(json.dumps({name: saved}, indent=2))
     else:
@@ -239,9 +228,7 @@ def cluster_start(name: str, n_workers: str | None, as_json: bool, **options: An
     from taskcloud.clusters import Cluster
     from taskcloud.clusters import list_clusters
 
-    started = Cluster(
-        name=name, n_workers=_n_workers(n_workers), shutdown_on_close=False, **options
-    )
+    started = Cluster(name=name, n_workers=n_workers, shutdown_on_close=False, **options)
     verb = "Started" if started.created else "Found running"
     started.close()
     listing = list_clusters()[name]

@@ -29,6 +29,7 @@ from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
 from taskcloud.pools import Pool
 from taskcloud.pools import PoolStats
+from taskcloud.providers.starts import CallStarts
 from taskcloud.specs import PoolSpec
 
 __all__ = ["ClusterPool", "ClusterWatch", "StartNotices"]
@@ -77,7 +78,7 @@ class ClusterWatch:
 
     def notice(self, event: tuple[float, Any]) -> None:
         """Handle one :data:`TOPIC` event: a key from :class:`StartNotices`, or from a
-        worker's :class:`~taskcloud.providers.local.CallStarts` the key and its start."""
+        worker's :class:`~taskcloud.providers.CallStarts` the key and its start."""
         message = event[1]
         if isinstance(message, dict):
             key = str(message.get("key"))
@@ -106,7 +107,6 @@ class ClusterPool(Pool):
         from taskcloud.clusters import Cluster
         from taskcloud.clusters import ClusterClient
         from taskcloud.configurations import list_cluster_configurations
-        from taskcloud.providers import local
 
         if configuration is None and name in list_cluster_configurations():
             configuration = name
@@ -115,7 +115,7 @@ class ClusterPool(Pool):
             client = ClusterClient(cluster, set_as_default=False)
             client.register_plugin(StartNotices(), name=StartNotices.name)
             # Its workers say when a timed call starts, on the same topic.
-            client.register_plugin(local.CallStarts())
+            client.register_plugin(CallStarts())
             watch = ClusterWatch()
             client.subscribe_topic(TOPIC, watch.notice)
         except BaseException:

@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import attrs
 import psutil
 from distributed import Client
 from distributed.core import Status
@@ -37,16 +38,18 @@ from distributed.utils import silence_logging_cmgr
 from tornado.ioloop import PeriodicCallback
 
 from taskcloud import credentials
-from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
 from taskcloud.configurations import cluster_defaults
 from taskcloud.errors import ClusterNotFoundError
 from taskcloud.errors import ClusterStartError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import StoreError
+from taskcloud.processes import kill
+from taskcloud.providers import registry
 from taskcloud.specs import ClusterSpec
 from taskcloud.specs import check_name
 from taskcloud.specs import parse_memory
+from taskcloud.specs import parse_n_workers
 from taskcloud.specs import redacted
 from taskcloud.store import Store
 from taskcloud.store import home
@@ -101,7 +104,7 @@ class Cluster(_DaskCluster):
 
     def __init__(
         self,
-        n_workers: int | list[int] | None = None,
+        n_workers: int | list[int] | str | None = None,
         worker_cpu: int | None = None,
         worker_memory: int | str | None = None,
         scheduler_cpu: int | None = None,
@@ -145,10 +148,10 @@ class Cluster(_DaskCluster):
         if "idle_timeout" not in explicit and scheduler_idle is not None:
             options["idle_timeout"] = scheduler_idle
         spec = ClusterSpec(**options)
-        if spec.provider_options:
-            raise InvalidOptionError(
-                "provider_options", spec.provider_options, "{} for the local provider"
-            )
+        # A profile is read here, in the project: the cluster's process gets its options.
+        resolved = registry.resolve(spec.provider, spec.provider_options)
+        spec = attrs.evolve(spec, provider=resolved.name, provider_options=resolved.options)
+        self._provider = resolved
         # The event loop's thread is this object's own: dask's Cluster runs on a loop
         # it is given (public), rather than starting its private ``_loop_runner``.
         self._loop_thread = LoopRunner(asynchronous=False)
@@ -192,6 +195,7 @@ class Cluster(_DaskCluster):
             "pid": os.getpid(),
             "started": _my_start(),
             "token": self._token,
+            "provider_kind": self._provider.kind,
         }
         found: list[dict[str, Any] | None] = []
 
@@ -229,9 +233,10 @@ class Cluster(_DaskCluster):
 
     def _python(self, spec: ClusterSpec) -> str:
         """The interpreter a new cluster runs in, once its shape is known to fit."""
-        capacity = HostCapacity()
-        memory = spec.worker_memory or capacity.default_memory(spec.worker_cpu)
-        capacity.check(Shape(cpu=spec.worker_cpu, memory=memory, gpu=spec.worker_gpu))
+        capacity = registry.get(self._provider).capacity()
+        capacity.check(
+            Shape.of(capacity, cpu=spec.worker_cpu, memory=spec.worker_memory, gpu=spec.worker_gpu)
+        )
         if spec.software is None:
             return sys.executable
         from taskcloud.environments import environment_python
@@ -248,6 +253,7 @@ class Cluster(_DaskCluster):
             "spec": spec.to_json(),
             "directory": str(directory),
             "token": self._token,
+            "provider_kind": self._provider.kind,
         }
         environ = {**os.environ, "TASKCLOUD_HOME": str(self._store.path.parent)}
         with open(log, "ab") as log_file:
@@ -353,7 +359,7 @@ class Cluster(_DaskCluster):
                 )
             )
         maximum = min(caps) if caps else 1
-        ClusterSpec(n_workers=[minimum, maximum])
+        parse_n_workers([minimum, maximum])
         self._ask("taskcloud_adapt", minimum=minimum, maximum=maximum)
 
     def _workers_for(
@@ -368,7 +374,7 @@ class Cluster(_DaskCluster):
         """How many workers of this cluster's shape hold ``memory`` and ``cores``."""
         counts = []
         if memory is not None:
-            per_worker = self.spec.worker_memory or HostCapacity().default_memory(
+            per_worker = self.spec.worker_memory or self._capacity().default_memory(
                 self.spec.worker_cpu
             )
             counts.append(rounding(parse_memory(memory, memory_name) / per_worker))
@@ -377,6 +383,12 @@ class Cluster(_DaskCluster):
                 raise InvalidOptionError(cores_name, cores, "an int >= 0")
             counts.append(rounding(cores / self.spec.worker_cpu))
         return int(combine(counts)) if counts else 0
+
+    def _capacity(self) -> Any:
+        """The capacity of the cluster's provider."""
+        kind = self.record.get("provider_kind") or "local"
+        name = self.spec.provider or kind
+        return registry.get(registry.Resolved(name, kind, self.spec.provider_options)).capacity()
 
     def _ask(self, operation: str, **arguments: Any) -> Any:
         """Call a handler of the cluster's process; a cluster that is gone says so."""
@@ -538,8 +550,7 @@ def _wait_stopped(pid: int, timeout: float) -> None:
 
 def _kill_group(pid: int) -> None:
     """Kill a cluster's process and its workers (they share its process group)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
+    kill(pid, group=True)
 
 
 def _shown(spec: dict[str, Any]) -> dict[str, Any]:

@@ -50,7 +50,7 @@ def create_cluster_configuration(
     worker_memory: int | str | None = None,
     worker_gpu: int | None = None,
     software: str | None = None,
-    n_workers: int | list[int] | None = None,
+    n_workers: int | list[int] | str | None = None,
     keepalive: float | str | None = None,
     threads_per_worker: int | None = None,
     environ: dict[str, str] | None = None,

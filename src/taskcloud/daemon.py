@@ -36,10 +36,11 @@ from typing import Any
 import psutil
 
 from taskcloud import credentials
-from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
 from taskcloud.errors import ClusterStartError
+from taskcloud.providers import registry
 from taskcloud.providers import start_forkserver
+from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.specs import ClusterSpec
 from taskcloud.store import Store
 
@@ -52,15 +53,21 @@ _KEEPALIVE = 5.0
 
 
 class _Daemon:
-    def __init__(self, name: str, spec: ClusterSpec, directory: Path, token: str) -> None:
+    def __init__(
+        self, name: str, spec: ClusterSpec, directory: Path, token: str, kind: str = "local"
+    ) -> None:
         self.name = name
         self.token = token
         self.spec = spec
         self.directory = directory
         self.store = Store()
-        self.capacity = HostCapacity()
-        memory = spec.worker_memory or self.capacity.default_memory(spec.worker_cpu)
-        self.shape = Shape(cpu=spec.worker_cpu, memory=memory, gpu=spec.worker_gpu)
+        self.provider = registry.build(
+            registry.Resolved(spec.provider or kind, kind, dict(spec.provider_options))
+        )
+        self.capacity = self.provider.capacity()
+        self.shape = Shape.of(
+            self.capacity, cpu=spec.worker_cpu, memory=spec.worker_memory, gpu=spec.worker_gpu
+        )
         self.pid = os.getpid()
         self.started = psutil.Process().create_time()
         # Store writes leave the event loop, one at a time and in order.
@@ -86,8 +93,6 @@ class _Daemon:
     async def serve(self) -> None:
         from distributed.diagnostics.plugin import SchedulerPlugin
 
-        from taskcloud.providers import local
-
         security = credentials.create(self.directory, self.name)
         with_dashboard = _has_dashboard()
         options = dict(self.spec.scheduler_options)
@@ -95,28 +100,19 @@ class _Daemon:
         # scheduler does (a worker whose scheduler is gone takes seconds to give up).
         options.pop("idle_timeout", None)
         # Asynchronous: its close() is awaitable, which its annotations do not say.
-        cluster: Any = local.LocalPoolCluster(
-            workers={},
-            scheduler=local.scheduler_spec(
-                dashboard=with_dashboard, security=security, options=options
-            ),
-            worker=local.worker_spec(
-                self.shape,
-                self.spec.worker_options.get("nthreads", self.spec.worker_cpu),
-                worker_class=self.spec.worker_class,
+        cluster: Any = await self.provider.start_cluster(
+            ClusterRequest(
+                shape=self.shape,
+                threads_per_worker=self.spec.worker_options.get("nthreads", self.spec.worker_cpu),
+                name=self.name,
                 security=security,
-                options=self.spec.worker_options,
-            ),
-            security=security,
-            asynchronous=True,
-            name=self.name,
-            silence_logs=logging.ERROR,
-            capacity=self.capacity,
-            shape=self.shape,
-            start_errors=True,
+                worker_class=self.spec.worker_class,
+                worker_options=self.spec.worker_options,
+                scheduler_options=options,
+                dashboard=with_dashboard,
+            )
         )
         self.cluster = cluster
-        await cluster
         scheduler = cluster.scheduler
         scheduler.handlers["taskcloud_scale"] = self.scale
         scheduler.handlers["taskcloud_adapt"] = self.adapt
@@ -163,6 +159,8 @@ class _Daemon:
                 "python": sys.executable,
                 "directory": str(self.directory),
                 "spec": self.spec.to_json(),
+                "provider_kind": self.provider.kind,
+                "where": cluster.where,
                 "workers": len(scheduler.workers),
             },
         )
@@ -172,8 +170,8 @@ class _Daemon:
         _answer({"address": scheduler.address, "pid": self.pid})
 
         reason = await self.until_stopped(scheduler)
-        self.capacity.release(cluster)
         await cluster.close()
+        self.provider.close()
         await loop.run_in_executor(
             self.writer,
             self._write,
@@ -212,11 +210,7 @@ class _Daemon:
 
     async def adapt(self, minimum: int, maximum: int) -> int:
         """Scale between ``minimum`` and ``maximum`` from the work queued."""
-        from taskcloud.providers import local
-
-        self.adaptive = local.adapt(
-            self.cluster, self.capacity, self.shape, int(minimum), int(maximum), _KEEPALIVE
-        )
+        self.adaptive = self.cluster.scale_between(int(minimum), int(maximum), _KEEPALIVE)
         return min(int(maximum), self.capacity.fit(self.shape))
 
     def record(self, **changes: Any) -> None:
@@ -261,7 +255,13 @@ def main() -> None:
     try:
         request = json.loads(sys.stdin.readline())
         spec = ClusterSpec.from_json(request["spec"])
-        daemon = _Daemon(request["name"], spec, Path(request["directory"]), request["token"])
+        daemon = _Daemon(
+            request["name"],
+            spec,
+            Path(request["directory"]),
+            request["token"],
+            request.get("provider_kind", "local"),
+        )
         daemon.take_over()
         asyncio.run(daemon.serve())
     except BaseException as exc:

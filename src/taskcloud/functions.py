@@ -191,7 +191,7 @@ def function(
     threads_per_worker: int = 1,
     retries: int = 1,
     timeout: float | str | None = None,
-    provider: str = "local",
+    provider: str | None = None,
     configuration: str | None = None,
     dashboard: bool = False,
     cluster: str | None = None,

@@ -33,9 +33,12 @@ from taskcloud.errors import WorkerLostError
 from taskcloud.frames import hide_internals
 from taskcloud.pickling import dumps_arguments
 from taskcloud.pickling import dumps_function
-from taskcloud.providers import SETTLED
+from taskcloud.providers import DONE
 from taskcloud.providers import TIMED
-from taskcloud.providers import settled
+from taskcloud.providers import registry
+from taskcloud.providers import until_done
+from taskcloud.providers.protocol import PoolRequest
+from taskcloud.providers.protocol import Provider
 from taskcloud.specs import PoolSpec
 from taskcloud.specs import format_bytes
 
@@ -71,7 +74,7 @@ class _Future(Future[Any]):
 
 @define(eq=False)
 class _Call:
-    """One call on a pool, resubmitted when its worker dies, until it settles."""
+    """One call on a pool, resubmitted when its worker dies, until it has an outcome."""
 
     pool: Pool
     name: str
@@ -86,11 +89,11 @@ class _Call:
     future: Future[Any] = field(factory=_Future)
     attempts: int = 0
     _dask: Any = None
-    _timer: threading.Timer | None = None
+    _timer: asyncio.TimerHandle | None = None
     _expired: bool = False
 
     def start(self) -> None:
-        """Submit the call on its own; it settles through a done callback."""
+        """Submit the call on its own; :meth:`_follow` hands on its outcome."""
         from taskcloud.worker import invoke
 
         key = self.new_key()
@@ -100,15 +103,13 @@ class _Call:
             target, args = invoke, (self.function_blob, self.arguments_blob)
         else:
             target, args = self.runs, (self.arguments_blob,)
-        self.attach(
-            self.pool.client.submit(
-                target,
-                *args,
-                key=key,
-                pure=False,
-            )
-        )
-        self._dask.add_done_callback(self._settle)
+        self.attach(self.pool.client.submit(target, *args, key=key, pure=False))
+        self.pool.client.loop.add_callback(self._follow, self._dask)
+
+    async def _follow(self, dask_future: Any) -> None:
+        # Wait in the event loop; fetching the outcome blocks, so it runs in a thread.
+        await until_done(dask_future)
+        await asyncio.get_running_loop().run_in_executor(None, self.ended, dask_future)
 
     def new_key(self) -> str:
         """A fresh dask key for the next attempt; arms the timeout for it."""
@@ -133,21 +134,25 @@ class _Call:
             try:
                 if not self.future.set_running_or_notify_cancel():
                     return
-            except RuntimeError:  # it settled in the meantime
+            except RuntimeError:  # it ended in the meantime
                 return
             if self.on_start is not None:
                 self.on_start()
 
     def _executing(self, key: str, since: float) -> None:
-        # Called in the scheduler's event loop when the worker started the attempt
-        # ``key`` at ``since`` (its clock, which is this host's).
+        # Called in the client's event loop when the worker started the attempt ``key``
+        # at ``since`` (its clock).
         if self.future.done() or self._dask is None or self._dask.key != key:
             return
         self._cancel_timer()
         left = (self.timeout or 0) - (time.time() - since)
-        self._timer = threading.Timer(max(left, 0.0), self._expire, (key,))
-        self._timer.daemon = True
-        self._timer.start()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(max(left, 0.0), self._expire_soon, key)
+
+    def _expire_soon(self, key: str) -> None:
+        # Taking the call back asks the workers and waits: not in the event loop.
+        self._timer = None
+        asyncio.get_running_loop().run_in_executor(None, self._expire, key)
 
     def _expire(self, key: str) -> None:
         dask_future = self._dask
@@ -161,8 +166,8 @@ class _Call:
         if self._dask is not None:
             self._dask.cancel()
 
-    def settle_with(self, dask_future: Any, value: bytes) -> None:
-        """Settle with a result that was gathered together with others."""
+    def resolve_with(self, dask_future: Any, value: bytes) -> None:
+        """Hold the result ``value``, gathered together with others'."""
         if not self.future.done():
             self._cancel_timer()
             try:
@@ -171,7 +176,9 @@ class _Call:
                 self.future.set_exception(exc)
         self._drop(dask_future)
 
-    def _settle(self, dask_future: Any) -> None:
+    def ended(self, dask_future: Any) -> None:
+        """Hand on the outcome of the attempt ``dask_future``: its result, its error, or
+        (when its worker died) another attempt."""
         if self.future.done() or self._expired:
             self._drop(dask_future)
             return
@@ -224,17 +231,18 @@ class _Call:
             self.future.set_exception(exc)
 
     def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            # A timer handle belongs to its loop's thread.
+            self.pool.client.loop.add_callback(timer.cancel)
 
 
 class _MapResults:
-    """Settles the calls of one map as their dask futures finish, in batches.
+    """Hands on the results of one map's calls as their dask futures finish, in batches.
 
     The client's event loop follows each dask future, as ``client.gather`` does; this
-    object's thread fetches the finished results, many in one request, and settles
-    their calls. A batch waits up to :data:`GATHER_WINDOW` after its first result,
+    object's thread fetches the finished results, many in one request, and hands them
+    to their calls. A batch waits up to :data:`GATHER_WINDOW` after its first result,
     unless every call has finished or one has failed.
     """
 
@@ -259,7 +267,7 @@ class _MapResults:
             task.add_done_callback(self._tasks.discard)
 
     async def _follow(self, dask_future: Any) -> None:
-        await settled(dask_future)
+        await until_done(dask_future)
         with self._changed:
             self._finished.append(dask_future)
             self._following -= 1
@@ -279,9 +287,9 @@ class _MapResults:
                 if wait > 0:
                     self._changed.wait_for(lambda: self._urgent or not self._following, wait)
                 batch, self._finished, self._urgent = self._finished, [], False
-            self._settle(batch)
+            self._hand_on(batch)
 
-    def _settle(self, batch: list[Any]) -> None:
+    def _hand_on(self, batch: list[Any]) -> None:
         calls = self.calls
         ready = [f for f in batch if f.status == "finished" and not calls[f].future.done()]
         try:
@@ -290,15 +298,15 @@ class _MapResults:
         except Exception:  # a worker left between finishing and gathering
             ready, values = [], []
         for dask_future, value in zip(ready, values, strict=True):
-            calls.pop(dask_future).settle_with(dask_future, value)
+            calls.pop(dask_future).resolve_with(dask_future, value)
         for dask_future in batch:
             call = calls.get(dask_future)
             if call is None:
                 continue
-            if dask_future.status in SETTLED or call.future.done():
+            if dask_future.status in DONE or call.future.done():
                 # Errors retry or fail on their own from here on.
                 del calls[dask_future]
-                call._settle(dask_future)
+                call.ended(dask_future)
             else:  # its data was lost before it could be fetched; it runs again
                 with self._changed:
                     self._following += 1
@@ -318,46 +326,52 @@ class Pool:
     label: str
 
     @classmethod
-    def start(cls, spec: PoolSpec, capacity: HostCapacity) -> Pool:
-        """Start a pool for ``spec``; a shape the host can never hold is an error."""
+    def start(cls, spec: PoolSpec, provider: Provider) -> Pool:
+        """Start a pool for ``spec`` on ``provider``; a shape it can never hold is an error."""
+        from distributed import Client
+
+        from taskcloud.providers.starts import CallStarts
+
         python = None
         if spec.software is not None:
             from taskcloud.environments import environment_python
 
             python = str(environment_python(spec.software))
-        memory = spec.memory or capacity.default_memory(spec.cpu)
-        shape = Shape(cpu=spec.cpu, memory=memory, gpu=spec.gpu)
+        capacity = provider.capacity()
+        shape = Shape.of(capacity, cpu=spec.cpu, memory=spec.memory, gpu=spec.gpu)
         capacity.check(shape)
-        low, high = spec.n_workers or (0, capacity.fit(shape))
-        high = min(high, max(capacity.fit(shape), low))
+        fit = capacity.fit(shape)
+        low, high = spec.n_workers or (0, fit)
+        high = min(high, max(fit, low))
         number = next(_POOL_IDS)
         described = spec.describe()
         if spec.memory is None:
-            described += f" (memory={format_bytes(memory)})"
+            described += f" (memory={format_bytes(shape.memory)})"
+        if provider.kind != "local":
+            described += f" on {provider.name}"
         label = f"pool {number}: {described}"
-        from distributed import Client
-
-        from taskcloud.providers import local
-
-        stats = PoolStats()
-        watch = local.PoolWatch(stats)
-        cluster = local.start(
-            shape,
-            spec.threads_per_worker,
-            capacity,
-            f"taskcloud-{number}",
-            low,
-            high,
-            spec.keepalive,
+        request = PoolRequest(
+            shape=shape,
+            threads_per_worker=spec.threads_per_worker,
+            name=f"taskcloud-{number}",
+            label=label,
+            minimum=low,
+            maximum=high,
+            keepalive=spec.keepalive,
             python=python,
             env=dict(spec.environ),
             dashboard=spec.dashboard,
         )
-        cluster.label = label  # what it is called when it waits for capacity
-        cluster.scheduler.add_plugin(watch, name=watch.name)
-        client = Client(cluster, set_as_default=False)
-        client.register_plugin(local.CallStarts())
-        return cls(spec, shape, cluster, client, watch, stats, label)
+        stats = PoolStats()
+        workers = provider.start_pool(request)
+        try:
+            watch = workers.watch(stats)
+            client = Client(workers, set_as_default=False)
+            client.register_plugin(CallStarts())
+        except BaseException:
+            workers.close()
+            raise
+        return cls(spec, shape, workers, client, watch, stats, label)
 
     def submit(
         self,
@@ -468,12 +482,10 @@ class Pool:
         then it is killed and its nanny starts a new one. This takes milliseconds,
         where asking the worker to close waits seconds for the busy thread.
         """
-        from taskcloud.providers import local
-
-        worker = self.cluster.sync(local.worker_running, self.cluster.scheduler, dask_future.key)
+        worker = self.cluster.running_on(dask_future.key)
         dask_future.cancel()
         if worker is not None:
-            self.cluster.sync(local.replace_worker, self.cluster.scheduler, worker)
+            self.cluster.replace_worker(worker)
 
     @property
     def dashboard_link(self) -> str:
@@ -497,20 +509,20 @@ class Pool:
 
     @property
     def n_workers(self) -> int:
-        return len(self.cluster.scheduler.workers)
+        return int(self.cluster.n_workers)
+
+    @property
+    def where(self) -> str:
+        """Where the pool's workers run, for the summary."""
+        return str(self.cluster.where)
 
     def close(self, *, kill: bool = False) -> None:
         """Stop the pool's workers and scheduler; with ``kill``, kill busy workers at once."""
         from distributed.utils import silence_logging_cmgr
 
         with silence_logging_cmgr(logging.ERROR):
-            adaptive = getattr(self.cluster, "_adaptive", None)
-            if adaptive is not None:
-                adaptive.stop(reason="pool-closed")
             if kill:
-                from taskcloud.providers import local
-
-                self.cluster.sync(local.kill_workers, self.cluster)
+                self.cluster.kill()
             try:
                 self.client.close()
             finally:
@@ -519,24 +531,43 @@ class Pool:
 
 @define
 class PoolManager:
-    """One pool per spec, all within the host's capacity, all closed on exit."""
+    """One pool per spec and provider, all closed on exit.
+
+    Pools on the local provider share out this host within ``capacity``.
+    """
 
     capacity: HostCapacity = field(factory=HostCapacity)
     _pools: dict[Any, Pool] = field(factory=dict, init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
     _exit_hook: bool = field(default=False, init=False)
+    _local: Any = field(default=None, init=False)
+
+    def provider(self, name: str | None) -> tuple[Any, Provider]:
+        """The provider ``name`` means here (None: the default), and a key for it."""
+        resolved = registry.resolve(name)
+        if resolved.kind == "local" and not resolved.options:
+            if self._local is None:
+                from taskcloud.providers.local import LocalProvider
+
+                self._local = LocalProvider(capacity=self.capacity)
+            return ("local",), self._local
+        return resolved.key, registry.get(resolved)
 
     def get(self, spec: PoolSpec) -> Pool:
         """The pool for ``spec``, started on first use."""
         with self._lock:
-            pool = self._pools.get(spec)
+            key, provider = self.provider(spec.provider)
+            pool = self._pools.get((spec, key))
             if pool is None:
-                pool = Pool.start(spec, self.capacity)
-                self._pools[spec] = pool
-                if not self._exit_hook:
-                    atexit.register(self.close_all)
-                    self._exit_hook = True
+                pool = Pool.start(spec, provider)
+                self._pools[(spec, key)] = pool
+                self._close_at_exit()
             return pool
+
+    def _close_at_exit(self) -> None:
+        if not self._exit_hook:
+            atexit.register(self.close_all)
+            self._exit_hook = True
 
     def get_or_start(self, key: Any, start: Callable[[], Pool]) -> Pool:
         """The pool kept under ``key`` (not a spec: a named cluster's, say), or
@@ -550,9 +581,7 @@ class PoolManager:
                 pool = None
             if pool is None:
                 pool = self._pools[key] = start()
-                if not self._exit_hook:
-                    atexit.register(self.close_all)
-                    self._exit_hook = True
+                self._close_at_exit()
             return pool
 
     def active(self) -> list[Pool]:
@@ -564,7 +593,6 @@ class PoolManager:
         with self._lock:
             pools, self._pools = list(self._pools.values()), {}
         for pool in pools:
-            self.capacity.release(pool.cluster)
             pool.close(kill=kill)
 
 

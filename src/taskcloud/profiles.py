@@ -117,7 +117,9 @@ def load(start: Path | None = None) -> Profiles:
         if data.get("provider") is not None:
             default, default_source = data["provider"], str(project)
     if default is not None and (not isinstance(default, str) or not default):
-        raise InvalidOptionError("provider", default, f"a provider or profile name in {default_source}")
+        raise InvalidOptionError(
+            "provider", default, f"a provider or profile name in {default_source}"
+        )
     return Profiles(profiles, default, default_source)
 
 

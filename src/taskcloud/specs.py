@@ -55,8 +55,6 @@ _SECONDS = {
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
 _DURATION_FORM = "seconds as a number >= 0, or a string like '30 s', '500 ms' or '2 minutes'"
 
-PROVIDERS = ("local",)
-
 
 def parse_memory(value: Any, parameter: str = "memory") -> int:
     """Turn ``"8 GiB"``, ``"16GB"`` or a number of bytes into bytes."""
@@ -124,19 +122,34 @@ def _positive_int(parameter: str, minimum: int) -> Any:
     return check
 
 
-def _n_workers(value: Any) -> tuple[int, int] | None:
-    form = "an int >= 0 for a fixed size, or [min, max] with 0 <= min <= max"
+def parse_n_workers(value: Any, parameter: str = "n_workers") -> tuple[int, int] | None:
+    """The one reading of ``n_workers``: ``N`` (a fixed size) or ``[min, max]``.
+
+    A string from the command line, ``"4"`` or ``"0,4"``, reads the same. None stays
+    None (the provider's default).
+    """
+    form = (
+        "an int >= 0 for a fixed size, or [min, max] with 0 <= min <= max "
+        "(on the command line N or MIN,MAX)"
+    )
     if value is None:
         return None
+    given = value
+    if isinstance(value, str):
+        parts = [part.strip() for part in value.split(",")]
+        if not all(part.isdigit() for part in parts):
+            raise InvalidOptionError(parameter, given, form)
+        value = [int(part) for part in parts]
+        value = value[0] if len(value) == 1 else value
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return (value, value)
     if isinstance(value, list | tuple) and len(value) == 2:
         low, high = value
         if all(isinstance(v, int) and not isinstance(v, bool) for v in value) and (
-            0 <= low <= high and high >= 1
+            0 <= low <= high and (high >= 1 or low == high)
         ):
             return (low, high)
-    raise InvalidOptionError("n_workers", value, form)
+    raise InvalidOptionError(parameter, given, form)
 
 
 _ENVIRON_FORM = "a dict of str to str"
@@ -214,16 +227,20 @@ def _flag(parameter: str) -> Any:
 
 
 def _provider(instance: Any, attribute: Any, value: Any) -> None:
-    if value not in PROVIDERS:
-        names = ", ".join(repr(name) for name in PROVIDERS)
-        raise InvalidOptionError("provider", value, f"one of {names}")
+    """A provider kind or profile that exists here; None is the project's default."""
+    if value is None:
+        return
+    from taskcloud.providers import registry
+
+    registry.resolve(value)
 
 
 @frozen(kw_only=True)
 class PoolSpec:
     """The shape of a pool's workers and its scaling; equal specs share a pool."""
 
-    provider: str = "local"
+    #: A provider kind or profile; None is the default provider of the project.
+    provider: str | None = None
     cpu: int = 1
     memory: int | None = None
     gpu: int = 0
@@ -250,8 +267,6 @@ class PoolSpec:
             parts.append(f"n_workers=[{self.n_workers[0]}, {self.n_workers[1]}]")
         if self.environ:
             parts.append(f"environ={','.join(key for key, _ in self.environ)}")
-        if self.provider != "local":
-            parts.append(f"provider={self.provider}")
         if self.dashboard:
             parts.append("dashboard")
         return " ".join(parts)
@@ -267,7 +282,7 @@ class FunctionSpec:
     )
     gpu: int = field(default=0, validator=_positive_int("gpu", 0))
     software: str | None = field(default=None, validator=_optional_name("software"))
-    n_workers: tuple[int, int] | None = field(default=None, converter=_n_workers)
+    n_workers: tuple[int, int] | None = field(default=None, converter=parse_n_workers)
     keepalive: float = field(default=30.0, converter=lambda v: parse_duration(v, "keepalive"))
     environ: tuple[tuple[str, str], ...] = field(
         default=(), converter=_environ, repr=_redacted_repr
@@ -275,7 +290,7 @@ class FunctionSpec:
     threads_per_worker: int = field(default=1, validator=_positive_int("threads_per_worker", 1))
     retries: int = field(default=1, validator=_positive_int("retries", 0))
     timeout: float | None = field(default=None, converter=_timeout)
-    provider: str = field(default="local", validator=_provider)
+    provider: str | None = field(default=None, validator=_provider)
     configuration: str | None = field(default=None, validator=_optional_name("configuration"))
     dashboard: bool = field(default=False, validator=_flag("dashboard"))
     cluster: str | None = field(default=None, validator=_optional_name("cluster"))
@@ -326,7 +341,7 @@ _SHAPE_DEFAULTS: dict[str, Any] = {
     "n_workers": None,
     "keepalive": 30.0,
     "threads_per_worker": 1,
-    "provider": "local",
+    "provider": None,
 }
 
 
@@ -362,7 +377,7 @@ class ClusterSpec:
     ``n_workers`` None means as many workers of the shape as the host fits.
     """
 
-    n_workers: tuple[int, int] | None = field(default=None, converter=_n_workers)
+    n_workers: tuple[int, int] | None = field(default=None, converter=parse_n_workers)
     worker_cpu: int = field(default=1, validator=_positive_int("worker_cpu", 1))
     worker_memory: int | None = field(
         default=None, converter=lambda v: None if v is None else parse_memory(v, "worker_memory")
@@ -384,7 +399,7 @@ class ClusterSpec:
     idle_timeout: float = field(
         default=1200.0, converter=lambda v: parse_duration(v, "idle_timeout")
     )
-    provider: str = field(default="local", validator=_provider)
+    provider: str | None = field(default=None, validator=_provider)
     provider_options: dict[str, Any] = field(
         factory=dict, converter=lambda v: _json_options("provider_options", v)
     )

@@ -10,6 +10,8 @@ from concurrent.futures import Executor
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import suppress
 
+from taskcloud.processes import kill as kill_process
+
 __all__ = ["kill_executor"]
 
 
@@ -28,8 +30,7 @@ def kill_executor(executor: Executor) -> None:
         # ``_processes`` is the pool's only handle on its workers; without it the
         # shutdown below still cancels what is queued.
         for process in list((getattr(executor, "_processes", None) or {}).values()):
-            with suppress(Exception):
-                process.kill()
+            kill_process(getattr(process, "pid", None))
     for kwargs in ({"kill_workers": True}, {"cancel_futures": True}, {}):
         with suppress(TypeError):
             executor.shutdown(wait=False, **kwargs)

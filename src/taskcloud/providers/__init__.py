@@ -11,34 +11,39 @@ from contextlib import contextmanager
 from typing import Any
 
 __all__ = [
-    "SETTLED",
+    "CALL_STARTED",
+    "DONE",
     "TIMED",
     "forking_workers",
     "main_module_hidden",
-    "settled",
     "start_forkserver",
+    "until_done",
 ]
 
 #: The states of a dask future that is done (until its data is lost, say).
-SETTLED = frozenset({"finished", "error", "cancelled"})
+DONE = frozenset({"finished", "error", "cancelled"})
 
 #: How the dask key of a call with a timeout ends: its worker reports when it starts.
 TIMED = "-timed"
 
-#: How often :func:`settled` looks at a future's status when it cannot wait on it.
+#: The event a worker logs, through :class:`CallStarts`, when a timed call starts.
+CALL_STARTED = "taskcloud-call-started"
+
+#: How often :func:`until_done` looks at a future's status when it cannot wait on it.
 _POLL = 0.005
 
 
-async def settled(dask_future: Any) -> None:
+async def until_done(dask_future: Any) -> None:
     """Wait until ``dask_future`` is finished, erred or cancelled, fetching nothing.
 
-    This is how dask's own gather waits, a cheaper coroutine than ``as_completed``:
-    on the future's private ``_state`` (``tests/test_private_names.py`` checks it).
-    Without it, the future's public ``status`` is polled.
+    This is the one way taskcloud waits on a dask future. It waits as dask's own
+    gather does, a cheaper coroutine than ``as_completed``: on the future's private
+    ``_state`` (``tests/test_private_names.py`` checks it). Without it, the future's
+    public ``status`` is polled.
     """
     state = getattr(dask_future, "_state", None)
     wait = getattr(state, "wait", None)
-    while dask_future.status not in SETTLED:
+    while dask_future.status not in DONE:
         if wait is not None:
             await wait()
         else:

@@ -34,28 +34,34 @@ from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
-from distributed.diagnostics.plugin import WorkerPlugin
 from distributed.utils import import_term
 
 from taskcloud import credentials
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
-from taskcloud.providers import TIMED
+from taskcloud.errors import InvalidOptionError
+from taskcloud.processes import end
+from taskcloud.processes import kill
+from taskcloud.providers import CALL_STARTED
 from taskcloud.providers import main_module_hidden
 from taskcloud.providers.owned import PRELOAD
+from taskcloud.providers.protocol import ClusterRequest
+from taskcloud.providers.protocol import HostReport
+from taskcloud.providers.protocol import PoolRequest
 from taskcloud.specs import format_bytes
 
 __all__ = [
-    "CallStarts",
     "CapacityAdaptive",
     "EnvironmentWorker",
     "LocalPoolCluster",
+    "LocalProvider",
     "PoolAdaptive",
     "PoolNanny",
     "PoolWatch",
     "SchedulerProcess",
     "SecuredCluster",
     "adapt",
+    "build",
     "http_config",
     "quiet_logs",
     "replace_worker",
@@ -79,28 +85,6 @@ FAILED_STARTS = 3
 
 #: The event a :class:`PoolNanny` logs when its worker process exits.
 WORKER_EXIT = "taskcloud-worker-exit"
-
-#: The event a worker logs, through :class:`CallStarts`, when a timed call starts.
-CALL_STARTED = "taskcloud-call-started"
-
-
-class CallStarts(WorkerPlugin):
-    """On a pool's workers: says when a call with a timeout starts running.
-
-    The scheduler sees a task go to a worker, which may still be busy with another;
-    a timeout counts from the moment the worker's thread takes the call. Only keys
-    that end in :data:`~taskcloud.providers.TIMED` are reported.
-    """
-
-    name = "taskcloud-call-starts"
-    idempotent = True
-
-    def setup(self, worker: Any) -> None:
-        self.worker = worker
-
-    def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        if finish == "executing" and str(key).endswith(TIMED):
-            self.worker.log_event(CALL_STARTED, {"key": str(key), "since": time.time()})
 
 
 #: What the HTTP server of a scheduler or worker without a dashboard serves. dask
@@ -206,9 +190,7 @@ async def replace_worker(scheduler: Any, address: str) -> None:
     await scheduler.remove_worker(
         address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
     )
-    if pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill(pid)
 
 
 #: A nanny in these states starts its worker anew when the worker dies.
@@ -325,13 +307,8 @@ class EnvironmentWorker(ProcessInterface):
             )
 
     async def close(self) -> None:
-        if self.process is not None and self.process.returncode is None:
-            self.process.terminate()
-            try:
-                await asyncio.wait_for(self.process.wait(), 10)
-            except asyncio.TimeoutError:
-                self.process.kill()
-                await self.process.wait()
+        if self.process is not None:
+            await end(self.process, grace=10)
         await super().close()
 
 
@@ -429,9 +406,7 @@ async def kill_workers(cluster: SpecCluster) -> None:
         pid = getattr(nanny, "pid", None)
         if hasattr(nanny, "close_gracefully"):
             nanny.close_gracefully(reason="taskcloud-killed")
-        if pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill(pid)
 
 
 class SecuredCluster(SpecCluster):
@@ -485,7 +460,7 @@ class LocalPoolCluster(SecuredCluster):
     def __init__(
         self,
         *,
-        capacity: HostCapacity,
+        capacity: HostCapacity | None,
         shape: Shape,
         start_errors: bool = False,
         **kwargs: Any,
@@ -504,7 +479,60 @@ class LocalPoolCluster(SecuredCluster):
     @property
     def capacity(self) -> HostCapacity:
         """The host's capacity this cluster grows within."""
+        assert self._capacity is not None, "a cluster of fixed workers has no capacity"
         return self._capacity
+
+    # -- what a provider's workers answer (protocol.Workers) ------------------------------
+
+    @property
+    def where(self) -> str:
+        return "this host"
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.scheduler.workers)
+
+    def watch(self, stats: Any) -> PoolWatch:
+        """Watch the workers from the scheduler in this process."""
+        watch = PoolWatch(stats)
+        self.scheduler.add_plugin(watch, name=watch.name)
+        return watch
+
+    def running_on(self, key: str) -> str | None:
+        return self.sync(worker_running, self.scheduler, key)
+
+    def replace_worker(self, address: str) -> None:
+        self.sync(replace_worker, self.scheduler, address)
+
+    def kill(self) -> None:
+        self.sync(kill_workers, self)
+
+    def scale_between(
+        self, minimum: int, maximum: int, keepalive: float, adaptive: Any = None
+    ) -> Adaptive:
+        """Scale from the queue between ``minimum`` and ``maximum`` workers, within the
+        capacity; an idle worker goes after ``keepalive`` seconds."""
+        return adapt(
+            self,
+            self.capacity,
+            self._shape,
+            minimum,
+            maximum,
+            keepalive,
+            adaptive=adaptive or CapacityAdaptive,
+        )
+
+    def stop_adapting(self) -> None:
+        """Stop adaptive scaling, before the cluster closes."""
+        adaptive = getattr(self, "_adaptive", None)
+        if adaptive is not None:
+            adaptive.stop(reason="pool-closed")
+
+    def close(self, timeout: float | None = None) -> Any:
+        self.stop_adapting()
+        if self._capacity is not None:
+            self._capacity.release(self)
+        return super().close(timeout)
 
     def _named_spec(self) -> dict[str, Any]:
         # Workers started from the command line report their name as a string; the
@@ -542,7 +570,7 @@ class LocalPoolCluster(SecuredCluster):
 
     def new_worker_spec(self) -> dict[str, Any]:
         spec = self._named_spec()
-        if self._shape.gpu:
+        if self._shape.gpu and self._capacity is not None:
             for name, worker in spec.items():
                 if not _own_process(worker["cls"]):
                     continue  # a worker in this process sees what this process sees
@@ -721,46 +749,147 @@ def quiet_logs() -> int | bool:
     return False if dask.config.get("logging", None) else logging.CRITICAL
 
 
-def start(
+def build(
     shape: Shape,
     threads_per_worker: int,
-    capacity: HostCapacity,
+    *,
     name: str,
-    minimum: int,
-    maximum: int,
-    keepalive: float,
+    capacity: HostCapacity | None,
+    n_workers: int = 0,
+    security: Any = None,
+    asynchronous: bool = False,
+    dashboard: bool = False,
+    scheduler_process: bool = False,
+    scheduler_options: dict[str, Any] | None = None,
+    worker_class: str = f"{__name__}.PoolNanny",
+    worker_options: dict[str, Any] | None = None,
     python: str | None = None,
     env: dict[str, str] | None = None,
-    dashboard: bool = False,
+    http_routes: list[str] | None = HEALTH_ONLY,
+    silence_logs: int | bool | None = None,
+    start_errors: bool = False,
 ) -> LocalPoolCluster:
-    """Start an empty pool on this host and let it adapt between its bounds; its
-    workers start with ``env`` set.
+    """Build a cluster of workers of ``shape`` on this host: the one way taskcloud does.
 
-    Its scheduler and workers speak TLS with credentials of its own (see
-    :class:`SecuredCluster`); its scheduler serves a dashboard only with ``dashboard``.
+    Pools, named clusters and the dask backend all start here. The scheduler and
+    workers speak TLS, with ``security`` or credentials of the cluster's own (see
+    :class:`SecuredCluster`); ``n_workers`` start at once, and the scheduler serves a
+    dashboard only with ``dashboard``. Synchronous clusters start as this returns.
     """
-    # A worker that dies fails its call at once; the pool decides about retries.
-    settings = {"distributed.scheduler.allowed-failures": 0, **http_config(dashboard)}
-    with dask.config.set(settings), main_module_hidden():
-        cluster = LocalPoolCluster(
-            workers={},
-            scheduler=scheduler_spec(dashboard=dashboard),
-            worker=worker_spec(
-                shape,
-                threads_per_worker,
-                worker_class=f"{__name__}.PoolNanny",
-                python=python,
-                env=env,
-                http_routes=HEALTH_ONLY,
+    worker = worker_spec(
+        shape,
+        threads_per_worker,
+        worker_class=worker_class,
+        options=worker_options,
+        python=python,
+        env=env,
+        http_routes=http_routes,
+    )
+    with main_module_hidden():
+        return LocalPoolCluster(
+            workers={str(number): worker for number in range(n_workers)},
+            scheduler=scheduler_spec(
+                dashboard=dashboard,
+                options=scheduler_options,
+                own_process=scheduler_process,
             ),
-            asynchronous=False,
+            worker=worker,
+            security=security,
+            asynchronous=asynchronous,
             name=name,
-            silence_logs=quiet_logs(),
+            silence_logs=quiet_logs() if silence_logs is None else silence_logs,
             capacity=capacity,
             shape=shape,
+            start_errors=start_errors,
         )
-    adapt(cluster, capacity, shape, minimum, maximum, keepalive, adaptive=PoolAdaptive)
+
+
+def start(request: PoolRequest, capacity: HostCapacity) -> LocalPoolCluster:
+    """Start an empty pool on this host that adapts between the request's bounds."""
+    # A worker that dies fails its call at once; the pool decides about retries.
+    settings = {"distributed.scheduler.allowed-failures": 0, **http_config(request.dashboard)}
+    with dask.config.set(settings):
+        cluster = build(
+            request.shape,
+            request.threads_per_worker,
+            name=request.name,
+            capacity=capacity,
+            dashboard=request.dashboard,
+            python=request.python,
+            env=dict(request.env),
+        )
+    cluster.label = request.label
+    cluster.scale_between(request.minimum, request.maximum, request.keepalive, PoolAdaptive)
     return cluster
+
+
+class LocalProvider:
+    """The ``local`` provider: workers are processes on this host. It has no options."""
+
+    kind = "local"
+
+    def __init__(
+        self, name: str = "local", options: dict[str, Any] | None = None, *, capacity: Any = None
+    ) -> None:
+        if options:
+            raise InvalidOptionError(
+                "provider_options", options, "{} for the local provider: it has no options"
+            )
+        self.name = name
+        self._capacity = capacity
+
+    def capacity(self) -> HostCapacity:
+        if self._capacity is None:
+            self._capacity = HostCapacity()
+        return self._capacity
+
+    def start_pool(self, request: PoolRequest) -> LocalPoolCluster:
+        return start(request, self.capacity())
+
+    async def start_cluster(self, request: ClusterRequest) -> LocalPoolCluster:
+        cluster = build(
+            request.shape,
+            request.threads_per_worker,
+            name=request.name,
+            capacity=self.capacity(),
+            security=request.security,
+            asynchronous=True,
+            dashboard=request.dashboard,
+            scheduler_options=request.scheduler_options,
+            worker_class=request.worker_class,
+            worker_options=request.worker_options,
+            python=request.python,
+            http_routes=None,
+            silence_logs=logging.ERROR,
+            start_errors=True,
+        )
+        await cluster
+        return cluster
+
+    def check(self) -> list[HostReport]:
+        import platform
+
+        import distributed
+
+        import taskcloud
+
+        capacity = self.capacity()
+        return [
+            HostReport(
+                host="this host",
+                reachable=True,
+                python=platform.python_version(),
+                distributed=distributed.__version__,
+                taskcloud=taskcloud.__version__,
+                versions_match=True,
+                cores=capacity.cores,
+                memory=capacity.memory,
+                gpus=len(capacity.gpus),
+            )
+        ]
+
+    def close(self) -> None:
+        """Nothing to close: each pool closes its own workers."""
 
 
 def adapt(

@@ -15,6 +15,9 @@ What a provider starts is a :class:`Workers`: a dask cluster object (a
 ``scheduler_address`` with its ``security``. Pools never touch its scheduler
 directly; they ask the :class:`Workers` instead, so that a provider whose scheduler
 runs elsewhere fits behind the same seam.
+
+A provider's methods may be called from any thread: a remote provider keeps its
+connections on an event loop of its own. ``start_cluster`` runs in the daemon's loop.
 """
 
 from __future__ import annotations
@@ -104,8 +107,20 @@ class Workers(Protocol):
     def watch(self, stats: Any) -> Watch:
         """Start watching the workers' tasks; ``stats`` counts workers as they come."""
 
-    def stop_running(self, key: str) -> None:
-        """Take the running task ``key`` back: its worker goes at once and is replaced."""
+    @property
+    def capacity(self) -> Capacity:
+        """The capacity the workers grow within."""
+
+    def running_on(self, key: str) -> str | None:
+        """The address of the worker that runs the task ``key``, if one does."""
+
+    def replace_worker(self, address: str) -> None:
+        """Let the worker at ``address`` go at once and kill it; another takes its
+        place. What else it ran runs again elsewhere."""
+
+    def scale_between(self, minimum: int, maximum: int, keepalive: float) -> Any:
+        """Scale from the queue between ``minimum`` and ``maximum`` workers, within the
+        capacity; an idle worker goes after ``keepalive`` seconds."""
 
     def kill(self) -> None:
         """Kill every worker at once, busy or not; nothing they hold is wanted."""

@@ -136,7 +136,7 @@ def resolve(
 def build(resolved: Resolved) -> Provider:
     """A new provider for ``resolved``; its options are checked as it is made."""
     cls = _load(resolved.kind, kinds()[resolved.kind])
-    return cls(resolved.name, dict(resolved.options))  # type: ignore[no-any-return]
+    return cls(resolved.name, dict(resolved.options))
 
 
 def get(resolved: Resolved) -> Provider:
@@ -160,5 +160,5 @@ def close_all() -> None:
     for provider in built:
         try:
             provider.close()
-        except Exception:  # noqa: S112 - closing at exit: what is gone is gone
+        except Exception:
             continue
