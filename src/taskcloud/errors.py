@@ -158,7 +158,7 @@ class HostUnreachableError(TaskcloudError, ConnectionError):
     def __str__(self) -> str:
         hosts = "; ".join(f"{host}: {reason}" for host, reason in self.reasons.items())
         who = f"The {self.provider} provider could not reach" if self.provider else "Could not reach"
-        return f"{who} {', '.join(self.reasons)}. {hosts}."
+        return f"{who} {hosts}."
 
 
 class WorkerLostError(TaskcloudError, RuntimeError):

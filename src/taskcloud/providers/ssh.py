@@ -240,6 +240,8 @@ async def connect(host: Host, options: SSHOptions) -> Any:
         reason = f"permission denied for user {host.user!r}"
     except (asyncio.TimeoutError, TimeoutError):
         reason = f"no answer within {options.connect_timeout:g} s"
+    except ConnectionRefusedError:
+        reason = f"connection refused at port {host.port}: no SSH server listens there"
     except (OSError, asyncssh.Error) as exc:
         reason = str(exc) or type(exc).__name__
     raise HostUnreachableError({host.address: reason})
@@ -685,6 +687,21 @@ class SSHPoolCluster(local.SecuredCluster):
         if address is not None:
             self.replace_worker(address)
 
+    def scale_between(
+        self, minimum: int, maximum: int, keepalive: float, adaptive: Any = None
+    ) -> Any:
+        """Scale from the queue between ``minimum`` and ``maximum`` workers, within the
+        hosts' capacity; an idle worker goes after ``keepalive`` seconds."""
+        return local.adapt(
+            self,
+            self._capacity,  # type: ignore[arg-type]  # it answers what scaling asks
+            self._shape,
+            minimum,
+            maximum,
+            keepalive,
+            adaptive=adaptive or local.CapacityAdaptive,
+        )
+
     def kill(self) -> None:
         self.sync(self._kill)
 
@@ -796,14 +813,8 @@ class SSHProvider:
                 asynchronous=False,
             )
         cluster.label = request.label
-        local.adapt(
-            cluster,
-            capacity,  # type: ignore[arg-type]  # it answers what adaptive scaling asks
-            request.shape,
-            request.minimum,
-            request.maximum,
-            request.keepalive,
-            adaptive=local.PoolAdaptive,
+        cluster.scale_between(
+            request.minimum, request.maximum, request.keepalive, adaptive=local.PoolAdaptive
         )
         return cluster
 
