@@ -137,8 +137,9 @@ class SSHD:
         while waiting and time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise SSHDUnavailable(f"sshd exited with {self.process.returncode}: {self._log()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                (waiting[0], self.port), timeout=1
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((waiting[0], self.port), timeout=1),
             ):
                 waiting.pop(0)
                 continue
@@ -231,6 +232,5 @@ def _serves(process: psutil.Process, host: str, port: int) -> bool:
     except psutil.Error:
         return False
     return any(
-        c.laddr and c.laddr.ip == host and c.laddr.port == port and c.raddr
-        for c in connections
+        c.laddr and c.laddr.ip == host and c.laddr.port == port and c.raddr for c in connections
     )

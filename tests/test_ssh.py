@@ -14,16 +14,17 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
-from conftest import wait_for
 from pytask import ExitCode
 from pytask import build
 
 import taskcloud
+from conftest import wait_for
 from taskcloud import pools
 from taskcloud.capacity import Shape
 from taskcloud.errors import HostUnreachableError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
+from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
 from taskcloud.providers import registry
 from taskcloud.providers.protocol import PoolRequest
@@ -34,13 +35,16 @@ from taskcloud.providers.ssh import parse_options
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-
 def _host(address: str) -> str:
     return address.split("://")[-1].rsplit(":", 1)[0]
 
 
 def _toml(value: object) -> str:
-    return json.dumps(value) if not isinstance(value, list) else "[" + ", ".join(map(_toml, value)) + "]"
+    return (
+        json.dumps(value)
+        if not isinstance(value, list)
+        else "[" + ", ".join(map(_toml, value)) + "]"
+    )
 
 
 def _pyproject(path: Path, profile: dict, default: bool = False) -> None:
@@ -76,7 +80,9 @@ def _request(**over) -> PoolRequest:
 
 
 def _no_processes_left(sshd, timeout: float = 30) -> None:
-    wait_for(lambda: not sshd.processes(), timeout, f"the hosts' processes ending: {sshd.cmdlines()}")
+    wait_for(
+        lambda: not sshd.processes(), timeout, f"the hosts' processes ending: {sshd.cmdlines()}"
+    )
 
 
 # --------------------------------------------------------------------------- options
@@ -227,7 +233,9 @@ def test_a_killed_remote_worker_reruns_then_names_the_host(lab, tmp_path) -> Non
             file.write("attempt\n")
         os.kill(os.getpid(), signal.SIGKILL)
 
-    with pytest.raises(WorkerLostError, match=r"'die'.* 2 attempts \(last on tls://127\.0\.0\.[12]:"):
+    with pytest.raises(
+        WorkerLostError, match=r"'die'.* 2 attempts \(last on tls://127\.0\.0\.[12]:"
+    ):
         die(str(attempts))
     assert attempts.read_text().count("attempt") == 2
 
@@ -249,7 +257,9 @@ def test_a_dropped_connection_reruns_then_names_the_host(lab, tmp_path) -> None:
     future = hang.submit(str(started))
     for attempt in (1, 2):
         wait_for(
-            lambda: started.exists() and len(started.read_text().split()) >= attempt,
+            lambda attempt=attempt: (
+                started.exists() and len(started.read_text().split()) >= attempt
+            ),
             60,
             f"attempt {attempt} starting",
         )
@@ -276,7 +286,9 @@ def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
             key = Path(workers.security.tls_worker_key).read_text().splitlines()[1]
             lines = sshd.cmdlines()
             assert lines
-            assert not [line for line in lines if "s3cret" in line or key in line or "BEGIN" in line]
+            assert not [
+                line for line in lines if "s3cret" in line or key in line or "BEGIN" in line
+            ]
     finally:
         workers.close()
         provider.close()
@@ -324,7 +336,44 @@ def test_check_reports_each_host(sshd) -> None:
     reports = {report.host: report for report in provider.check()}
     for host in sshd.hosts:
         report = reports[host]
-        assert report.reachable and report.versions_match, report
-        assert report.python and report.cores >= 1 and report.memory > 0
+        assert report.reachable, report
+        assert report.versions_match, report
+        assert report.python
+        assert report.cores >= 1
+        assert report.memory > 0
     assert not reports["127.0.0.3"].reachable
     assert "refused" in reports["127.0.0.3"].reason
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_call_past_its_timeout_frees_its_remote_worker(lab) -> None:
+    """A timed-out call on a host fails with its timeout; its worker is replaced."""
+
+    @taskcloud.function(provider="lab", n_workers=[1, 1], timeout=1)
+    def nap(seconds: float) -> str:
+        import distributed
+
+        time.sleep(seconds)
+        return distributed.get_worker().address
+
+    with pytest.raises(TaskTimeoutError, match="nap"):
+        nap(60)
+    assert _host(nap(0)) in lab.hosts
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_named_cluster_runs_its_workers_on_the_hosts(sshd, taskcloud_home) -> None:
+    """``Cluster(provider="ssh", provider_options=...)`` starts its workers on the hosts;
+    closing it leaves nothing there."""
+    with taskcloud.Cluster(
+        n_workers=2, worker_memory="1 GiB", provider="ssh", provider_options=sshd.options()
+    ) as cluster:
+        client = cluster.get_client()
+        client.wait_for_workers(2, timeout=60)
+        hosts = {_host(address) for address in client.scheduler_info()["workers"]}
+        assert hosts == set(sshd.hosts)
+        assert client.submit(lambda x: x * 2, 21).result(timeout=60) == 42
+        client.close()
+    _no_processes_left(sshd)

@@ -157,7 +157,9 @@ class HostUnreachableError(TaskcloudError, ConnectionError):
 
     def __str__(self) -> str:
         hosts = "; ".join(f"{host}: {reason}" for host, reason in self.reasons.items())
-        who = f"The {self.provider} provider could not reach" if self.provider else "Could not reach"
+        who = "Could not reach"
+        if self.provider:
+            who = f"The {self.provider} provider could not reach"
         return f"{who} {hosts}."
 
 

@@ -173,7 +173,7 @@ def _version(module: str) -> str:
         from importlib.metadata import version
 
         return version(module)
-    except Exception:  # noqa: BLE001 - not installed there
+    except Exception:  # not installed there
         return ""
 
 

@@ -41,6 +41,7 @@ import time
 import weakref
 from collections.abc import Awaitable
 from collections.abc import Callable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 from typing import TypeVar
@@ -60,7 +61,15 @@ from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import PoolRequest
 from taskcloud.specs import format_bytes
 
-__all__ = ["Host", "HostInfo", "SSHCapacity", "SSHOptions", "SSHPoolCluster", "SSHProvider", "SSHWorker"]
+__all__ = [
+    "Host",
+    "HostInfo",
+    "SSHCapacity",
+    "SSHOptions",
+    "SSHPoolCluster",
+    "SSHProvider",
+    "SSHWorker",
+]
 
 logger = logging.getLogger("taskcloud")
 
@@ -152,7 +161,9 @@ def _host_of_text(text: str, user: str, port: int, max_workers: int | None) -> H
 def _host_of_table(table: dict[str, Any], user: str, port: int, most: int | None) -> Host:
     unknown = sorted(set(table) - set(_HOST_KEYS))
     if unknown:
-        raise InvalidOptionError(f"hosts.{unknown[0]}", table[unknown[0]], f"one of {', '.join(_HOST_KEYS)}")
+        raise InvalidOptionError(
+            f"hosts.{unknown[0]}", table[unknown[0]], f"one of {', '.join(_HOST_KEYS)}"
+        )
     address = _text("hosts.host", table.get("host"), "a host name or address")
     return Host(
         address,
@@ -344,6 +355,8 @@ class SSHWorker(ProcessInterface):
         self._link: _Link | None = None
         self._closing = False
         self.errors: collections.deque[str] = collections.deque(maxlen=40)
+        #: What follows the channel: its standard error, its end.
+        self._tasks: set[asyncio.Future[None]] = set()
 
     def _spec(self, port: int) -> str:
         assert self.security is not None
@@ -372,11 +385,11 @@ class SSHWorker(ProcessInterface):
             self._forget()
             raise
         self.address = answer
-        asyncio.ensure_future(self._follow())
+        self._tasks.add(asyncio.ensure_future(self._follow()))
         await super().start()
 
     async def _answer(self) -> str:
-        asyncio.ensure_future(self._read_errors())
+        self._tasks.add(asyncio.ensure_future(self._read_errors()))
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), WORKER_START_TIMEOUT)
         except asyncio.TimeoutError:
@@ -384,7 +397,7 @@ class SSHWorker(ProcessInterface):
         try:
             reply = json.loads(line)
         except ValueError:
-            reply = {"error": f"no answer within {WORKER_START_TIMEOUT:g} s" if not line else line}
+            reply = {"error": line or f"no answer within {WORKER_START_TIMEOUT:g} s"}
         if "address" not in reply:
             lines = "\n".join(self.errors)
             raise RuntimeError(
@@ -403,7 +416,9 @@ class SSHWorker(ProcessInterface):
         with contextlib.suppress(Exception):
             await self.process.wait_closed()
         if not self._closing:
-            logger.debug("the worker %s on %s ended: %s", self.name, self.host, list(self.errors)[-3:])
+            logger.debug(
+                "the worker %s on %s ended: %s", self.name, self.host, list(self.errors)[-3:]
+            )
             self._forget()
             await self._let_go()
 
@@ -460,16 +475,14 @@ class HostInfo:
         gpus = f", {self.gpus} GPUs" if self.gpus else ""
         return f"{self.host} ({self.cores} cores, {format_bytes(self.memory)}{gpus})"
 
-    def fit(self, shape: Shape, taken: list[tuple[Shape, int]] = ()) -> int:  # type: ignore[assignment]
-        cores, memory, gpus = self.cores, self.memory, self.gpus
-        count = 0
+    def fit(self, shape: Shape, taken: Iterable[tuple[Shape, int]] = ()) -> int:
+        """How many workers of ``shape`` fit beside those ``taken`` (shape, count)."""
+        cores, memory, gpus, count = self.cores, self.memory, self.gpus, 0
         for other, n in taken:
-            cores, memory, gpus, count = (
-                cores - other.cpu * n,
-                memory - other.memory * n,
-                gpus - other.gpu * n,
-                count + n,
-            )
+            cores -= other.cpu * n
+            memory -= other.memory * n
+            gpus -= other.gpu * n
+            count += n
         fits = [cores // shape.cpu, memory // shape.memory]
         if shape.gpu:
             fits.append(gpus // shape.gpu)
@@ -556,7 +569,9 @@ class SSHCapacity:
         with self._lock:
             if holder not in self._holders:
                 return 0  # released: a closing pool's last step
-            room = sum(info.fit(shape, self.taken(info.host, but=holder)) for info in self.reachable)
+            room = sum(
+                info.fit(shape, self.taken(info.host, but=holder)) for info in self.reachable
+            )
             granted = min(want, max(room, current))
             self._note_wait(holder, granted < want)
             return granted
@@ -663,12 +678,12 @@ class SSHPoolCluster(local.SecuredCluster):
         return watch
 
     def running_on(self, key: str) -> str | None:
-        return self.sync(local.worker_running, self.scheduler, key)  # type: ignore[no-any-return]
+        return self.sync(local.worker_running, self.scheduler, key)
 
     def _worker_at(self, address: str) -> SSHWorker | None:
         for worker in list(self.workers.values()):
             if getattr(worker, "address", None) == address:
-                return worker  # type: ignore[no-any-return]
+                return worker
         return None
 
     def replace_worker(self, address: str) -> None:
@@ -774,7 +789,9 @@ class SSHProvider:
             logger.warning("%s: host %s is left out: %s", self.name, host, reason)
         return capacity
 
-    def _cluster(self, shape: Shape, name: str, worker: dict[str, Any], **kwargs: Any) -> SSHPoolCluster:
+    def _cluster(
+        self, shape: Shape, name: str, worker: dict[str, Any], **kwargs: Any
+    ) -> SSHPoolCluster:
         cluster = SSHPoolCluster(
             provider=self,
             capacity=self.capacity(),
@@ -788,7 +805,9 @@ class SSHProvider:
         self._clusters.add(cluster)
         return cluster
 
-    def _worker_options(self, shape: Shape, threads: int, python: str | None, env: dict[str, str]) -> dict[str, Any]:
+    def _worker_options(
+        self, shape: Shape, threads: int, python: str | None, env: dict[str, str]
+    ) -> dict[str, Any]:
         return {
             "python": python or self.options.python,
             "nthreads": threads,
@@ -803,12 +822,17 @@ class SSHProvider:
         capacity.check(request.shape)
         if capacity.unreachable and capacity.fit(request.shape) < request.minimum:
             raise HostUnreachableError(capacity.unreachable, self.name)
-        settings = {"distributed.scheduler.allowed-failures": 0, **local.http_config(request.dashboard)}
+        settings = {
+            "distributed.scheduler.allowed-failures": 0,
+            **local.http_config(request.dashboard),
+        }
         with dask.config.set(settings):
             cluster = self._cluster(
                 request.shape,
                 request.name,
-                self._worker_options(request.shape, request.threads_per_worker, request.python, request.env),
+                self._worker_options(
+                    request.shape, request.threads_per_worker, request.python, request.env
+                ),
                 scheduler=local.scheduler_spec(dashboard=request.dashboard),
                 asynchronous=False,
             )
@@ -823,12 +847,16 @@ class SSHProvider:
         loop = asyncio.get_running_loop()
         capacity = await loop.run_in_executor(None, self.capacity)
         capacity.check(request.shape)
-        options = self._worker_options(request.shape, request.threads_per_worker, request.python, {})
+        options = self._worker_options(
+            request.shape, request.threads_per_worker, request.python, {}
+        )
         cluster = self._cluster(
             request.shape,
             request.name,
             {**options, **request.worker_options},
-            scheduler=local.scheduler_spec(dashboard=request.dashboard, options=request.scheduler_options),
+            scheduler=local.scheduler_spec(
+                dashboard=request.dashboard, options=request.scheduler_options
+            ),
             security=request.security,
             asynchronous=True,
         )
@@ -850,7 +878,8 @@ class SSHProvider:
         except (ValueError, IndexError):
             reason = f"{self.options.python} -m taskcloud.hostside failed: {result.stderr!s:.300}"
             return HostReport(host=str(host), reachable=True, reason=reason.strip())
-        match = found["distributed"] == version("distributed") and found["taskcloud"] == version("taskcloud")
+        ours = (version("distributed"), version("taskcloud"))
+        match = (found["distributed"], found["taskcloud"]) == ours
         return HostReport(host=str(host), reachable=True, versions_match=match, **found)
 
     def check(self) -> list[HostReport]:
