@@ -28,6 +28,9 @@ from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
 from taskcloud.providers import registry
 from taskcloud.providers.protocol import PoolRequest
+from taskcloud.providers.ssh import Host
+from taskcloud.providers.ssh import HostInfo
+from taskcloud.providers.ssh import SSHCapacity
 from taskcloud.providers.ssh import SSHProvider
 from taskcloud.providers.ssh import parse_options
 
@@ -114,6 +117,22 @@ def test_hosts_take_user_port_and_tables() -> None:
         ("n2", "bob", 2222, 5),
         ("n3", "alice", 23, 2),
     ]
+
+
+def test_capacity_spreads_within_each_host_and_names_them_all() -> None:
+    """Each host holds what its cores, memory and max_workers allow; a shape none holds
+    names every host; default memory is the smallest host's share."""
+    small = HostInfo(Host("a", "u", 22), cores=2, memory=8 * 2**30)
+    capped = HostInfo(Host("b", "u", 22, max_workers=1), cores=4, memory=16 * 2**30)
+    capacity = SSHCapacity("lab", [small, capped])
+    assert capacity.fit(Shape(cpu=1, memory=2**30)) == 3
+    assert capacity.fit(Shape(cpu=2, memory=6 * 2**30)) == 2
+    assert capacity.default_memory(1) == 4 * 2**30
+    with pytest.raises(
+        ResourceUnavailableError,
+        match=r"cpu=8 cannot be satisfied: lab has a \(2 cores, 8 GiB\), b \(4 cores, 16 GiB\)",
+    ):
+        capacity.check(Shape(cpu=8, memory=2**30))
 
 
 # ------------------------------------------------------------------------- the hosts
@@ -377,3 +396,19 @@ def test_a_named_cluster_runs_its_workers_on_the_hosts(sshd, taskcloud_home) -> 
         assert client.submit(lambda x: x * 2, 21).result(timeout=60) == 42
         client.close()
     _no_processes_left(sshd)
+
+
+def test_a_host_that_never_answers_fails_within_connect_timeout(tmp_path) -> None:
+    """A host that accepts connections but never speaks SSH is named, with the limit,
+    once connect_timeout has passed."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.4", 0))
+        silent.listen()  # never accepted: no SSH banner ever comes
+        port = silent.getsockname()[1]
+        provider = SSHProvider("lab", {"hosts": [f"127.0.0.4:{port}"], "connect_timeout": 1})
+        started = time.monotonic()
+        with pytest.raises(HostUnreachableError, match=r"127\.0\.0\.4: no answer within 1 s"):
+            provider.capacity()
+        assert time.monotonic() - started < 15
