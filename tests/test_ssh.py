@@ -203,6 +203,10 @@ def test_unknown_host_key_is_refused_with_the_fix(sshd, tmp_path) -> None:
     hint = rf"ssh-keyscan -p {sshd.port} 127\.0\.0\.1 >> {empty}"
     with pytest.raises(HostUnreachableError, match=hint):
         provider.capacity()
+    missing = tmp_path / "absent_known_hosts"
+    provider = SSHProvider("lab", sshd.options(known_hosts=str(missing), hosts=["127.0.0.2"]))
+    with pytest.raises(HostUnreachableError, match=rf"127\.0\.0\.2 >> {missing}"):
+        provider.capacity()
 
 
 @pytest.mark.ssh

@@ -225,36 +225,43 @@ def _keyscan_hint(host: Host, known_hosts: str) -> str:
     )
 
 
+def _reason(exc: BaseException, host: Host, options: SSHOptions) -> str:
+    """Why ``host`` could not be reached, in words that say what to do."""
+    import asyncssh
+
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return _keyscan_hint(host, options.known_hosts)
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return f"permission denied for user {host.user!r}"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return f"no answer within {options.connect_timeout:g} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused at port {host.port}: no SSH server listens there"
+    return str(exc) or type(exc).__name__
+
+
 async def connect(host: Host, options: SSHOptions) -> Any:
-    """An SSH connection to ``host``, host key checked; raises
+    """An SSH connection to ``host``, its key checked against ``known_hosts``; raises
     :class:`HostUnreachableError` naming the host and why."""
     import asyncssh
 
-    known = options.known_hosts if Path(options.known_hosts).is_file() else ()
+    known: Any = options.known_hosts
+    if not Path(known).is_file():  # trust nothing, rather than asyncssh's default file
+        known = asyncssh.import_known_hosts("")
+    connecting = asyncssh.connect(
+        host.address,
+        port=host.port,
+        username=host.user,
+        known_hosts=known,  # strict: a key not in the file is refused
+        client_keys=[options.identity] if options.identity else (),
+        agent_path=None if options.identity else (),
+        agent_forwarding=False,
+        connect_timeout=options.connect_timeout,
+    )
     try:
-        return await asyncio.wait_for(
-            asyncssh.connect(
-                host.address,
-                port=host.port,
-                username=host.user,
-                known_hosts=known,
-                client_keys=[options.identity] if options.identity else (),
-                agent_path=None if options.identity else (),
-                agent_forwarding=False,
-                connect_timeout=options.connect_timeout,
-            ),
-            options.connect_timeout,
-        )
-    except asyncssh.HostKeyNotVerifiable:
-        reason = _keyscan_hint(host, options.known_hosts)
-    except asyncssh.PermissionDenied:
-        reason = f"permission denied for user {host.user!r}"
-    except (asyncio.TimeoutError, TimeoutError):
-        reason = f"no answer within {options.connect_timeout:g} s"
-    except ConnectionRefusedError:
-        reason = f"connection refused at port {host.port}: no SSH server listens there"
-    except (OSError, asyncssh.Error) as exc:
-        reason = str(exc) or type(exc).__name__
+        return await asyncio.wait_for(connecting, options.connect_timeout)
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        reason = _reason(exc, host, options)
     raise HostUnreachableError({host.address: reason})
 
 
