@@ -55,7 +55,7 @@ def fails_on(x: int, bad: int = 3) -> int:
         ({"memory": "-1 GiB"}, "memory='-1 GiB' is invalid."),
         ({"n_workers": [5, 2]}, r"n_workers=\[5, 2\] is invalid. Expected an int >= 0 for a fixed"),
         ({"keepalive": "soon"}, "keepalive='soon' is invalid. Expected seconds as a number >= 0"),
-        ({"provider": "moon"}, r"provider='moon' is invalid. Expected a registered provider"),
+        ({"provider": "moon"}, r"provider='moon' is invalid. Expected a provider kind"),
         ({"retries": -1}, "retries=-1 is invalid. Expected an int >= 0."),
         ({"environ": {"A": 1}}, "environ={'A': 1} is invalid. Expected a dict of str to str."),
         ({"environ": {"": "x"}}, r"environ={'': '\*\*\*'} is invalid. .* a name must not be empty"),

@@ -39,7 +39,8 @@ def _errors_as_messages(command: Callable[..., Any]) -> Callable[..., Any]:
 @click.group()
 @click.version_option(package_name="taskcloud")
 def main() -> None:
-    """Manage taskcloud's clusters, cluster configurations and software environments."""
+    """Manage taskcloud's clusters, cluster configurations, software environments and
+    providers."""
 
 
 @main.group()
@@ -277,3 +278,133 @@ def cluster_stop(name: str) -> None:
 
     delete_cluster(name)
     click.echo(f"Stopped cluster {name!r}.")
+
+
+@main.group()
+def provider() -> None:
+    """Providers: the kinds of place workers run, and the profiles that configure them."""
+
+
+@provider.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@_errors_as_messages
+def provider_list(as_json: bool) -> None:
+    """List the profiles of this project and of $TASKCLOUD_HOME, the registered kinds
+    and the default provider (secrets shown as ***)."""
+    from taskcloud import profiles
+    from taskcloud.providers import registry
+
+    found = profiles.load()
+    default, default_source = profiles.default_choice()
+    kinds = {kind: registry.describe(target) for kind, target in registry.kinds().items()}
+    if as_json:
+        listing = {
+            "default": {"name": default, "source": default_source},
+            "profiles": {name: _profile_json(profile) for name, profile in found.profiles.items()},
+            "kinds": kinds,
+        }
+        click.echo(json.dumps(listing, indent=2))
+        return
+    _print_profiles(found.profiles, default)
+    rows = [[kind, target, "yes" if kind == default else ""] for kind, target in kinds.items()]
+    _print_table("Provider kinds", ("kind", "class", "default"), rows)
+    click.echo(f"Default provider: {default} (set in {default_source}).")
+
+
+def _profile_json(profile: Any) -> dict[str, Any]:
+    return {"kind": profile.kind, "source": profile.source, "options": profile.public_options()}
+
+
+def _print_profiles(found: dict[str, Any], default: str) -> None:
+    rows = [
+        [
+            name,
+            profile.kind,
+            _describe_options(profile.public_options()),
+            profile.source,
+            "yes" if name == default else "",
+        ]
+        for name, profile in found.items()
+    ]
+    _print_table("Provider profiles", ("name", "kind", "options", "source", "default"), rows)
+
+
+def _describe_options(options: dict[str, Any]) -> str:
+    parts = []
+    for option, value in options.items():
+        shown = ",".join(str(item) for item in value) if isinstance(value, list) else value
+        parts.append(f"{option}={shown}")
+    return " ".join(parts)
+
+
+@provider.command("check")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_errors_as_messages
+def provider_check(name: str, as_json: bool) -> None:
+    """Connect to every host of the provider NAME (a profile or a kind) and say what it
+    offers. Exits with 1 when a host is unreachable or runs other versions than ours."""
+    import distributed
+
+    import taskcloud
+    from taskcloud.errors import ProviderNotFoundError
+    from taskcloud.providers import registry
+
+    try:
+        resolved = registry.resolve(name)
+    except ProviderNotFoundError as exc:
+        raise _UnknownName(str(exc)) from None
+    built = registry.build(resolved)
+    try:
+        reports = built.check()
+    finally:
+        built.close()
+    ours = {"distributed": distributed.__version__, "taskcloud": taskcloud.__version__}
+    healthy = all(report.reachable and report.versions_match for report in reports)
+    if as_json:
+        listing = {"provider": resolved.name, "kind": resolved.kind, **ours, "ok": healthy}
+        listing["hosts"] = [report.to_json() for report in reports]
+        click.echo(json.dumps(listing, indent=2))
+    else:
+        title = (
+            f"Provider {resolved.name!r} ({resolved.kind}); here distributed "
+            f"{ours['distributed']}, taskcloud {ours['taskcloud']}"
+        )
+        _print_table(title, _REPORT_COLUMNS, [_report_row(report) for report in reports])
+    if not healthy:
+        sys.exit(1)
+
+
+class _UnknownName(click.ClickException):
+    """A name that is no provider kind or profile: a usage error's exit status."""
+
+    exit_code = 2
+
+
+_REPORT_COLUMNS = (
+    "host",
+    "reachable",
+    "python",
+    "distributed",
+    "taskcloud",
+    "versions",
+    "cores",
+    "memory",
+    "gpus",
+)
+
+
+def _report_row(report: Any) -> list[str]:
+    if not report.reachable:
+        return [report.host, f"no: {report.reason}", *[""] * (len(_REPORT_COLUMNS) - 2)]
+    return [
+        report.host,
+        "yes",
+        report.python,
+        report.distributed,
+        report.taskcloud,
+        "match" if report.versions_match else "MISMATCH",
+        str(report.cores),
+        format_bytes(report.memory) if report.memory else "",
+        str(report.gpus),
+    ]

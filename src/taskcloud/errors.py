@@ -24,6 +24,8 @@ __all__ = [
     "InvalidOptionError",
     "MemoryLimitError",
     "NameNotFoundError",
+    "ProviderLoadError",
+    "ProviderNotFoundError",
     "RemoteTaskError",
     "ResourceUnavailableError",
     "SerializationError",
@@ -50,6 +52,39 @@ class InvalidOptionError(TaskcloudError, ValueError):
 
     def __str__(self) -> str:
         return f"{self.parameter}={self.value!r} is invalid. Expected {self.accepted}."
+
+
+class ProviderNotFoundError(InvalidOptionError, LookupError):
+    """A provider name that is neither a registered kind nor a profile."""
+
+    def __init__(self, name: object, kinds: Iterable[str], profiles: Iterable[str]) -> None:
+        self.kinds = tuple(sorted(kinds))
+        self.profiles = tuple(sorted(profiles))
+        kinds_text = ", ".join(repr(kind) for kind in self.kinds) or "none"
+        profiles_text = ", ".join(repr(profile) for profile in self.profiles) or "none defined"
+        super().__init__(
+            "provider",
+            name,
+            f"a provider kind ({kinds_text}) or a profile ({profiles_text}) of "
+            "[tool.taskcloud.providers] in pyproject.toml or [providers] in "
+            "$TASKCLOUD_HOME/providers.toml",
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[object, ...]]:
+        return type(self), (self.value, self.kinds, self.profiles)
+
+
+class ProviderLoadError(TaskcloudError, ImportError):
+    """A registered provider kind whose class could not be imported."""
+
+    def __init__(self, kind: str, target: str, reason: str) -> None:
+        super().__init__(kind, target, reason)
+        self.kind = kind
+        self.target = target
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"Provider kind {self.kind!r} ({self.target}) could not be loaded: {self.reason}"
 
 
 class NameNotFoundError(TaskcloudError, LookupError):

@@ -1,22 +1,33 @@
-"""The ``-n`` and ``--parallel-backend`` options, their configuration keys and checks.
+"""The ``-n``, ``--parallel-backend`` and ``--provider`` options, their configuration
+keys and checks.
 
 When parallel execution is on, :func:`pytask_parse_config` registers a
 :class:`~taskcloud.plugin.execution.ParallelExecution` for this session only, and
 :func:`pytask_post_parse` makes sure its backend exists; for a build without it, a
 :class:`~taskcloud.plugin.serial.SerialExecution`. Backends registered during a
 session are forgotten when it ends.
+
+``--provider NAME`` (a provider kind or profile; the command line only, since a
+project's default lives in ``[tool.taskcloud]``) is checked with the configuration and
+is the default provider from :func:`pytask_post_parse` until the session ends; so is
+pytask's project root the project whose ``pyproject.toml`` profiles are read from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import click
+from _pytask.config_utils import read_config
 from attrs import frozen
 from pluggy import PluginManager
 from pytask import hookimpl
 
+from taskcloud import profiles
 from taskcloud.backends import Backend
 from taskcloud.backends import ParallelBackend
 from taskcloud.backends import backend_kind
@@ -31,9 +42,11 @@ from taskcloud.extensions import load_extensions
 from taskcloud.plugin import early
 from taskcloud.plugin.execution import ParallelExecution
 from taskcloud.plugin.serial import SerialExecution
+from taskcloud.providers import registry as providers
 
 _EXECUTION = "taskcloud-parallel"
 _SCOPE = "taskcloud-registry-scope"
+_PROVIDER = "taskcloud-provider"
 
 
 class _NWorkers(click.ParamType):
@@ -70,6 +83,19 @@ class _RegistryScope:
         registry.restore(self.saved)
 
 
+class _ProviderChoice:
+    """``--provider`` and the project root, in force from the end of the configuration
+    until the session ends."""
+
+    def __init__(self, name: str | None, root: Path | None) -> None:
+        self._scope = ExitStack()
+        self._scope.enter_context(profiles.overriding(name, root))
+
+    @hookimpl
+    def pytask_unconfigure(self) -> None:
+        self._scope.close()
+
+
 @hookimpl
 def pytask_add_hooks(pm: PluginManager) -> None:
     """Note the registered backends as the session starts, before hook modules load."""
@@ -103,6 +129,16 @@ def pytask_extend_command_line_interface(cli: click.Group) -> None:
                     "else none."
                 ),
             ),
+            click.Option(
+                ["--provider"],
+                default=None,
+                metavar="NAME",
+                help=(
+                    "Where decorated tasks that name no provider run, for this run: a "
+                    "provider kind or a profile. Without it: provider = of "
+                    "[tool.taskcloud], else local."
+                ),
+            ),
         ]
     )
 
@@ -118,6 +154,7 @@ def pytask_parse_config(config: dict[str, Any]) -> None:
     the build or stopped.
     """
     __tracebackhide__ = True
+    _check_provider(config)
     n_workers, name = parse_parallel_options(
         config.get("n_workers"), config.get("parallel_backend")
     )
@@ -147,16 +184,65 @@ def pytask_post_parse(config: dict[str, Any]) -> None:
     """
     __tracebackhide__ = True
     execution = config["pm"].get_plugin(_EXECUTION)
-    if execution is None or execution.backend in registry:
-        return
-    if isinstance(backend_kind(execution.backend), ParallelBackend):
-        return
-    error = BackendNotFoundError(execution.backend, registry.names())
-    # pytask skips pytask_unconfigure after a failed configuration.
+    if execution is not None and not _backend_known(execution.backend):
+        error = BackendNotFoundError(execution.backend, registry.names())
+        # pytask skips pytask_unconfigure after a failed configuration.
+        _forget_registrations(config)
+        raise error
+    if config.get("command") == "build":
+        choice = _ProviderChoice(config.get("provider"), config.get("root"))
+        config["pm"].register(choice, name=_PROVIDER)
+
+
+@hookimpl(wrapper=True)
+def pytask_configure(pm: PluginManager) -> Generator[None, dict[str, Any], dict[str, Any]]:
+    """End ``--provider``'s choice when a later part of the configuration fails: pytask
+    skips pytask_unconfigure then."""
+    try:
+        return (yield)
+    except BaseException:
+        choice = pm.get_plugin(_PROVIDER)
+        if choice is not None:
+            choice.pytask_unconfigure()
+        raise
+
+
+def _backend_known(backend: str) -> bool:
+    return backend in registry or isinstance(backend_kind(backend), ParallelBackend)
+
+
+def _forget_registrations(config: dict[str, Any]) -> None:
     scope = config["pm"].get_plugin(_SCOPE)
     if scope is not None:
         scope.pytask_unconfigure()
-    raise error
+
+
+def _check_provider(config: dict[str, Any]) -> None:
+    """Fail the configuration for a ``--provider`` that is no kind or profile, or that
+    pytask's configuration file sets; stop an early pool first."""
+    __tracebackhide__ = True
+    name = config.get("provider")
+    if name is None:
+        return
+    try:
+        _refuse_in_configuration_file(config, name)
+        providers.resolve(name, start=config.get("root"))
+    except InvalidOptionError:
+        early.take(config, parallel=False)
+        _forget_registrations(config)
+        raise
+
+
+def _refuse_in_configuration_file(config: dict[str, Any], name: str) -> None:
+    path = config.get("config")
+    if path is None or "provider" not in read_config(Path(path)):
+        return
+    raise InvalidOptionError(
+        "provider",
+        name,
+        f"given on the command line only (--provider NAME), not in {path}; a project's "
+        'default provider is provider = "NAME" in [tool.taskcloud] of pyproject.toml',
+    )
 
 
 def _runs_in_parallel(config: dict[str, Any]) -> bool:

@@ -839,9 +839,8 @@ class LocalProvider:
         self._capacity = capacity
 
     def capacity(self) -> HostCapacity:
-        if self._capacity is None:
-            self._capacity = HostCapacity()
-        return self._capacity
+        """The capacity given, else the host's as it is now (GPUs included)."""
+        return self._capacity if self._capacity is not None else HostCapacity()
 
     def start_pool(self, request: PoolRequest) -> LocalPoolCluster:
         return start(request, self.capacity())

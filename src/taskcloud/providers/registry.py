@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import atexit
 import json
+import sys
 import threading
+from importlib import import_module
+from importlib.metadata import EntryPoint
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -27,12 +30,16 @@ from attrs import frozen
 
 from taskcloud import profiles
 from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import ProviderLoadError
+from taskcloud.errors import ProviderNotFoundError
 from taskcloud.providers.protocol import Provider
 
 __all__ = [
     "ENTRY_POINTS",
     "Resolved",
+    "build",
     "close_all",
+    "describe",
     "get",
     "kinds",
     "register",
@@ -57,7 +64,18 @@ def register(kind: str, provider: Any) -> None:
     """Make ``kind`` name ``provider``: a class, or its ``module:Class`` path."""
     if not isinstance(kind, str) or not kind.isidentifier():
         raise InvalidOptionError("kind", kind, "a provider name such as 'ssh'")
+    if not callable(provider) and not _is_path(provider):
+        raise InvalidOptionError(
+            "provider", provider, "a provider class or its 'module:Class' path"
+        )
     _registered[kind] = provider
+
+
+def _is_path(target: Any) -> bool:
+    if not isinstance(target, str):
+        return False
+    module, colon, attribute = target.partition(":")
+    return bool(module and colon and attribute)
 
 
 def kinds() -> dict[str, Any]:
@@ -70,14 +88,33 @@ def kinds() -> dict[str, Any]:
     return found
 
 
-def _load(kind: str, target: Any) -> Any:
-    if hasattr(target, "load"):  # an entry point
-        return target.load()
-    if isinstance(target, str):
-        from importlib import import_module
+def _is_entry_point(target: Any) -> bool:
+    """Whether ``target`` is an entry point: the standard library's, or the
+    ``importlib_metadata`` backport's, which that package makes the standard library's
+    ``entry_points()`` return once anything imports it."""
+    backport = sys.modules.get("importlib_metadata")
+    types = (EntryPoint,) if backport is None else (EntryPoint, backport.EntryPoint)
+    return isinstance(target, types)
 
-        module, _, attribute = target.partition(":")
-        return getattr(import_module(module), attribute)
+
+def describe(target: Any) -> str:
+    """Where a kind's class comes from, in words: ``module:Class``."""
+    if _is_entry_point(target):
+        return target.value
+    if isinstance(target, str):
+        return target
+    return f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', target)}"
+
+
+def _load(kind: str, target: Any) -> Any:
+    try:
+        if _is_entry_point(target):
+            return target.load()
+        if isinstance(target, str):
+            module, _, attribute = target.partition(":")
+            return getattr(import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise ProviderLoadError(kind, describe(target), f"{type(exc).__name__}: {exc}") from exc
     return target
 
 
@@ -94,17 +131,6 @@ class Resolved:
         return self.name, json.dumps(self.options, sort_keys=True, default=str)
 
 
-def _unknown(name: Any, known_profiles: list[str]) -> InvalidOptionError:
-    names = ", ".join(sorted(kinds()))
-    profiles_text = ", ".join(sorted(known_profiles)) or "none defined"
-    return InvalidOptionError(
-        "provider",
-        name,
-        f"a registered provider ({names}) or a profile of [tool.taskcloud.providers] "
-        f"in pyproject.toml or $TASKCLOUD_HOME/{profiles.USER_FILE} ({profiles_text})",
-    )
-
-
 def resolve(
     name: str | None, options: dict[str, Any] | None = None, start: Path | None = None
 ) -> Resolved:
@@ -115,22 +141,22 @@ def resolve(
     """
     if name is None:
         name = profiles.default_provider(start)
-    if not isinstance(name, str) or not name:
-        raise _unknown(name, [])
-    options = dict(options or {})
     known = profiles.load(start).profiles
+    registered = kinds()
+    if not isinstance(name, str) or not (name in known or name in registered):
+        raise ProviderNotFoundError(name, registered, known)
+    options = dict(options or {})
     profile = known.get(name)
-    if profile is not None:
-        if profile.kind not in kinds():
-            raise InvalidOptionError(
-                f"{name}.kind",
-                profile.kind,
-                f"a registered provider ({', '.join(sorted(kinds()))}), in {profile.source}",
-            )
-        return Resolved(name, profile.kind, {**profile.options, **options})
-    if name in kinds():
+    if profile is None:
         return Resolved(name, name, options)
-    raise _unknown(name, list(known))
+    if profile.kind not in registered:
+        names = ", ".join(repr(kind) for kind in sorted(registered))
+        raise InvalidOptionError(
+            f"{profile.table}.kind",
+            profile.kind,
+            f"a registered provider kind ({names}) in {profile.source}",
+        )
+    return Resolved(name, profile.kind, {**profile.options, **options})
 
 
 def build(resolved: Resolved) -> Provider:
@@ -160,5 +186,5 @@ def close_all() -> None:
     for provider in built:
         try:
             provider.close()
-        except Exception:
+        except Exception:  # closing at exit: what is gone is gone
             continue
