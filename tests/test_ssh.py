@@ -416,3 +416,19 @@ def test_a_host_that_never_answers_fails_within_connect_timeout(tmp_path) -> Non
         with pytest.raises(HostUnreachableError, match=r"127\.0\.0\.4: no answer within 1 s"):
             provider.capacity()
         assert time.monotonic() - started < 15
+
+
+@pytest.mark.ssh
+def test_provider_check_command_reports_the_hosts(sshd, tmp_path, monkeypatch) -> None:
+    """``taskcloud provider check lab`` lists each host; an unreachable one makes it exit 1."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    _pyproject(tmp_path, sshd.profile(hosts=[*sshd.hosts, "127.0.0.3"], connect_timeout=5))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["provider", "check", "lab", "--json"])
+    assert result.exit_code == 1, result.output
+    hosts = {host["host"]: host for host in json.loads(result.output)["hosts"]}
+    assert all(hosts[host]["reachable"] and hosts[host]["versions_match"] for host in sshd.hosts)
+    assert "refused" in hosts["127.0.0.3"]["reason"]
