@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -432,3 +433,26 @@ def test_provider_check_command_reports_the_hosts(sshd, tmp_path, monkeypatch) -
     hosts = {host["host"]: host for host in json.loads(result.output)["hosts"]}
     assert all(hosts[host]["reachable"] and hosts[host]["versions_match"] for host in sshd.hosts)
     assert "refused" in hosts["127.0.0.3"]["reason"]
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_says_why(sshd, caplog) -> None:
+    """A ``python`` the hosts lack fails each worker's start naming the host, the
+    command's exit status and what the host's shell said."""
+    provider = SSHProvider("lab", sshd.options(hosts=["127.0.0.2"], python="/nonexistent/python"))
+    workers = provider.start_pool(_request(minimum=1, maximum=1))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="taskcloud"):
+            wait_for(
+                lambda: any("did not start" in r.getMessage() for r in caplog.records),
+                30,
+                "a failed start logged",
+            )
+        message = next(r.getMessage() for r in caplog.records if "did not start" in r.getMessage())
+        assert "127.0.0.2" in message
+        assert "/nonexistent/python -m taskcloud.hostside` exited with 127" in message
+        assert re.search("not found|No such file", message)
+    finally:
+        workers.close()
+        provider.close()

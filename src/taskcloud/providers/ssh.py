@@ -396,21 +396,33 @@ class SSHWorker(ProcessInterface):
         await super().start()
 
     async def _answer(self) -> str:
-        self._tasks.add(asyncio.ensure_future(self._read_errors()))
+        """The worker's address, from the first line the host's process prints."""
+        reader = asyncio.ensure_future(self._read_errors())
+        self._tasks.add(reader)
         try:
             line = await asyncio.wait_for(self.process.stdout.readline(), WORKER_START_TIMEOUT)
         except asyncio.TimeoutError:
-            line = ""
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            reply = {"error": line or f"no answer within {WORKER_START_TIMEOUT:g} s"}
+            reply = {"error": f"no answer within {WORKER_START_TIMEOUT:g} s"}
+        else:
+            reply = await self._reply(line, reader)
         if "address" not in reply:
             lines = "\n".join(self.errors)
             raise RuntimeError(
                 f"the worker on {self.host} did not start: {reply.get('error')}\n{lines}".strip()
             )
         return str(reply["address"])
+
+    async def _reply(self, line: str, reader: asyncio.Future[None]) -> dict[str, Any]:
+        if not line:  # it ended without a word: say how, with what it wrote to stderr
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(reader), 5)
+            status = self.process.exit_status
+            return {"error": f"`{self.python} -m taskcloud.hostside` exited with {status}"}
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return {"error": line.strip()}
+        return reply if isinstance(reply, dict) else {"error": line.strip()}
 
     async def _read_errors(self) -> None:
         with contextlib.suppress(Exception):
