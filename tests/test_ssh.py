@@ -456,3 +456,47 @@ def test_a_worker_that_cannot_start_says_why(sshd, caplog) -> None:
     finally:
         workers.close()
         provider.close()
+
+
+def test_hostside_ends_with_its_input_even_while_its_worker_starts() -> None:
+    """The host's process ends when its input does, even while its nanny still looks
+    for a scheduler that is not there."""
+    import psutil
+
+    from taskcloud import credentials
+
+    security, directory = credentials.ephemeral("hostside-test")
+    spec = {
+        "scheduler": "tls://127.0.0.1:9",  # nothing listens: the worker keeps trying
+        "listen": "127.0.0.1",
+        "name": "0",
+        "nthreads": 1,
+        "memory_limit": 2**30,
+        "resources": {},
+        "env": {},
+        "tls_ca": Path(security.tls_ca_file).read_text(),
+        "tls_cert": Path(security.tls_worker_cert).read_text(),
+        "tls_key": Path(security.tls_worker_key).read_text(),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskcloud.hostside"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        process.stdin.write(json.dumps(spec) + "\n")
+        process.stdin.flush()
+        host = psutil.Process(process.pid)
+        wait_for(
+            lambda: [c for c in host.net_connections("tcp") if c.status == "LISTEN"],
+            30,
+            "the nanny listening while it looks for its scheduler",
+        )
+        process.stdin.close()
+        # Well within the 60 s its start may take: it ends because its input did.
+        assert process.wait(20) == 1
+    finally:
+        process.kill()
+        credentials.discard(directory)

@@ -128,29 +128,50 @@ async def _start(spec: dict[str, Any]) -> Any:
             dashboard=False,
             dashboard_address=f"{spec['listen']}:0",
             silence_logs=int(os.environ.get("TASKCLOUD_HOSTSIDE_LOGS", "50")),
+            # A worker whose scheduler is gone (its tunnel closed) stops trying.
+            death_timeout=float(spec.get("timeout", 60)),
         )
         await nanny
     return nanny
 
 
+def _end_children() -> None:
+    """SIGKILL every process this one started: its worker, and anything the worker began."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child.kill()
+
+
+async def _follow_input(queue: asyncio.Queue[str | None], state: dict[str, Any]) -> None:
+    """Act on the input's lines until it ends."""
+    while (line := await queue.get()) is not None:
+        if line == "kill" and "nanny" in state:
+            _kill_worker(state["nanny"])
+
+
 async def serve(spec: dict[str, Any], queue: asyncio.Queue[str | None]) -> int:
-    """Run the worker until the input ends; the exit status of this process."""
+    """Run the worker until the input ends, even while it starts (a worker that cannot
+    reach its scheduler would try for ever); the exit status of this process."""
+    state: dict[str, Any] = {}
+    ended = asyncio.ensure_future(_follow_input(queue, state))
+    starting = asyncio.ensure_future(asyncio.wait_for(_start(spec), float(spec.get("timeout", 60))))
     try:
-        nanny = await asyncio.wait_for(_start(spec), float(spec.get("timeout", 60)))
-    except BaseException as exc:
-        _say({"error": f"{type(exc).__name__}: {exc}"})
-        return 1
-    _say({"address": nanny.worker_address, "nanny": nanny.address, "pid": os.getpid()})
-    while True:
-        line = await queue.get()
-        if line is None:
-            break
-        if line == "kill":
-            _kill_worker(nanny)
-    _kill_worker(nanny)
-    with contextlib.suppress(BaseException):
-        await asyncio.wait_for(nanny.close(timeout=2), 5)
-    return 0
+        await asyncio.wait({ended, starting}, return_when=asyncio.FIRST_COMPLETED)
+        if ended.done():
+            starting.cancel()
+            return 1
+        try:
+            nanny = state["nanny"] = starting.result()
+        except BaseException as exc:
+            _say({"error": f"{type(exc).__name__}: {exc}"})
+            return 1
+        _say({"address": nanny.worker_address, "nanny": nanny.address, "pid": os.getpid()})
+        await ended
+        return 0
+    finally:
+        _end_children()
 
 
 async def _main() -> int:
