@@ -129,3 +129,21 @@ def taskcloud_home(tmp_path_factory, monkeypatch) -> Path:
     home = tmp_path_factory.mktemp("taskcloud-home")
     monkeypatch.setenv("TASKCLOUD_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 and 127.0.0.2, started for this session (see
+    ``tests/sshd.py``). Without one the ``ssh`` tests skip, except in CI."""
+    from sshd import SSHD
+    from sshd import SSHDUnavailable
+
+    server = SSHD(tmp_path_factory.mktemp("sshd"))
+    try:
+        server.start()
+    except SSHDUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs sshd for the ssh tests: {exc}")
+        pytest.skip(f"the ssh tests need a working sshd: {exc}")
+    yield server
+    server.stop()
