@@ -96,9 +96,9 @@ def _warm(provider: str) -> tuple[float, float, float, float]:
 def _burst(provider: str) -> tuple[float, float, dict[str, int]]:
     import taskcloud
 
-    burst = taskcloud.function(
-        n_workers=[0, 4], keepalive=f"{KEEPALIVE} s", provider=provider
-    )(quarter)
+    burst = taskcloud.function(n_workers=[0, 4], keepalive=f"{KEEPALIVE} s", provider=provider)(
+        quarter
+    )
     start = time.perf_counter()
     assert list(burst.map(range(40))) == list(range(40))
     done = time.perf_counter()
@@ -120,6 +120,7 @@ def main() -> None:
         home = Path(scratch) / "home"
         home.mkdir(mode=0o700)
         os.environ["TASKCLOUD_HOME"] = str(home)
+        (Path(scratch) / "sshd").mkdir()
         sshd = SSHD(Path(scratch) / "sshd")
         sshd.start()
         try:
