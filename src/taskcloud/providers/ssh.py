@@ -625,7 +625,7 @@ class SSHCapacity:
 # --------------------------------------------------------------------------- cluster
 
 
-class SSHPoolCluster(local.SecuredCluster):
+class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
     """A pool's (or a named cluster's) workers on the provider's hosts."""
 
     def __init__(
@@ -686,18 +686,6 @@ class SSHPoolCluster(local.SecuredCluster):
         hosts = sorted({str(spec["options"]["host"]) for spec in self.worker_spec.values()})
         hosts = hosts or [str(info.host) for info in self._capacity.reachable]
         return f"{self.provider.name}: {', '.join(hosts)}"
-
-    @property
-    def n_workers(self) -> int:
-        return len(self.scheduler.workers)
-
-    def watch(self, stats: Any) -> local.PoolWatch:
-        watch = local.PoolWatch(stats)
-        self.scheduler.add_plugin(watch, name=watch.name)
-        return watch
-
-    def running_on(self, key: str) -> str | None:
-        return self.sync(local.worker_running, self.scheduler, key)
 
     def _worker_at(self, address: str) -> SSHWorker | None:
         for worker in list(self.workers.values()):
