@@ -265,17 +265,133 @@ async def connect(host: Host, options: SSHOptions) -> Any:
     raise HostUnreachableError({host.address: reason})
 
 
+class HostAgent:
+    """The host's agent (``PYTHON -m taskcloud.hostside agent``) on one channel of a
+    link: it starts, kills and stops that link's workers, each its own child there."""
+
+    def __init__(self, process: Any, python: str) -> None:
+        self.process = process
+        self.python = python
+        self.errors: collections.deque[str] = collections.deque(maxlen=40)
+        self.ended = False
+        self._ids = itertools.count()
+        self._answers: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._exits: dict[str, asyncio.Future[None]] = {}
+        self._stderr = asyncio.ensure_future(self._read_errors())
+        self._stdout = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def open(cls, connection: Any, python: str) -> HostAgent:
+        """Start the agent on a new channel of ``connection``."""
+        command = f"{shlex.quote(python)} -m taskcloud.hostside agent"
+        return cls(await connection.create_process(command, encoding="utf-8"), python)
+
+    @property
+    def lost(self) -> bool:
+        return self.ended
+
+    async def start(self, spec: dict[str, Any], timeout: float) -> tuple[str, dict[str, Any]]:
+        """Ask for a worker of ``spec``: its id and the agent's answer (its address, or
+        an error that says why not)."""
+        ident = str(next(self._ids))
+        loop = asyncio.get_running_loop()
+        answer = self._answers[ident] = loop.create_future()
+        self._exits[ident] = loop.create_future()
+        if self.ended:
+            self._finish_one(ident)
+        else:
+            self._send({"start": ident, "spec": spec})
+        try:
+            return ident, await asyncio.wait_for(asyncio.shield(answer), timeout)
+        except asyncio.TimeoutError:
+            return ident, {"error": f"no answer within {timeout:g} s"}
+        finally:
+            self._answers.pop(ident, None)
+
+    def kill(self, ident: str) -> None:
+        """Kill that worker's process at once; its nanny starts another."""
+        self._send({"kill": ident})
+
+    def stop(self, ident: str) -> None:
+        """End that worker and its nanny at once."""
+        self._send({"stop": ident})
+
+    async def ended_of(self, ident: str) -> None:
+        """Until that worker's child on the host has ended, or the agent has."""
+        exit_ = self._exits.get(ident)
+        if exit_ is not None:
+            await asyncio.shield(exit_)
+
+    def _send(self, request: dict[str, Any]) -> None:
+        if not self.ended:
+            with contextlib.suppress(Exception):
+                self.process.stdin.write(json.dumps(request) + "\n")
+
+    async def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            async for line in self.process.stdout:
+                self._on_line(line)
+        await self._finish()
+
+    def _on_line(self, line: str) -> None:
+        try:
+            message = json.loads(line)
+            ident = str(message["id"])
+        except (ValueError, TypeError, KeyError):
+            self.errors.append(line.rstrip())
+            return
+        if "exit" in message:
+            answer = self._answers.get(ident)
+            if answer is not None and not answer.done():
+                answer.set_result({"error": f"its process ended with {message['exit']}"})
+            self._finish_one(ident)
+        elif ident in self._answers and not self._answers[ident].done():
+            self._answers[ident].set_result(message)
+
+    async def _finish(self) -> None:
+        """The agent's channel ended: every worker it had has ended with it."""
+        self.ended = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._stderr), 5)
+        status = self.process.exit_status
+        reason = f"`{self.python} -m taskcloud.hostside agent` exited with {status}"
+        for answer in self._answers.values():
+            if not answer.done():
+                answer.set_result({"error": reason})
+        for ident in list(self._exits):
+            self._finish_one(ident)
+
+    def _finish_one(self, ident: str) -> None:
+        exit_ = self._exits.pop(ident, None)
+        if exit_ is not None and not exit_.done():
+            exit_.set_result(None)
+
+    async def _read_errors(self) -> None:
+        with contextlib.suppress(Exception):
+            async for line in self.process.stderr:
+                self.errors.append(line.rstrip())
+
+
 class _Link:
-    """One host's connection and its tunnel to the scheduler, shared by its workers."""
+    """One host's connection, its tunnel to the scheduler and its agents (one per
+    Python), shared by its workers."""
 
     def __init__(self, connection: Any, port: int) -> None:
         self.connection = connection
         self.port = port
         self.users = 0
+        self.agents: dict[str, HostAgent] = {}
 
     @property
     def lost(self) -> bool:
         return bool(self.connection.is_closed())
+
+    async def agent(self, python: str) -> HostAgent:
+        """The agent that runs ``python`` on this host, started if it has none."""
+        agent = self.agents.get(python)
+        if agent is None or agent.lost:
+            agent = self.agents[python] = await HostAgent.open(self.connection, python)
+        return agent
 
 
 class Links:
@@ -288,8 +404,9 @@ class Links:
         self._links: dict[Host, _Link] = {}
         self._locks: dict[Host, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
 
-    async def acquire(self, host: Host) -> _Link:
-        """The link to ``host``, opened if it has none (or lost the one it had)."""
+    async def acquire(self, host: Host, python: str) -> tuple[_Link, HostAgent]:
+        """The link to ``host`` (opened if it has none, or lost the one it had) and
+        its agent for ``python``."""
         async with self._locks[host]:
             link = self._links.get(host)
             if link is None or link.lost:
@@ -299,10 +416,15 @@ class Links:
                 )
                 link = self._links[host] = _Link(connection, listener.get_port())
             link.users += 1
-            return link
+            try:
+                return link, await link.agent(python)
+            except BaseException:
+                link.users -= 1
+                raise
 
     async def release(self, host: Host, link: _Link) -> None:
-        """One worker fewer on ``host``; the last one closes its connection."""
+        """One worker fewer on ``host``; the last one closes its connection, and its
+        agents end with it."""
         async with self._locks[host]:
             link.users -= 1
             if link.users <= 0 and self._links.get(host) is link:
@@ -326,7 +448,7 @@ def _pem(path: str) -> str:
 
 
 class SSHWorker(ProcessInterface):
-    """A nanny and its worker on a host: :mod:`taskcloud.hostside` on one channel."""
+    """A nanny and its worker on a host: a child of the host's agent."""
 
     def __init__(
         self,
@@ -358,36 +480,35 @@ class SSHWorker(ProcessInterface):
         }
         self.security = security
         self.cluster = cluster
-        self.process: Any = None
+        self.agent: HostAgent | None = None
+        self.ident: str | None = None
         self._link: _Link | None = None
         self._closing = False
-        self.errors: collections.deque[str] = collections.deque(maxlen=40)
-        #: What follows the channel: its standard error, its end.
+        #: What follows the worker's end on the host.
         self._tasks: set[asyncio.Future[None]] = set()
 
-    def _spec(self, port: int) -> str:
+    def _spec(self, port: int) -> dict[str, Any]:
         assert self.security is not None
-        return json.dumps(
-            {
-                **self.settings,
-                "scheduler": f"tls://127.0.0.1:{port}",
-                "listen": self.host.address,
-                "tls_ca": _pem(self.security.tls_ca_file),
-                "tls_cert": _pem(self.security.tls_worker_cert),
-                "tls_key": _pem(self.security.tls_worker_key),
-                "timeout": WORKER_START_TIMEOUT,
-            }
-        )
+        return {
+            **self.settings,
+            "scheduler": f"tls://127.0.0.1:{port}",
+            "listen": self.host.address,
+            "tls_ca": _pem(self.security.tls_ca_file),
+            "tls_cert": _pem(self.security.tls_worker_cert),
+            "tls_key": _pem(self.security.tls_worker_key),
+            "timeout": WORKER_START_TIMEOUT,
+        }
 
     async def start(self) -> None:
         try:
-            self._link = await self.links.acquire(self.host)
-            command = f"{shlex.quote(self.python)} -m taskcloud.hostside"
-            self.process = await self._link.connection.create_process(command, encoding="utf-8")
-            self.process.stdin.write(self._spec(self._link.port) + "\n")
-            answer = await self._answer()
+            self._link, self.agent = await self.links.acquire(self.host, self.python)
+            self.ident, reply = await self.agent.start(
+                self._spec(self._link.port), WORKER_START_TIMEOUT
+            )
+            answer = self._address(reply)
         except BaseException:
             self.status = Status.failed
+            self._stop()
             await self._let_go()
             self._forget()
             raise
@@ -395,48 +516,25 @@ class SSHWorker(ProcessInterface):
         self._tasks.add(asyncio.ensure_future(self._follow()))
         await super().start()
 
-    async def _answer(self) -> str:
-        """The worker's address, from the first line the host's process prints."""
-        reader = asyncio.ensure_future(self._read_errors())
-        self._tasks.add(reader)
-        try:
-            line = await asyncio.wait_for(self.process.stdout.readline(), WORKER_START_TIMEOUT)
-        except asyncio.TimeoutError:
-            reply = {"error": f"no answer within {WORKER_START_TIMEOUT:g} s"}
-        else:
-            reply = await self._reply(line, reader)
+    def _address(self, reply: dict[str, Any]) -> str:
+        """The worker's address, from the agent's answer; else why it did not start."""
         if "address" not in reply:
-            lines = "\n".join(self.errors)
+            lines = "\n".join(self.agent.errors) if self.agent is not None else ""
             raise RuntimeError(
                 f"the worker on {self.host} did not start: {reply.get('error')}\n{lines}".strip()
             )
         return str(reply["address"])
 
-    async def _reply(self, line: str, reader: asyncio.Future[None]) -> dict[str, Any]:
-        if not line:  # it ended without a word: say how, with what it wrote to stderr
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(reader), 5)
-            status = self.process.exit_status
-            return {"error": f"`{self.python} -m taskcloud.hostside` exited with {status}"}
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            return {"error": line.strip()}
-        return reply if isinstance(reply, dict) else {"error": line.strip()}
-
-    async def _read_errors(self) -> None:
-        with contextlib.suppress(Exception):
-            async for line in self.process.stderr:
-                self.errors.append(line.rstrip())
-
     async def _follow(self) -> None:
-        """When the channel ends without a close (the connection dropped, the host's
-        process died), the cluster forgets this worker, so that scaling replaces it."""
+        """When the worker ends without a close (the connection dropped, its process on
+        the host died), the cluster forgets it, so that scaling replaces it."""
+        assert self.agent is not None
+        assert self.ident is not None
         with contextlib.suppress(Exception):
-            await self.process.wait_closed()
+            await self.agent.ended_of(self.ident)
         if not self._closing:
             logger.debug(
-                "the worker %s on %s ended: %s", self.name, self.host, list(self.errors)[-3:]
+                "the worker %s on %s ended: %s", self.name, self.host, list(self.agent.errors)[-3:]
             )
             self._forget()
             await self._let_go()
@@ -452,27 +550,26 @@ class SSHWorker(ProcessInterface):
         if link is not None:
             await self.links.release(self.host, link)
 
+    def _stop(self) -> None:
+        if self.agent is not None and self.ident is not None:
+            self.agent.stop(self.ident)
+
     def kill(self) -> None:
         """Kill the worker process at once; its nanny starts another."""
-        if self.process is not None:
-            with contextlib.suppress(Exception):
-                self.process.stdin.write("kill\n")
+        if self.agent is not None and self.ident is not None:
+            self.agent.kill(self.ident)
 
     def abort(self) -> None:
-        """End the channel at once: the host's process kills its worker and exits."""
+        """End the worker and its nanny on the host at once."""
         self._closing = True
-        if self.process is not None:
-            with contextlib.suppress(Exception):
-                self.process.stdin.write_eof()
+        self._stop()
 
     async def close(self) -> None:
         self._closing = True
-        if self.process is not None:
+        self._stop()
+        if self.agent is not None and self.ident is not None:
             with contextlib.suppress(Exception):
-                self.process.stdin.write_eof()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.process.wait_closed(), 10)
-            self.process.close()
+                await asyncio.wait_for(self.agent.ended_of(self.ident), 10)
         await self._let_go()
         await super().close()
 
