@@ -355,6 +355,26 @@ def test_sigkilled_owner_leaves_nothing_on_the_hosts(sshd, tmp_path) -> None:
 
 
 @pytest.mark.ssh
+@pytest.mark.slow
+def test_a_pool_connects_ahead_of_its_workers_and_leaves_nothing_when_none_came(sshd) -> None:
+    """A new pool starts an agent on each host it will use before any worker is
+    asked for; closing it without a worker ever started leaves nothing there."""
+    provider = SSHProvider("lab", sshd.options())
+    workers = provider.start_pool(_request(minimum=0, maximum=2))
+    try:
+        wait_for(
+            lambda: sum("hostside agent" in line for line in sshd.cmdlines()) == 2,
+            30,
+            f"an agent on each host: {sshd.cmdlines()}",
+        )
+        assert workers.n_workers == 0
+    finally:
+        workers.close()
+        provider.close()
+    _no_processes_left(sshd)
+
+
+@pytest.mark.ssh
 def test_check_reports_each_host(sshd) -> None:
     """check() names each host: reachable with versions and hardware, or why not."""
     provider = SSHProvider("lab", sshd.options(hosts=[*sshd.hosts, "127.0.0.3"], connect_timeout=5))

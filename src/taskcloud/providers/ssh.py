@@ -50,6 +50,7 @@ import dask
 from attrs import frozen
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from taskcloud.capacity import Shape
 from taskcloud.errors import HostUnreachableError
@@ -403,24 +404,43 @@ class Links:
         self.scheduler_port = scheduler_port
         self._links: dict[Host, _Link] = {}
         self._locks: dict[Host, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.closed = False
+
+    async def _open(self, host: Host) -> _Link:
+        """The link to ``host``, opened if it has none (or lost the one it had); the
+        caller holds its lock."""
+        link = self._links.get(host)
+        if link is None or link.lost:
+            connection = await connect(host, self.options)
+            if self.closed:  # the pool closed while this connection opened
+                connection.close()
+                raise RuntimeError(f"the pool closed while its connection to {host} opened")
+            listener = await connection.forward_remote_port(
+                "127.0.0.1", 0, "127.0.0.1", self.scheduler_port
+            )
+            link = self._links[host] = _Link(connection, listener.get_port())
+        return link
 
     async def acquire(self, host: Host, python: str) -> tuple[_Link, HostAgent]:
-        """The link to ``host`` (opened if it has none, or lost the one it had) and
-        its agent for ``python``."""
+        """The link to ``host`` and its agent for ``python``, for one more worker."""
         async with self._locks[host]:
-            link = self._links.get(host)
-            if link is None or link.lost:
-                connection = await connect(host, self.options)
-                listener = await connection.forward_remote_port(
-                    "127.0.0.1", 0, "127.0.0.1", self.scheduler_port
-                )
-                link = self._links[host] = _Link(connection, listener.get_port())
+            link = await self._open(host)
             link.users += 1
             try:
                 return link, await link.agent(python)
             except BaseException:
                 link.users -= 1
                 raise
+
+    async def warm(self, host: Host, python: str) -> None:
+        """Open the link to ``host`` and start its agent for ``python`` ahead of its
+        first worker, so that the agent's import of distributed overlaps the pool's
+        start; a failure is left for the worker's start to report."""
+        try:
+            async with self._locks[host]:
+                await (await self._open(host)).agent(python)
+        except Exception as exc:
+            logger.debug("the connection to %s did not open ahead of its workers: %s", host, exc)
 
     async def release(self, host: Host, link: _Link) -> None:
         """One worker fewer on ``host``; the last one closes its connection, and its
@@ -434,7 +454,9 @@ class Links:
                     await asyncio.wait_for(link.connection.wait_closed(), 5)
 
     def close_all(self) -> None:
-        """Close every connection at once (their workers end with them)."""
+        """Close every connection at once (their workers end with them), and open no
+        more."""
+        self.closed = True
         links, self._links = list(self._links.values()), {}
         for link in links:
             link.connection.close()
@@ -722,6 +744,19 @@ class SSHCapacity:
 # --------------------------------------------------------------------------- cluster
 
 
+class _LinksClose(SchedulerPlugin):
+    """Closes a pool's connections as its scheduler closes: those opened ahead of
+    workers that never came are closed by no worker."""
+
+    name = "taskcloud-ssh-links"
+
+    def __init__(self, links: Links) -> None:
+        self.links = links
+
+    async def close(self) -> None:
+        self.links.close_all()
+
+
 class SSHPoolCluster(local.SecuredCluster):
     """A pool's (or a named cluster's) workers on the provider's hosts."""
 
@@ -752,14 +787,20 @@ class SSHPoolCluster(local.SecuredCluster):
         roomy = [info for info in hosts if self._capacity.room(info, self._shape) > 0] or hosts
         return min(roomy, key=lambda info: counts.get(info.host, 0)).host
 
-    def new_worker_spec(self) -> dict[str, Any]:
+    def _pool_links(self) -> Links:
+        """The pool's connections; its scheduler's close closes what is left of them."""
         if self.links is None:  # the scheduler listens by now
             port = int(self.scheduler.address.rsplit(":", 1)[1])
             self.links = Links(self.provider.options, port)
+            self.scheduler.add_plugin(_LinksClose(self.links))
+        return self.links
+
+    def new_worker_spec(self) -> dict[str, Any]:
+        links = self._pool_links()
         name = str(next(self._numbers))
         while name in self.worker_spec:
             name = str(next(self._numbers))
-        options = {**self.new_spec["options"], "host": self._pick_host(), "links": self.links}
+        options = {**self.new_spec["options"], "host": self._pick_host(), "links": links}
         return {name: {"cls": SSHWorker, "options": {**options, "cluster": weakref.ref(self)}}}
 
     def _correct_state(self) -> asyncio.Future[None]:
@@ -823,6 +864,9 @@ class SSHPoolCluster(local.SecuredCluster):
     ) -> Any:
         """Scale from the queue between ``minimum`` and ``maximum`` workers, within the
         hosts' capacity; an idle worker goes after ``keepalive`` seconds."""
+        loop = self.loop
+        assert loop is not None  # the cluster runs
+        loop.add_callback(self._warm, maximum)
         return local.adapt(
             self,
             self._capacity,  # type: ignore[arg-type]  # it answers what scaling asks
@@ -832,6 +876,14 @@ class SSHPoolCluster(local.SecuredCluster):
             keepalive,
             adaptive=adaptive or local.CapacityAdaptive,
         )
+
+    async def _warm(self, maximum: int) -> None:
+        """Connect to the hosts the first workers go to, and start their agents, while
+        scaling decides to start them."""
+        capacity, links = self._capacity, self._pool_links()
+        hosts = [info.host for info in capacity.reachable if capacity.room(info, self._shape)]
+        python = self.new_spec["options"]["python"]
+        await asyncio.gather(*(links.warm(host, python) for host in hosts[:maximum]))
 
     def kill(self) -> None:
         self.sync(self._kill)
