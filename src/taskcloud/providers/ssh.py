@@ -2,12 +2,13 @@
 
 The scheduler runs in this process on 127.0.0.1, with TLS and credentials of the
 pool's own (as a local pool's does); nothing here listens beyond loopback. Each host
-gets one SSH connection per pool, opened when its first worker starts, with a
-reverse tunnel from the host's 127.0.0.1 to the scheduler. Every worker is a channel
-on that connection running :mod:`taskcloud.hostside`, which reads its spec (TLS
-credentials as PEM text among it) from its standard input, never its command line,
-and ends with its worker when the channel or the connection does. So a pool's
-close, a dropped connection and a SIGKILLed owner all leave nothing on the hosts.
+gets one SSH connection per pool, opened as the pool's scaling is set, with a reverse
+tunnel from the host's 127.0.0.1 to the scheduler. On that connection runs one agent,
+:mod:`taskcloud.hostside`, which imports distributed once and forks each worker's
+nanny; the workers' specs (TLS credentials as PEM text among them) arrive on its
+standard input, never its command line, and everything it started ends when its
+input does. So a pool's close, a dropped connection and a SIGKILLed owner all leave
+nothing on the hosts.
 
 Options (a profile's keys, or ``provider_options``):
 
