@@ -298,7 +298,8 @@ def test_a_dropped_connection_reruns_then_names_the_host(lab, tmp_path) -> None:
 @pytest.mark.slow
 def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
     """``environ`` values and the TLS key's PEM text are in no host process's command
-    line; the workers have the values; nothing is left after close."""
+    line or environment as the host shows it; the workers have the values; nothing is
+    left after close."""
     from distributed import Client
 
     provider = SSHProvider("lab", sshd.options())
@@ -314,6 +315,8 @@ def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
             assert not [
                 line for line in lines if "s3cret" in line or key in line or "BEGIN" in line
             ]
+            environs = [str(process.environ()) for process in sshd.processes()]
+            assert not [env for env in environs if "s3cret" in env or key in env]
     finally:
         workers.close()
         provider.close()

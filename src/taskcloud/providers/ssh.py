@@ -294,7 +294,7 @@ class HostAgent:
 
     async def start(self, spec: dict[str, Any], timeout: float) -> tuple[str, dict[str, Any]]:
         """Ask for a worker of ``spec``: its id and the agent's answer (its address, or
-        an error that says why not)."""
+        an error that says why not, and then the worker is stopped)."""
         ident = str(next(self._ids))
         loop = asyncio.get_running_loop()
         answer = self._answers[ident] = loop.create_future()
@@ -304,11 +304,17 @@ class HostAgent:
         else:
             self._send({"start": ident, "spec": spec})
         try:
-            return ident, await asyncio.wait_for(asyncio.shield(answer), timeout)
+            reply = await asyncio.wait_for(asyncio.shield(answer), timeout)
         except asyncio.TimeoutError:
-            return ident, {"error": f"no answer within {timeout:g} s"}
+            reply = {"error": f"no answer within {timeout:g} s"}
+        except BaseException:  # cancelled: the worker must not start behind our back
+            self.stop(ident)
+            raise
         finally:
             self._answers.pop(ident, None)
+        if "address" not in reply:
+            self.stop(ident)
+        return ident, reply
 
     def kill(self, ident: str) -> None:
         """Kill that worker's process at once; its nanny starts another."""
@@ -531,7 +537,6 @@ class SSHWorker(ProcessInterface):
             answer = self._address(reply)
         except BaseException:
             self.status = Status.failed
-            self._stop()
             await self._let_go()
             self._forget()
             raise
