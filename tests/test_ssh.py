@@ -412,6 +412,26 @@ def test_a_call_past_its_timeout_frees_its_remote_worker(lab) -> None:
 
 @pytest.mark.ssh
 @pytest.mark.slow
+def test_a_remote_call_beyond_its_memory_loses_its_worker(lab) -> None:
+    """The nanny that the host's agent forks still enforces memory=: a call beyond it
+    fails with its limit, and a replacement worker takes the next call."""
+    from taskcloud import MemoryLimitError
+
+    @taskcloud.function(provider="lab", memory="300 MiB", n_workers=[0, 1], retries=0)
+    def allocate(megabytes: int, hold: float) -> int:
+        block = bytearray(megabytes * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(hold)
+        return len(block)
+
+    with pytest.raises(MemoryLimitError, match=r"exceeded its memory limit of 300 MiB"):
+        allocate(600, 30)
+    assert allocate(1, 0) == 2**20
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
 def test_a_named_cluster_runs_its_workers_on_the_hosts(sshd, taskcloud_home) -> None:
     """``Cluster(provider="ssh", provider_options=...)`` starts its workers on the hosts;
     closing it leaves nothing there."""
