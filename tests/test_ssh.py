@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -297,7 +298,8 @@ def test_a_dropped_connection_reruns_then_names_the_host(lab, tmp_path) -> None:
 @pytest.mark.slow
 def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
     """``environ`` values and the TLS key's PEM text are in no host process's command
-    line; the workers have the values; nothing is left after close."""
+    line or environment as the host shows it; the workers have the values; nothing is
+    left after close."""
     from distributed import Client
 
     provider = SSHProvider("lab", sshd.options())
@@ -313,6 +315,8 @@ def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
             assert not [
                 line for line in lines if "s3cret" in line or key in line or "BEGIN" in line
             ]
+            environs = [str(process.environ()) for process in sshd.processes()]
+            assert not [env for env in environs if "s3cret" in env or key in env]
     finally:
         workers.close()
         provider.close()
@@ -354,6 +358,26 @@ def test_sigkilled_owner_leaves_nothing_on_the_hosts(sshd, tmp_path) -> None:
 
 
 @pytest.mark.ssh
+@pytest.mark.slow
+def test_a_pool_connects_ahead_of_its_workers_and_leaves_nothing_when_none_came(sshd) -> None:
+    """A new pool starts an agent on each host it will use before any worker is
+    asked for; closing it without a worker ever started leaves nothing there."""
+    provider = SSHProvider("lab", sshd.options())
+    workers = provider.start_pool(_request(minimum=0, maximum=2))
+    try:
+        wait_for(
+            lambda: sum("hostside agent" in line for line in sshd.cmdlines()) == 2,
+            30,
+            f"an agent on each host: {sshd.cmdlines()}",
+        )
+        assert workers.n_workers == 0
+    finally:
+        workers.close()
+        provider.close()
+    _no_processes_left(sshd)
+
+
+@pytest.mark.ssh
 def test_check_reports_each_host(sshd) -> None:
     """check() names each host: reachable with versions and hardware, or why not."""
     provider = SSHProvider("lab", sshd.options(hosts=[*sshd.hosts, "127.0.0.3"], connect_timeout=5))
@@ -384,6 +408,26 @@ def test_a_call_past_its_timeout_frees_its_remote_worker(lab) -> None:
     with pytest.raises(TaskTimeoutError, match="nap"):
         nap(60)
     assert _host(nap(0)) in lab.hosts
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_remote_call_beyond_its_memory_loses_its_worker(lab) -> None:
+    """The nanny that the host's agent forks still enforces memory=: a call beyond it
+    fails with its limit, and a replacement worker takes the next call."""
+    from taskcloud import MemoryLimitError
+
+    @taskcloud.function(provider="lab", memory="300 MiB", n_workers=[0, 1], retries=0)
+    def allocate(megabytes: int, hold: float) -> int:
+        block = bytearray(megabytes * 2**20)
+        for i in range(0, len(block), 4096):
+            block[i] = 1
+        time.sleep(hold)
+        return len(block)
+
+    with pytest.raises(MemoryLimitError, match=r"exceeded its memory limit of 300 MiB"):
+        allocate(600, 30)
+    assert allocate(1, 0) == 2**20
 
 
 @pytest.mark.ssh
@@ -451,25 +495,19 @@ def test_a_worker_that_cannot_start_says_why(sshd, caplog) -> None:
             )
         message = next(r.getMessage() for r in caplog.records if "did not start" in r.getMessage())
         assert "127.0.0.2" in message
-        assert "/nonexistent/python -m taskcloud.hostside` exited with 127" in message
+        assert "/nonexistent/python -m taskcloud.hostside agent` exited with 127" in message
         assert re.search("not found|No such file", message)
     finally:
         workers.close()
         provider.close()
 
 
-def test_hostside_ends_with_its_input_even_while_its_worker_starts() -> None:
-    """The host's process ends when its input does, even while its nanny still looks
-    for a scheduler that is not there."""
-    import psutil
-
-    from taskcloud import credentials
-
-    security, directory = credentials.ephemeral("hostside-test")
-    spec = {
-        "scheduler": "tls://127.0.0.1:9",  # nothing listens: the worker keeps trying
+def _unreachable_spec(security, name: str) -> dict:
+    """A worker's spec whose scheduler is not there: its nanny keeps looking for it."""
+    return {
+        "scheduler": "tls://127.0.0.1:9",
         "listen": "127.0.0.1",
-        "name": "0",
+        "name": name,
         "nthreads": 1,
         "memory_limit": 2**30,
         "resources": {},
@@ -478,25 +516,81 @@ def test_hostside_ends_with_its_input_even_while_its_worker_starts() -> None:
         "tls_cert": Path(security.tls_worker_cert).read_text(),
         "tls_key": Path(security.tls_worker_key).read_text(),
     }
+
+
+@pytest.fixture
+def agent():
+    """A host agent in a subprocess, two workers asked of it whose nannies listen
+    while they look for a scheduler that is not there; its descendants' pids."""
+    import psutil
+
+    from taskcloud import credentials
+
+    security, directory = credentials.ephemeral("hostside-test")
     process = subprocess.Popen(
-        [sys.executable, "-m", "taskcloud.hostside"],
+        [sys.executable, "-m", "taskcloud.hostside", "agent"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
     try:
-        process.stdin.write(json.dumps(spec) + "\n")
+        for name in ("0", "1"):
+            request = {"start": name, "spec": _unreachable_spec(security, name)}
+            process.stdin.write(json.dumps(request) + "\n")
         process.stdin.flush()
         host = psutil.Process(process.pid)
-        wait_for(
-            lambda: [c for c in host.net_connections("tcp") if c.status == "LISTEN"],
-            30,
-            "the nanny listening while it looks for its scheduler",
-        )
-        process.stdin.close()
-        # Well within the 60 s its start may take: it ends because its input did.
-        assert process.wait(20) == 1
+
+        def listening() -> list:
+            children = host.children(recursive=True)
+            ports = [c for p in children for c in p.net_connections("tcp") if c.status == "LISTEN"]
+            return children if len(ports) >= 2 else []
+
+        wait_for(listening, 60, "both nannies listening while they look for their scheduler")
+        yield process, [child.pid for child in host.children(recursive=True)]
     finally:
         process.kill()
+        process.wait()
         credentials.discard(directory)
+
+
+def _gone(pids: list[int]) -> bool:
+    import psutil
+
+    for pid in pids:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                return False
+    return True
+
+
+def test_hostside_agent_ends_its_workers_with_its_input_even_while_they_start(agent) -> None:
+    """The agent and every process it forked end when its input does, even while
+    their nannies still look for a scheduler that is not there."""
+    process, pids = agent
+    process.stdin.close()
+    # Well within the 60 s a start may take: they end because the input did.
+    assert process.wait(20) == 0
+    wait_for(lambda: _gone(pids), 20, f"the agent's children {pids} ending")
+
+
+def test_a_sigkilled_agents_workers_end_too(agent) -> None:
+    """Each child of an agent that is SIGKILLed sees its lifeline end and kills its
+    worker: nothing the agent forked lives on."""
+    process, pids = agent
+    process.kill()
+    process.wait()
+    wait_for(lambda: _gone(pids), 20, f"the agent's children {pids} ending")
+
+
+def test_the_agent_answers_each_request_by_its_worker_id(agent) -> None:
+    """A bad spec is answered with the worker id it names; a worker stopped while it
+    starts ends, and the agent says so by its id."""
+    process, _ = agent
+    process.stdin.write(json.dumps({"start": "7", "spec": {"name": "7"}}) + "\n")
+    process.stdin.write(json.dumps({"stop": "0"}) + "\n")
+    process.stdin.flush()
+    replies = [json.loads(process.stdout.readline()) for _ in range(2)]
+    assert [reply["id"] for reply in replies if "exit" in reply] == ["0"]
+    (bad,) = [reply for reply in replies if reply["id"] == "7"]
+    assert re.search(r"the spec lacks scheduler, listen", bad["error"])

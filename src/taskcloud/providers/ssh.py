@@ -2,12 +2,13 @@
 
 The scheduler runs in this process on 127.0.0.1, with TLS and credentials of the
 pool's own (as a local pool's does); nothing here listens beyond loopback. Each host
-gets one SSH connection per pool, opened when its first worker starts, with a
-reverse tunnel from the host's 127.0.0.1 to the scheduler. Every worker is a channel
-on that connection running :mod:`taskcloud.hostside`, which reads its spec (TLS
-credentials as PEM text among it) from its standard input, never its command line,
-and ends with its worker when the channel or the connection does. So a pool's
-close, a dropped connection and a SIGKILLed owner all leave nothing on the hosts.
+gets one SSH connection per pool, opened as the pool's scaling is set, with a reverse
+tunnel from the host's 127.0.0.1 to the scheduler. On that connection runs one agent,
+:mod:`taskcloud.hostside`, which imports distributed once and forks each worker's
+nanny; the workers' specs (TLS credentials as PEM text among them) arrive on its
+standard input, never its command line, and everything it started ends when its
+input does. So a pool's close, a dropped connection and a SIGKILLed owner all leave
+nothing on the hosts.
 
 Options (a profile's keys, or ``provider_options``):
 
@@ -50,6 +51,7 @@ import dask
 from attrs import frozen
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from taskcloud.capacity import Shape
 from taskcloud.errors import HostUnreachableError
@@ -265,17 +267,139 @@ async def connect(host: Host, options: SSHOptions) -> Any:
     raise HostUnreachableError({host.address: reason})
 
 
+class HostAgent:
+    """The host's agent (``PYTHON -m taskcloud.hostside agent``) on one channel of a
+    link: it starts, kills and stops that link's workers, each its own child there."""
+
+    def __init__(self, process: Any, python: str) -> None:
+        self.process = process
+        self.python = python
+        self.errors: collections.deque[str] = collections.deque(maxlen=40)
+        self.ended = False
+        self._ids = itertools.count()
+        self._answers: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._exits: dict[str, asyncio.Future[None]] = {}
+        self._stderr = asyncio.ensure_future(self._read_errors())
+        self._stdout = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def open(cls, connection: Any, python: str) -> HostAgent:
+        """Start the agent on a new channel of ``connection``."""
+        command = f"{shlex.quote(python)} -m taskcloud.hostside agent"
+        return cls(await connection.create_process(command, encoding="utf-8"), python)
+
+    @property
+    def lost(self) -> bool:
+        return self.ended
+
+    async def start(self, spec: dict[str, Any], timeout: float) -> tuple[str, dict[str, Any]]:
+        """Ask for a worker of ``spec``: its id and the agent's answer (its address, or
+        an error that says why not, and then the worker is stopped)."""
+        ident = str(next(self._ids))
+        loop = asyncio.get_running_loop()
+        answer = self._answers[ident] = loop.create_future()
+        self._exits[ident] = loop.create_future()
+        if self.ended:
+            self._finish_one(ident)
+        else:
+            self._send({"start": ident, "spec": spec})
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(answer), timeout)
+        except asyncio.TimeoutError:
+            reply = {"error": f"no answer within {timeout:g} s"}
+        except BaseException:  # cancelled: the worker must not start behind our back
+            self.stop(ident)
+            raise
+        finally:
+            self._answers.pop(ident, None)
+        if "address" not in reply:
+            self.stop(ident)
+        return ident, reply
+
+    def kill(self, ident: str) -> None:
+        """Kill that worker's process at once; its nanny starts another."""
+        self._send({"kill": ident})
+
+    def stop(self, ident: str) -> None:
+        """End that worker and its nanny at once."""
+        self._send({"stop": ident})
+
+    async def ended_of(self, ident: str) -> None:
+        """Until that worker's child on the host has ended, or the agent has."""
+        exit_ = self._exits.get(ident)
+        if exit_ is not None:
+            await asyncio.shield(exit_)
+
+    def _send(self, request: dict[str, Any]) -> None:
+        if not self.ended:
+            with contextlib.suppress(Exception):
+                self.process.stdin.write(json.dumps(request) + "\n")
+
+    async def _read(self) -> None:
+        with contextlib.suppress(Exception):
+            async for line in self.process.stdout:
+                self._on_line(line)
+        await self._finish()
+
+    def _on_line(self, line: str) -> None:
+        try:
+            message = json.loads(line)
+            ident = str(message["id"])
+        except (ValueError, TypeError, KeyError):
+            self.errors.append(line.rstrip())
+            return
+        if "exit" in message:
+            answer = self._answers.get(ident)
+            if answer is not None and not answer.done():
+                answer.set_result({"error": f"its process ended with {message['exit']}"})
+            self._finish_one(ident)
+        elif ident in self._answers and not self._answers[ident].done():
+            self._answers[ident].set_result(message)
+
+    async def _finish(self) -> None:
+        """The agent's channel ended: every worker it had has ended with it."""
+        self.ended = True
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self._stderr), 5)
+        status = self.process.exit_status
+        reason = f"`{self.python} -m taskcloud.hostside agent` exited with {status}"
+        for answer in self._answers.values():
+            if not answer.done():
+                answer.set_result({"error": reason})
+        for ident in list(self._exits):
+            self._finish_one(ident)
+
+    def _finish_one(self, ident: str) -> None:
+        exit_ = self._exits.pop(ident, None)
+        if exit_ is not None and not exit_.done():
+            exit_.set_result(None)
+
+    async def _read_errors(self) -> None:
+        with contextlib.suppress(Exception):
+            async for line in self.process.stderr:
+                self.errors.append(line.rstrip())
+
+
 class _Link:
-    """One host's connection and its tunnel to the scheduler, shared by its workers."""
+    """One host's connection, its tunnel to the scheduler and its agents (one per
+    Python), shared by its workers."""
 
     def __init__(self, connection: Any, port: int) -> None:
         self.connection = connection
         self.port = port
         self.users = 0
+        self.agents: dict[str, HostAgent] = {}
 
     @property
     def lost(self) -> bool:
         return bool(self.connection.is_closed())
+
+    async def agent(self, python: str) -> HostAgent:
+        """The agent that runs ``python`` on this host, started if it has none."""
+        agent = self.agents.get(python)
+        if agent is None or agent.lost:
+            agent = self.agents[python] = await HostAgent.open(self.connection, python)
+        return agent
 
 
 class Links:
@@ -287,22 +411,47 @@ class Links:
         self.scheduler_port = scheduler_port
         self._links: dict[Host, _Link] = {}
         self._locks: dict[Host, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+        self.closed = False
 
-    async def acquire(self, host: Host) -> _Link:
-        """The link to ``host``, opened if it has none (or lost the one it had)."""
+    async def _open(self, host: Host) -> _Link:
+        """The link to ``host``, opened if it has none (or lost the one it had); the
+        caller holds its lock."""
+        link = self._links.get(host)
+        if link is None or link.lost:
+            connection = await connect(host, self.options)
+            if self.closed:  # the pool closed while this connection opened
+                connection.close()
+                raise RuntimeError(f"the pool closed while its connection to {host} opened")
+            listener = await connection.forward_remote_port(
+                "127.0.0.1", 0, "127.0.0.1", self.scheduler_port
+            )
+            link = self._links[host] = _Link(connection, listener.get_port())
+        return link
+
+    async def acquire(self, host: Host, python: str) -> tuple[_Link, HostAgent]:
+        """The link to ``host`` and its agent for ``python``, for one more worker."""
         async with self._locks[host]:
-            link = self._links.get(host)
-            if link is None or link.lost:
-                connection = await connect(host, self.options)
-                listener = await connection.forward_remote_port(
-                    "127.0.0.1", 0, "127.0.0.1", self.scheduler_port
-                )
-                link = self._links[host] = _Link(connection, listener.get_port())
+            link = await self._open(host)
             link.users += 1
-            return link
+            try:
+                return link, await link.agent(python)
+            except BaseException:
+                link.users -= 1
+                raise
+
+    async def warm(self, host: Host, python: str) -> None:
+        """Open the link to ``host`` and start its agent for ``python`` ahead of its
+        first worker, so that the agent's import of distributed overlaps the pool's
+        start; a failure is left for the worker's start to report."""
+        try:
+            async with self._locks[host]:
+                await (await self._open(host)).agent(python)
+        except Exception as exc:
+            logger.debug("the connection to %s did not open ahead of its workers: %s", host, exc)
 
     async def release(self, host: Host, link: _Link) -> None:
-        """One worker fewer on ``host``; the last one closes its connection."""
+        """One worker fewer on ``host``; the last one closes its connection, and its
+        agents end with it."""
         async with self._locks[host]:
             link.users -= 1
             if link.users <= 0 and self._links.get(host) is link:
@@ -312,7 +461,9 @@ class Links:
                     await asyncio.wait_for(link.connection.wait_closed(), 5)
 
     def close_all(self) -> None:
-        """Close every connection at once (their workers end with them)."""
+        """Close every connection at once (their workers end with them), and open no
+        more."""
+        self.closed = True
         links, self._links = list(self._links.values()), {}
         for link in links:
             link.connection.close()
@@ -326,7 +477,7 @@ def _pem(path: str) -> str:
 
 
 class SSHWorker(ProcessInterface):
-    """A nanny and its worker on a host: :mod:`taskcloud.hostside` on one channel."""
+    """A nanny and its worker on a host: a child of the host's agent."""
 
     def __init__(
         self,
@@ -358,34 +509,32 @@ class SSHWorker(ProcessInterface):
         }
         self.security = security
         self.cluster = cluster
-        self.process: Any = None
+        self.agent: HostAgent | None = None
+        self.ident: str | None = None
         self._link: _Link | None = None
         self._closing = False
-        self.errors: collections.deque[str] = collections.deque(maxlen=40)
-        #: What follows the channel: its standard error, its end.
+        #: What follows the worker's end on the host.
         self._tasks: set[asyncio.Future[None]] = set()
 
-    def _spec(self, port: int) -> str:
+    def _spec(self, port: int) -> dict[str, Any]:
         assert self.security is not None
-        return json.dumps(
-            {
-                **self.settings,
-                "scheduler": f"tls://127.0.0.1:{port}",
-                "listen": self.host.address,
-                "tls_ca": _pem(self.security.tls_ca_file),
-                "tls_cert": _pem(self.security.tls_worker_cert),
-                "tls_key": _pem(self.security.tls_worker_key),
-                "timeout": WORKER_START_TIMEOUT,
-            }
-        )
+        return {
+            **self.settings,
+            "scheduler": f"tls://127.0.0.1:{port}",
+            "listen": self.host.address,
+            "tls_ca": _pem(self.security.tls_ca_file),
+            "tls_cert": _pem(self.security.tls_worker_cert),
+            "tls_key": _pem(self.security.tls_worker_key),
+            "timeout": WORKER_START_TIMEOUT,
+        }
 
     async def start(self) -> None:
         try:
-            self._link = await self.links.acquire(self.host)
-            command = f"{shlex.quote(self.python)} -m taskcloud.hostside"
-            self.process = await self._link.connection.create_process(command, encoding="utf-8")
-            self.process.stdin.write(self._spec(self._link.port) + "\n")
-            answer = await self._answer()
+            self._link, self.agent = await self.links.acquire(self.host, self.python)
+            self.ident, reply = await self.agent.start(
+                self._spec(self._link.port), WORKER_START_TIMEOUT
+            )
+            answer = self._address(reply)
         except BaseException:
             self.status = Status.failed
             await self._let_go()
@@ -395,48 +544,25 @@ class SSHWorker(ProcessInterface):
         self._tasks.add(asyncio.ensure_future(self._follow()))
         await super().start()
 
-    async def _answer(self) -> str:
-        """The worker's address, from the first line the host's process prints."""
-        reader = asyncio.ensure_future(self._read_errors())
-        self._tasks.add(reader)
-        try:
-            line = await asyncio.wait_for(self.process.stdout.readline(), WORKER_START_TIMEOUT)
-        except asyncio.TimeoutError:
-            reply = {"error": f"no answer within {WORKER_START_TIMEOUT:g} s"}
-        else:
-            reply = await self._reply(line, reader)
+    def _address(self, reply: dict[str, Any]) -> str:
+        """The worker's address, from the agent's answer; else why it did not start."""
         if "address" not in reply:
-            lines = "\n".join(self.errors)
+            lines = "\n".join(self.agent.errors) if self.agent is not None else ""
             raise RuntimeError(
                 f"the worker on {self.host} did not start: {reply.get('error')}\n{lines}".strip()
             )
         return str(reply["address"])
 
-    async def _reply(self, line: str, reader: asyncio.Future[None]) -> dict[str, Any]:
-        if not line:  # it ended without a word: say how, with what it wrote to stderr
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(reader), 5)
-            status = self.process.exit_status
-            return {"error": f"`{self.python} -m taskcloud.hostside` exited with {status}"}
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            return {"error": line.strip()}
-        return reply if isinstance(reply, dict) else {"error": line.strip()}
-
-    async def _read_errors(self) -> None:
-        with contextlib.suppress(Exception):
-            async for line in self.process.stderr:
-                self.errors.append(line.rstrip())
-
     async def _follow(self) -> None:
-        """When the channel ends without a close (the connection dropped, the host's
-        process died), the cluster forgets this worker, so that scaling replaces it."""
+        """When the worker ends without a close (the connection dropped, its process on
+        the host died), the cluster forgets it, so that scaling replaces it."""
+        assert self.agent is not None
+        assert self.ident is not None
         with contextlib.suppress(Exception):
-            await self.process.wait_closed()
+            await self.agent.ended_of(self.ident)
         if not self._closing:
             logger.debug(
-                "the worker %s on %s ended: %s", self.name, self.host, list(self.errors)[-3:]
+                "the worker %s on %s ended: %s", self.name, self.host, list(self.agent.errors)[-3:]
             )
             self._forget()
             await self._let_go()
@@ -452,27 +578,26 @@ class SSHWorker(ProcessInterface):
         if link is not None:
             await self.links.release(self.host, link)
 
+    def _stop(self) -> None:
+        if self.agent is not None and self.ident is not None:
+            self.agent.stop(self.ident)
+
     def kill(self) -> None:
         """Kill the worker process at once; its nanny starts another."""
-        if self.process is not None:
-            with contextlib.suppress(Exception):
-                self.process.stdin.write("kill\n")
+        if self.agent is not None and self.ident is not None:
+            self.agent.kill(self.ident)
 
     def abort(self) -> None:
-        """End the channel at once: the host's process kills its worker and exits."""
+        """End the worker and its nanny on the host at once."""
         self._closing = True
-        if self.process is not None:
-            with contextlib.suppress(Exception):
-                self.process.stdin.write_eof()
+        self._stop()
 
     async def close(self) -> None:
         self._closing = True
-        if self.process is not None:
+        self._stop()
+        if self.agent is not None and self.ident is not None:
             with contextlib.suppress(Exception):
-                self.process.stdin.write_eof()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.process.wait_closed(), 10)
-            self.process.close()
+                await asyncio.wait_for(self.agent.ended_of(self.ident), 10)
         await self._let_go()
         await super().close()
 
@@ -625,6 +750,19 @@ class SSHCapacity:
 # --------------------------------------------------------------------------- cluster
 
 
+class _LinksClose(SchedulerPlugin):
+    """Closes a pool's connections as its scheduler closes: those opened ahead of
+    workers that never came are closed by no worker."""
+
+    name = "taskcloud-ssh-links"
+
+    def __init__(self, links: Links) -> None:
+        self.links = links
+
+    async def close(self) -> None:
+        self.links.close_all()
+
+
 class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
     """A pool's (or a named cluster's) workers on the provider's hosts."""
 
@@ -655,14 +793,20 @@ class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
         roomy = [info for info in hosts if self._capacity.room(info, self._shape) > 0] or hosts
         return min(roomy, key=lambda info: counts.get(info.host, 0)).host
 
-    def new_worker_spec(self) -> dict[str, Any]:
+    def _pool_links(self) -> Links:
+        """The pool's connections; its scheduler's close closes what is left of them."""
         if self.links is None:  # the scheduler listens by now
             port = int(self.scheduler.address.rsplit(":", 1)[1])
             self.links = Links(self.provider.options, port)
+            self.scheduler.add_plugin(_LinksClose(self.links))
+        return self.links
+
+    def new_worker_spec(self) -> dict[str, Any]:
+        links = self._pool_links()
         name = str(next(self._numbers))
         while name in self.worker_spec:
             name = str(next(self._numbers))
-        options = {**self.new_spec["options"], "host": self._pick_host(), "links": self.links}
+        options = {**self.new_spec["options"], "host": self._pick_host(), "links": links}
         return {name: {"cls": SSHWorker, "options": {**options, "cluster": weakref.ref(self)}}}
 
     def _correct_state(self) -> asyncio.Future[None]:
@@ -714,6 +858,9 @@ class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
     ) -> Any:
         """Scale from the queue between ``minimum`` and ``maximum`` workers, within the
         hosts' capacity; an idle worker goes after ``keepalive`` seconds."""
+        loop = self.loop
+        assert loop is not None  # the cluster runs
+        loop.add_callback(self._warm, maximum)
         return local.adapt(
             self,
             self._capacity,  # type: ignore[arg-type]  # it answers what scaling asks
@@ -723,6 +870,14 @@ class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
             keepalive,
             adaptive=adaptive or local.CapacityAdaptive,
         )
+
+    async def _warm(self, maximum: int) -> None:
+        """Connect to the hosts the first workers go to, and start their agents, while
+        scaling decides to start them."""
+        capacity, links = self._capacity, self._pool_links()
+        hosts = [info.host for info in capacity.reachable if capacity.room(info, self._shape)]
+        python = self.new_spec["options"]["python"]
+        await asyncio.gather(*(links.warm(host, python) for host in hosts[:maximum]))
 
     def kill(self) -> None:
         self.sync(self._kill)
