@@ -197,6 +197,55 @@ def test_pytask_runs_decorated_tasks_on_the_hosts(sshd, tmp_path, write, monkeyp
 
 
 @pytest.mark.ssh
+@pytest.mark.slow
+def test_pytask_s_shows_what_a_remote_task_prints_as_it_runs(sshd, tmp_path, write) -> None:
+    """Under ``pytask -n 2 -s`` a decorated task's output on a host reaches the
+    terminal while the task still runs, as a local worker's does."""
+    _pyproject(tmp_path, sshd.profile(), default=True)
+    release = tmp_path / "release"
+    write(
+        "task_talks.py",
+        f"""
+        import time
+        from pathlib import Path
+        import taskcloud
+
+        @taskcloud.function(n_workers=[0, 1])
+        def task_talks() -> None:
+            print("remote line one", flush=True)
+            deadline = time.monotonic() + 120
+            while not Path({str(release)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        """,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pytask", "-n", "2", "-s"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        seen: list[str] = []
+        assert process.stdout is not None
+        for line in process.stdout:  # ends when pytask does
+            seen.append(line)
+            if "remote line one" in line:
+                break
+        # Shown while the task still waits for the release file.
+        assert any("remote line one" in line for line in seen), "".join(seen)
+        assert process.poll() is None
+        release.touch()
+        rest = process.communicate(timeout=120)[0]
+    finally:
+        release.touch()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 0, "".join(seen) + rest
+
+
+@pytest.mark.ssh
 def test_unknown_host_key_is_refused_with_the_fix(sshd, tmp_path) -> None:
     """A host whose key is not in known_hosts is refused, saying how to add it."""
     empty = tmp_path / "known_hosts"

@@ -375,9 +375,21 @@ class HostAgent:
             exit_.set_result(None)
 
     async def _read_errors(self) -> None:
+        # The workers' own output (what a task prints under pytask -s, say, or a
+        # decorated function in a script) comes here, and reaches this terminal as
+        # a local worker's would; the last lines also explain a failed start.
         with contextlib.suppress(Exception):
             async for line in self.process.stderr:
-                self.errors.append(line.rstrip())
+                if line:  # the stream's end reads as ""
+                    self.errors.append(line.rstrip())
+                    _relay(line)
+
+
+def _relay(line: str) -> None:
+    """Write a line a host's worker printed to this process's standard error."""
+    with contextlib.suppress(Exception):
+        sys.stderr.write(line if line.endswith("\n") else line + "\n")
+        sys.stderr.flush()
 
 
 class _Link:
