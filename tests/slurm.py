@@ -112,8 +112,9 @@ class Slurm:
             raise SlurmUnavailable("the Slurm fixture starts its daemons as root")
         missing = missing_binaries()
         if missing:
-            raise SlurmUnavailable(f"not installed: {', '.join(missing)} (apt-get install "
-                                   "slurm-wlm munge)")
+            raise SlurmUnavailable(
+                f"not installed: {', '.join(missing)} (apt-get install slurm-wlm munge)"
+            )
         self._start_munge()
         self._write_conf()
         self._daemon("slurmctld", "-D", "-i", "-f", str(self.conf))
@@ -131,9 +132,18 @@ class Slurm:
         for path in (home, key):
             os.chown(path, munge.pw_uid, munge.pw_gid)
         self._daemon(
-            "runuser", "-u", "munge", "--", "munged", "--foreground", "--force",
-            f"--key-file={key}", f"--socket={self.socket}", f"--pid-file={home}/munged.pid",
-            f"--log-file={home}/munged.log", f"--seed-file={home}/munged.seed",
+            "runuser",
+            "-u",
+            "munge",
+            "--",
+            "munged",
+            "--foreground",
+            "--force",
+            f"--key-file={key}",
+            f"--socket={self.socket}",
+            f"--pid-file={home}/munged.pid",
+            f"--log-file={home}/munged.log",
+            f"--seed-file={home}/munged.seed",
         )
         self.wait(self.socket.exists, 10, "munged's socket appears")
 
@@ -159,8 +169,12 @@ class Slurm:
     def _daemon(self, *command: str) -> None:
         log = (self.dir / f"{Path(command[0]).name}-{len(self.processes)}.out").open("wb")
         process = subprocess.Popen(
-            command, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, start_new_session=True,
+            command,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.processes.append(process)
 
