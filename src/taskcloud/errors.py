@@ -388,6 +388,8 @@ class JobFailedError(TaskcloudError, RuntimeError):
 
     def __str__(self) -> str:
         err = self.stderr.strip() or "(empty)"
+        if self.state == "REJECTED":
+            return f"sbatch refused the worker job: {err}"
         return (
             f"Slurm job {self.job} ended ({self.state}) before its worker connected. "
             f"Its stderr:\n{err}"

@@ -547,12 +547,32 @@ class SlurmPoolCluster(SLURMCluster):
         self._failure_callbacks.append(callback)
 
     def fail(self, exc: BaseException) -> None:
-        """Fail the pool's waiting calls, unless a worker is there to run them."""
+        """Fail the pool's waiting calls, unless a worker is there to run them.
+
+        Called in the event loop; the pool cancels its calls' dask futures, which
+        blocks, so the callbacks run in a thread.
+        """
         if self.scheduler.workers:
             logger.warning("%s: %s", self.label, exc)
             return
+        loop = asyncio.get_running_loop()
         for callback in list(self._failure_callbacks):
-            callback(exc)
+            loop.run_in_executor(None, callback, exc)
+
+    def _correct_state(self) -> asyncio.Future[None]:
+        # A job sbatch refused (or could not submit) would stay in ``workers`` with no
+        # job id, blocking its place for good: it goes, and the pool's calls fail.
+        return asyncio.ensure_future(self._correct_state_checked())
+
+    async def _correct_state_checked(self) -> None:
+        try:
+            await super()._correct_state()
+        except Exception as exc:
+            for name, job in list(self.workers.items()):
+                if not getattr(job, "job_id", None):
+                    self.workers.pop(name, None)
+                    self.worker_spec.pop(name, None)
+            self.fail(submission_error(self.provider, exc))
 
     def job_ids(self) -> list[str]:
         return [str(job.job_id) for job in self.workers.values() if getattr(job, "job_id", None)]
@@ -634,6 +654,15 @@ class SlurmPoolCluster(SLURMCluster):
             await super()._close()
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def submission_error(provider: str, exc: BaseException) -> BaseException:
+    """What a failed ``sbatch`` means: Slurm out of reach, or the job refused."""
+    text = str(exc)
+    stderr = text.partition("stderr:")[2].strip() or text
+    if "Unable to contact slurm controller" in text:
+        return SlurmUnreachableError(provider, "sbatch", stderr)
+    return JobFailedError("(not submitted)", "REJECTED", stderr)
 
 
 def _job_name(worker_name: str, spec: dict[str, Any]) -> str:
