@@ -123,8 +123,9 @@ def test_pytask_run_sends_two_shapes_to_two_kinds_of_jobs(slurm, profile, tmp_pa
 
 def test_decorator_outside_pytask_keeps_credentials_private(slurm, profile, taskcloud_home) -> None:
     """A call runs in a job; the job's script, squeue and ps show no key; the private
-    files are 0600 in a 0700 directory, removed on close, and the job leaves squeue."""
-    profile("hpc")
+    files are 0600 in a 0700 directory, removed on close, and the job leaves squeue.
+    Its worker retires before the walltime, staggered."""
+    profile("hpc", walltime="10:00")
     located = taskcloud.function(provider="hpc", cpu=1, memory="500 MiB")(where_am_i)
 
     seen = located()
@@ -141,6 +142,8 @@ def test_decorator_outside_pytask_keeps_credentials_private(slurm, profile, task
     shown = slurm.run("scontrol", "show", "job", job).stdout + slurm.run("squeue", "-l").stdout
     processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "--tls-key" in script
+    assert "#SBATCH -t 10:00" in script
+    assert "--lifetime 480s --lifetime-stagger 60s" in script
     for text in (script, shown, processes):
         assert secret not in text
         assert "PRIVATE KEY" not in text
@@ -305,3 +308,60 @@ def test_sigkill_of_the_owner_leaves_no_job_behind(slurm, profile, tmp_path) -> 
         owner.wait()
 
     wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
+
+
+def test_named_cluster_workers_are_jobs_found_by_name_and_cancelled_on_delete(
+    slurm, profile, tmp_path, taskcloud_home
+) -> None:
+    """Cluster(name=..., provider="hpc"): its workers are jobs that list_clusters()
+    names, another process finds it by name, and delete_cluster cancels its jobs."""
+    # The user's profiles: the cluster's process runs outside the project.
+    profile("hpc")
+    user_profiles = (tmp_path / "pyproject.toml").read_text().replace("tool.taskcloud.", "")
+    (taskcloud_home / "providers.toml").write_text(user_profiles)
+    cluster = taskcloud.Cluster(
+        name="on-slurm", provider="hpc", n_workers=1, worker_cpu=1, worker_memory="500 MiB"
+    )
+    try:
+        client = cluster.get_client()
+        in_job = lambda: __import__("os").environ.get("SLURM_JOB_ID")  # noqa: E731  # by value
+        job = client.submit(in_job, pure=False).result(timeout=90)
+        assert job in slurm.jobs()
+        listed = taskcloud.list_clusters()["on-slurm"]
+        assert listed["provider"] == "hpc"
+        assert f"jobs {job}" in listed["where"]
+        found = subprocess.run(
+            [sys.executable, "-c", "import taskcloud; c = taskcloud.Cluster(name='on-slurm'); "
+             "print(c.get_client().submit(sum, [1, 2]).result(timeout=60))"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert found.stdout.strip() == "3", found.stderr
+    finally:
+        taskcloud.delete_cluster("on-slurm")
+
+    wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"queues": "short"}, r"provider_options=\{'queues': 'short'\}.*Slurm options among"),
+        ({"walltime": "two hours"}, r"walltime='two hours'.*'02:00:00'"),
+        ({"processes": 0}, r"processes=0.*a positive integer"),
+        ({"pending_timeout": "soon"}, r"pending_timeout='soon'"),
+        ({"job_extra_directives": "--exclusive"}, None),
+        ({"job_script_prologue": [1]}, r"job_script_prologue=\[1\].*a list of strings"),
+        ({"allocation": "mine"}, r"allocation='mine'.*'current'"),
+    ],
+)
+def test_options_are_checked_when_the_provider_is_built(options, match) -> None:
+    """Each option is validated with the value and its accepted form; unknown keys are
+    listed; a lone string is a list of one."""
+    from taskcloud.errors import InvalidOptionError
+    from taskcloud.providers.slurm import SlurmProvider
+
+    if match is None:
+        assert SlurmProvider("hpc", options).options.job_extra_directives == ("--exclusive",)
+        return
+    with pytest.raises(InvalidOptionError, match=match):
+        SlurmProvider("hpc", options)

@@ -405,6 +405,12 @@ class TaskcloudSlurmJob(SLURMJob):
             ]
         super().__init__(*args, **kwargs)
 
+    async def close(self) -> None:
+        # dask-jobqueue's close cancels the job but leaves the status running, which
+        # fails the cluster's own close once the job was cancelled before it.
+        await super().close()
+        await ProcessInterface.close(self)
+
     @property
     def stderr_path(self) -> Path | None:
         if self.log_directory is None or not getattr(self, "job_id", None):
@@ -986,6 +992,7 @@ def _step_job(job: str, shape: Shape, processes: int, env_file: Path | None) -> 
             step = getattr(self, "step", None)
             if step is not None:
                 await step.close()
+            await ProcessInterface.close(self)
 
         @property
         def stderr_path(self) -> Path | None:
