@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -109,12 +110,11 @@ def test_pytask_run_sends_two_shapes_to_two_kinds_of_jobs(slurm, profile, tmp_pa
     session = build(paths=tmp_path, n_workers=2)
 
     assert session.exit_code == ExitCode.OK
-    import json
-
     small = json.loads((tmp_path / "small.json").read_text())
     big = json.loads((tmp_path / "big.json").read_text())
     plain = json.loads((tmp_path / "plain.json").read_text())
-    assert small["SLURM_JOB_ID"] and big["SLURM_JOB_ID"]
+    assert small["SLURM_JOB_ID"]
+    assert big["SLURM_JOB_ID"]
     assert small["SLURM_JOB_ID"] != big["SLURM_JOB_ID"]
     assert (small["SLURM_CPUS_PER_TASK"], small["SLURM_MEM_PER_NODE"]) == ("1", "600")
     assert (big["SLURM_CPUS_PER_TASK"], big["SLURM_MEM_PER_NODE"]) == ("2", "1024")
