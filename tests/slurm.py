@@ -118,9 +118,9 @@ class Slurm:
         self._start_munge()
         self._write_conf()
         self._daemon("slurmctld", "-D", "-i", "-f", str(self.conf))
-        self.wait(self._controller_up, 30, "slurmctld answers")
+        self.wait(self._controller_up, 60, "slurmctld answers")
         self._daemon("slurmd", "-D", "-N", NODE, "-f", str(self.conf))
-        self.wait(self._node_idle, 30, f"node {NODE} is idle")
+        self.wait(self._node_idle, 60, f"node {NODE} is idle")
 
     def _start_munge(self) -> None:
         munge = pwd.getpwnam("munge")

@@ -23,6 +23,7 @@ from taskcloud.errors import SlurmUnreachableError
 from taskcloud.errors import WorkerLostError
 from taskcloud.pools import pools
 from tests.conftest import wait_for
+from tests.test_docs import DOCS_SRC
 
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
 
@@ -365,3 +366,21 @@ def test_options_are_checked_when_the_provider_is_built(options, match) -> None:
         return
     with pytest.raises(InvalidOptionError, match=match):
         SlurmProvider("hpc", options)
+
+
+def test_docs_example_runs_on_slurm(slurm, tmp_path, monkeypatch) -> None:
+    """docs_src/slurm: its decorated task runs in a job of the profile, the other here."""
+    import shutil
+
+    project = tmp_path / "slurm"
+    shutil.copytree(DOCS_SRC / "slurm", project)
+    monkeypatch.chdir(project)
+    try:
+        session = build(paths=project, n_workers=2)
+    finally:
+        pools.close_all()
+
+    assert session.exit_code == ExitCode.OK
+    report = (project / "bld" / "report.txt").read_text()
+    assert re.fullmatch(r"pi is about 3\.1\d\d from Slurm job \d+\n", report)
+    wait_for(lambda: not slurm.jobs(), 60, "every job leaving squeue")

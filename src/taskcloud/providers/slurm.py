@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from inspect import isawaitable
 from pathlib import Path
 from typing import Any
 
@@ -532,8 +533,8 @@ class SlurmPoolCluster(SLURMCluster):
         self.monitor: JobMonitor | None = None
         super().__init__(**kwargs)
 
-    async def _start(self) -> None:
-        await super()._start()
+    def begin(self) -> None:
+        """Watch arrivals and jobs, once the scheduler runs (in its event loop)."""
         self.scheduler.add_plugin(_Arrivals(self), name=_Arrivals.name)
         self.monitor = JobMonitor(self)
         self._monitoring = asyncio.ensure_future(self.monitor.run())
@@ -651,15 +652,17 @@ class SlurmPoolCluster(SLURMCluster):
         if self.monitor is not None:
             self.monitor.stop()
         closed = super().close(timeout)
-        if not asyncio.iscoroutine(closed) and not isinstance(closed, asyncio.Future):
+        if not isawaitable(closed):
             shutil.rmtree(self.directory, ignore_errors=True)
-        return closed
+            return closed
 
-    async def _close(self) -> None:
-        try:
-            await super()._close()
-        finally:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        async def closing() -> None:  # an asynchronous cluster: a named cluster's
+            try:
+                await closed
+            finally:
+                shutil.rmtree(self.directory, ignore_errors=True)
+
+        return closing()
 
 
 def submission_error(provider: str, exc: BaseException) -> BaseException:
@@ -802,6 +805,7 @@ class SlurmProvider:
                 dashboard=request.dashboard,
             )
         cluster.label = request.label
+        cluster.sync(_begin, cluster)
         cluster.scale_between(request.minimum, request.maximum, request.keepalive)
         return cluster
 
@@ -818,6 +822,7 @@ class SlurmProvider:
             scheduler_options=request.scheduler_options,
         )
         await cluster
+        cluster.begin()
         return cluster
 
     def _build(
@@ -938,6 +943,10 @@ class SlurmProvider:
 
     def close(self) -> None:
         """Nothing to close: each pool cancels its own jobs."""
+
+
+async def _begin(cluster: SlurmPoolCluster) -> None:
+    cluster.begin()
 
 
 def _private_directory(name: str) -> Path:
