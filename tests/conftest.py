@@ -132,6 +132,24 @@ def taskcloud_home(tmp_path_factory, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sshd(tmp_path_factory):
+    """A real sshd on 127.0.0.1 and 127.0.0.2, started for this session (see
+    ``tests/sshd.py``). Without one the ``ssh`` tests skip, except in CI."""
+    from sshd import SSHD
+    from sshd import SSHDUnavailable
+
+    server = SSHD(tmp_path_factory.mktemp("sshd"))
+    try:
+        server.start()
+    except SSHDUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI needs sshd for the ssh tests: {exc}")
+        pytest.skip(f"the ssh tests need a working sshd: {exc}")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def slurm():
     """A single-node Slurm for this session (see ``tests/slurm.py``), its ``SLURM_CONF``
     in the environment; skipped with the reason where Slurm cannot start, except in CI."""

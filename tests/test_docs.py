@@ -105,3 +105,44 @@ def test_environment_example_runs(monkeypatch) -> None:
         "['greeting-env']",
     ]
     assert "built greeting-env in" in result.stderr
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_ssh_example_runs_on_the_hosts(sshd, tmp_path) -> None:
+    """docs_src/ssh, with its profile pointed at the test suite's sshd: the decorated
+    simulations run on both hosts' workers, the summary here, from one `pytask -n 2`."""
+    project = tmp_path / "ssh"
+    shutil.copytree(DOCS_SRC / "ssh", project)
+    profile = "\n".join(f"{key} = {_toml(value)}" for key, value in sshd.profile().items())
+    text = (project / "pyproject.toml").read_text()
+    start = text.index("[tool.taskcloud.providers.lab]")
+    end = text.index("[tool.pytask.ini_options]")
+    text = f"{text[:start]}[tool.taskcloud.providers.lab]\n{profile}\n\n{text[end:]}"
+    (project / "pyproject.toml").write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytask", "-n", "2"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        timeout=300,
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = (project / "bld" / "summary.txt").read_text()
+    assert summary.startswith("pi is about 3.1")
+    assert "simulated on 127.0.0." in summary
+    assert "on lab" in result.stdout
+    assert "lab: 127.0.0." in result.stdout  # the summary says where the pool ran
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -153,7 +153,7 @@ def test_check_healthy_hosts(cli, write) -> None:
 
     assert result.exit_code == 0, result.output
     row = next(line for line in result.output.splitlines() if "node1" in line)
-    for cell in ("yes", "3.11.7", distributed.__version__, "match", "8", "16 GiB", "1"):
+    for cell in ("ok", "3.11.7", distributed.__version__, "8", "16 GiB", "1"):
         assert cell in row
     assert "Provider 'lab' (hosts)" in result.output
     assert Hosts.closed[-1] == "lab"
@@ -169,8 +169,8 @@ def test_check_unreachable_and_mismatched_hosts(cli, write) -> None:
 
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
-    assert "MISMATCH" in next(line for line in lines if "node2" in line)
-    assert "no: connection refused" in next(line for line in lines if "node3" in line)
+    assert "versions differ" in next(line for line in lines if "node2" in line)
+    assert "unreachable: connection refused" in next(line for line in lines if "node3" in line)
 
 
 @pytest.mark.parametrize(("hosts", "status"), [(["good"], 0), (["old"], 1), (["gone"], 1)])

@@ -26,6 +26,7 @@ __all__ = [
     "EnvironmentNotSupportedError",
     "EnvironmentToolNotFoundError",
     "Function",
+    "HostUnreachableError",
     "InvalidOptionError",
     "MemoryLimitError",
     "NameNotFoundError",
@@ -67,6 +68,7 @@ _EXPORTS = {
     "EnvironmentNotSupportedError": "taskcloud.errors",
     "EnvironmentToolNotFoundError": "taskcloud.errors",
     "Function": "taskcloud.functions",
+    "HostUnreachableError": "taskcloud.errors",
     "InvalidOptionError": "taskcloud.errors",
     "MemoryLimitError": "taskcloud.errors",
     "NameNotFoundError": "taskcloud.errors",
@@ -131,6 +133,7 @@ if TYPE_CHECKING:
     from taskcloud.errors import EnvironmentBuildError
     from taskcloud.errors import EnvironmentNotSupportedError
     from taskcloud.errors import EnvironmentToolNotFoundError
+    from taskcloud.errors import HostUnreachableError
     from taskcloud.errors import InvalidOptionError
     from taskcloud.errors import MemoryLimitError
     from taskcloud.errors import NameNotFoundError

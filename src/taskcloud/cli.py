@@ -13,6 +13,7 @@ from functools import wraps
 from typing import Any
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -100,8 +101,16 @@ def config_list(as_json: bool) -> None:
     _print_table("Cluster configurations", columns, rows)
 
 
-def _print_table(title: str, columns: tuple[str, ...], rows: list[list[str]]) -> None:
-    table = Table(title=title, title_justify="left")
+def _print_table(
+    title: str, columns: tuple[str, ...], rows: list[list[str]], *, compact: bool = False
+) -> None:
+    table = Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE if compact else box.HEAVY_HEAD,
+        collapse_padding=compact,
+        pad_edge=not compact,
+    )
     for column in columns:
         table.add_column(column)
     for row in rows:
@@ -382,7 +391,8 @@ def provider_check(name: str, as_json: bool) -> None:
             f"Provider {resolved.name!r} ({resolved.kind}); here distributed "
             f"{ours['distributed']}, taskcloud {ours['taskcloud']}"
         )
-        _print_table(title, _REPORT_COLUMNS, [_report_row(report) for report in reports])
+        rows = [_report_row(report) for report in reports]
+        _print_table(title, _REPORT_COLUMNS, rows, compact=True)
     if not healthy:
         sys.exit(1)
 
@@ -395,11 +405,10 @@ class _UnknownName(click.ClickException):
 
 _REPORT_COLUMNS = (
     "host",
-    "reachable",
+    "status",
     "python",
     "distributed",
     "taskcloud",
-    "versions",
     "cores",
     "memory",
     "gpus",
@@ -408,14 +417,13 @@ _REPORT_COLUMNS = (
 
 def _report_row(report: Any) -> list[str]:
     if not report.reachable:
-        return [report.host, f"no: {report.reason}", *[""] * (len(_REPORT_COLUMNS) - 2)]
+        return [report.host, f"unreachable: {report.reason}", *[""] * (len(_REPORT_COLUMNS) - 2)]
     return [
         report.host,
-        "yes",
+        "ok" if report.versions_match else "versions differ",
         report.python,
         report.distributed,
         report.taskcloud,
-        "match" if report.versions_match else "MISMATCH",
         str(report.cores),
         format_bytes(report.memory) if report.memory else "",
         str(report.gpus),

@@ -91,7 +91,6 @@ class _Daemon:
         return record is not None and record.get("token") == self.token
 
     async def serve(self) -> None:
-        from distributed.diagnostics.plugin import SchedulerPlugin
 
         security = credentials.create(self.directory, self.name)
         with_dashboard = _has_dashboard()
@@ -113,22 +112,14 @@ class _Daemon:
             )
         )
         self.cluster = cluster
-        scheduler = cluster.scheduler
-        scheduler.handlers["taskcloud_scale"] = self.scale
-        scheduler.handlers["taskcloud_adapt"] = self.adapt
-        scheduler.handlers["taskcloud_stop"] = self.stop
-        daemon = self
-
-        class CountWorkers(SchedulerPlugin):
-            name = "taskcloud-count-workers"
-
-            def add_worker(self, scheduler: Any, worker: str) -> None:
-                daemon.record(workers=len(scheduler.workers))
-
-            def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
-                daemon.record(workers=len(scheduler.workers))
-
-        scheduler.add_plugin(CountWorkers())
+        cluster.serve(
+            {
+                "taskcloud_scale": self.scale,
+                "taskcloud_adapt": self.adapt,
+                "taskcloud_stop": self.stop,
+            }
+        )
+        cluster.on_workers_changed(lambda n: self.record(workers=n))
         low, high = self.spec.n_workers or (self.capacity.fit(self.shape),) * 2
         try:
             if low == high:
@@ -145,14 +136,13 @@ class _Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         # The scheduler's HTTP server always runs; it is a dashboard only with bokeh.
-        dashboard = scheduler.services.get("dashboard") if with_dashboard else None
-        port = dashboard.port if dashboard is not None else None
+        port = cluster.dashboard_port if with_dashboard else None
         owned = await loop.run_in_executor(
             self.writer,
             self._write,
             {
                 "status": "running",
-                "address": scheduler.address,
+                "address": cluster.scheduler_address,
                 "dashboard_port": port,
                 "pid": self.pid,
                 "started": self.started,
@@ -161,15 +151,15 @@ class _Daemon:
                 "spec": self.spec.to_json(),
                 "provider_kind": self.provider.kind,
                 "where": cluster.where,
-                "workers": len(scheduler.workers),
+                "workers": cluster.n_workers,
             },
         )
         if not owned:
             await cluster.close()
             raise ClusterStartError(self.name, "another process claimed the name as it started")
-        _answer({"address": scheduler.address, "pid": self.pid})
+        _answer({"address": cluster.scheduler_address, "pid": self.pid})
 
-        reason = await self.until_stopped(scheduler)
+        reason = await self.until_stopped(cluster)
         await cluster.close()
         self.provider.close()
         await loop.run_in_executor(
@@ -178,13 +168,13 @@ class _Daemon:
             {"status": "stopped", "stopped": time.time(), "workers": 0, "reason": reason},
         )
 
-    async def until_stopped(self, scheduler: Any) -> str:
+    async def until_stopped(self, cluster: Any) -> str:
         """Wait for a stop request, the scheduler's end or ``idle_timeout`` without work."""
         timeout = self.spec.idle_timeout
         while not self.stopping.is_set():
-            if scheduler.status.name in ("closing", "closed"):
+            if cluster.scheduler_closed:
                 return "scheduler closed"
-            since = scheduler.idle_since
+            since = cluster.idle_since
             if timeout and since and time.time() > since + timeout:
                 logging.getLogger("taskcloud").warning(
                     "cluster %s idle for %s s: shutting down", self.name, timeout

@@ -20,6 +20,7 @@ __all__ = [
     "EnvironmentBuildError",
     "EnvironmentNotSupportedError",
     "EnvironmentToolNotFoundError",
+    "HostUnreachableError",
     "InvalidOptionError",
     "JobFailedError",
     "JobPendingError",
@@ -166,17 +167,38 @@ class BreakpointError(TaskcloudError, RuntimeError):
 class ResourceUnavailableError(TaskcloudError, RuntimeError):
     """A worker shape the provider can never start, e.g. more cores than the host has."""
 
-    def __init__(self, request: str, capacity: str, provider: str = "local") -> None:
+    def __init__(
+        self, request: str, capacity: str, provider: str = "local", *, where: str = ""
+    ) -> None:
         super().__init__(request, capacity, provider)
         self.request = request
         self.capacity = capacity
         self.provider = provider
+        #: What has the capacity, in words (``lab has 127.0.0.1 (2 cores, ...)``);
+        #: by default ``the local provider``.
+        self.where = where or f"the {provider} provider"
 
     def __str__(self) -> str:
         return (
-            f"{self.request} cannot be satisfied: the {self.provider} provider has "
+            f"{self.request} cannot be satisfied: {self.where} has "
             f"{self.capacity}. Ask for less, or use a provider with bigger workers."
         )
+
+
+class HostUnreachableError(TaskcloudError, ConnectionError):
+    """A provider's host that could not be reached, or none of them: each named, with why."""
+
+    def __init__(self, reasons: dict[str, str], provider: str = "") -> None:
+        super().__init__(reasons, provider)
+        self.reasons = dict(reasons)
+        self.provider = provider
+
+    def __str__(self) -> str:
+        hosts = "; ".join(f"{host}: {reason}" for host, reason in self.reasons.items())
+        who = "Could not reach"
+        if self.provider:
+            who = f"The {self.provider} provider could not reach"
+        return f"{who} {hosts}."
 
 
 class WorkerLostError(TaskcloudError, RuntimeError):

@@ -172,15 +172,40 @@ def load(start: Path | None = None) -> Profiles:
     ``start`` defaults to the project root of the innermost :func:`overriding` that
     gives one (a pytask run's), else the working directory.
     """
+    user = home() / USER_FILE
+    project = _project_file(start or _overrides.root())
+    key = (_stamp(user), _stamp(project))
+    cached = _loaded.get(key)
+    if cached is None:
+        cached = _load(user, project)
+        _loaded.clear()  # one entry: the files as they are now
+        _loaded[key] = cached
+    return cached
+
+
+#: The profiles last read, by the files' paths and modification stamps.
+_loaded: dict[Any, Profiles] = {}
+
+
+def _stamp(path: Path | None) -> tuple[str, int, int] | None:
+    """A file's path and modification stamp, None when there is no such file."""
+    if path is None:
+        return None
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return str(path), stat.st_mtime_ns, stat.st_size
+
+
+def _load(user: Path, project: Path | None) -> Profiles:
     profiles: dict[str, Profile] = {}
     default, default_source = None, ""
-    user = home() / USER_FILE
     if user.is_file():
         found, user_default = _layer(_read(user), user, "")
         profiles.update(found)
         if user_default is not None:
             default, default_source = user_default, str(user)
-    project = _project_file(start or _overrides.root())
     if project is not None:
         found, project_default = _layer(_project_table(project), project, "tool.taskcloud")
         profiles.update(found)

@@ -399,7 +399,9 @@ class ClusterSpec:
     idle_timeout: float = field(
         default=1200.0, converter=lambda v: parse_duration(v, "idle_timeout")
     )
-    provider: str | None = field(default=None, validator=_provider)
+    #: A kind or profile, resolved where the cluster is created (``Cluster``): a
+    #: saved spec read in another directory keeps the name it was given.
+    provider: str | None = field(default=None, validator=_optional_name("provider"))
     provider_options: dict[str, Any] = field(
         factory=dict, converter=lambda v: _json_options("provider_options", v)
     )

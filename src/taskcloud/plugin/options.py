@@ -198,6 +198,7 @@ def pytask_post_parse(config: dict[str, Any]) -> None:
 def pytask_configure(pm: PluginManager) -> Generator[None, dict[str, Any], dict[str, Any]]:
     """End ``--provider``'s choice when a later part of the configuration fails: pytask
     skips pytask_unconfigure then."""
+    __tracebackhide__ = True  # a configuration error is its message alone
     try:
         return (yield)
     except BaseException:
@@ -227,10 +228,11 @@ def _check_provider(config: dict[str, Any]) -> None:
     try:
         _refuse_in_configuration_file(config, name)
         providers.resolve(name, start=config.get("root"))
-    except InvalidOptionError:
+    except InvalidOptionError as exc:
         early.take(config, parallel=False)
         _forget_registrations(config)
-        raise
+        # The message says it all; the frames that found it are taskcloud's.
+        raise exc.with_traceback(None) from None
 
 
 def _refuse_in_configuration_file(config: dict[str, Any], name: str) -> None:

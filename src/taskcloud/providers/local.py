@@ -53,6 +53,7 @@ from taskcloud.specs import format_bytes
 __all__ = [
     "CapacityAdaptive",
     "EnvironmentWorker",
+    "InProcessScheduler",
     "LocalPoolCluster",
     "LocalProvider",
     "PoolAdaptive",
@@ -453,7 +454,73 @@ def _secured(spec: dict[str, Any], security: Any, **options: Any) -> dict[str, A
     return {**spec, "options": {**spec.get("options", {}), "security": security, **options}}
 
 
-class LocalPoolCluster(SecuredCluster):
+class InProcessScheduler:
+    """What a provider's workers answer when their scheduler runs in this process.
+
+    The local and SSH providers' clusters mix this in: the ``Workers`` methods of the
+    protocol that read the scheduler (pools') and those a named cluster's daemon asks.
+    Nothing outside the providers reads a scheduler in-process.
+    """
+
+    scheduler: Any
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.scheduler.workers)
+
+    def watch(self, stats: Any) -> PoolWatch:
+        """Watch the workers from the scheduler in this process."""
+        watch = PoolWatch(stats)
+        self.scheduler.add_plugin(watch, name=watch.name)
+        return watch
+
+    def running_on(self, key: str) -> str | None:
+        return self.sync(worker_running, self.scheduler, key)  # type: ignore[attr-defined]
+
+    # -- what a named cluster's daemon asks -----------------------------------------------
+
+    @property
+    def scheduler_address(self) -> str:
+        return str(self.scheduler.address)
+
+    @property
+    def dashboard_port(self) -> int | None:
+        """The port of the scheduler's dashboard, None without one."""
+        dashboard = self.scheduler.services.get("dashboard")
+        return None if dashboard is None else int(dashboard.port)
+
+    @property
+    def idle_since(self) -> float | None:
+        """Since when (``time.time()``) nothing ran or waited; None while busy."""
+        return self.scheduler.idle_since
+
+    @property
+    def scheduler_closed(self) -> bool:
+        return self.scheduler.status.name in ("closing", "closed")
+
+    def serve(self, handlers: dict[str, Callable[..., Any]]) -> None:
+        """Answer clients' requests of these names with these coroutines."""
+        self.scheduler.handlers.update(handlers)
+
+    def on_workers_changed(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(n_workers)`` whenever a worker comes or goes."""
+        self.scheduler.add_plugin(_WorkersChanged(callback))
+
+
+class _WorkersChanged(SchedulerPlugin):
+    name = "taskcloud-workers-changed"
+
+    def __init__(self, callback: Callable[[int], None]) -> None:
+        self.callback = callback
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        self.callback(len(scheduler.workers))
+
+    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        self.callback(len(scheduler.workers))
+
+
+class LocalPoolCluster(InProcessScheduler, SecuredCluster):
     """Workers of one shape, a pool's or a named cluster's; GPU workers each get their
     own ``CUDA_VISIBLE_DEVICES``."""
 
@@ -487,19 +554,6 @@ class LocalPoolCluster(SecuredCluster):
     @property
     def where(self) -> str:
         return "this host"
-
-    @property
-    def n_workers(self) -> int:
-        return len(self.scheduler.workers)
-
-    def watch(self, stats: Any) -> PoolWatch:
-        """Watch the workers from the scheduler in this process."""
-        watch = PoolWatch(stats)
-        self.scheduler.add_plugin(watch, name=watch.name)
-        return watch
-
-    def running_on(self, key: str) -> str | None:
-        return self.sync(worker_running, self.scheduler, key)
 
     def replace_worker(self, address: str) -> None:
         self.sync(replace_worker, self.scheduler, address)

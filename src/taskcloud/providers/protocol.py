@@ -128,6 +128,27 @@ class Workers(Protocol):
     def close(self) -> Any:
         """Stop the workers and the scheduler; nothing is left on any host."""
 
+    # -- what a named cluster's daemon asks of the workers it started ----------------------
+
+    @property
+    def dashboard_port(self) -> int | None:
+        """The port of the scheduler's dashboard, None without one."""
+
+    @property
+    def idle_since(self) -> float | None:
+        """Since when (``time.time()``) nothing ran or waited; None while busy."""
+
+    @property
+    def scheduler_closed(self) -> bool:
+        """Whether the scheduler has closed (or is closing)."""
+
+    def serve(self, handlers: dict[str, Callable[..., Any]]) -> None:
+        """Answer clients' requests of these names (``taskcloud_scale``, ...) with these
+        coroutines."""
+
+    def on_workers_changed(self, callback: Callable[[int], None]) -> None:
+        """Call ``callback(n_workers)`` whenever a worker comes or goes."""
+
 
 @frozen(kw_only=True)
 class PoolRequest:

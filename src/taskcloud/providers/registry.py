@@ -83,9 +83,24 @@ def kinds() -> dict[str, Any]:
     """Every registered kind and its class (or import path): built-in, entry points,
     then :func:`register`'s, each later one winning."""
     found: dict[str, Any] = dict(_BUILT_IN)
-    for point in entry_points(group=ENTRY_POINTS):
-        found[point.name] = point
+    found.update(_entry_points())
     found.update(_registered)
+    return found
+
+
+_scanned: dict[tuple[str, ...], dict[str, Any]] = {}
+
+
+def _entry_points() -> dict[str, Any]:
+    """The kinds installed packages give, scanned once per ``sys.path``: scanning
+    every installed distribution costs milliseconds, and pools resolve their
+    provider on every call."""
+    key = tuple(sys.path)
+    found = _scanned.get(key)
+    if found is None:
+        found = {point.name: point for point in entry_points(group=ENTRY_POINTS)}
+        _scanned.clear()
+        _scanned[key] = found
     return found
 
 

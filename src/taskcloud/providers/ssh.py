@@ -1,0 +1,905 @@
+"""The SSH provider: workers on other hosts, reached over SSH (asyncssh).
+
+The scheduler runs in this process on 127.0.0.1, with TLS and credentials of the
+pool's own (as a local pool's does); nothing here listens beyond loopback. Each host
+gets one SSH connection per pool, opened when its first worker starts, with a
+reverse tunnel from the host's 127.0.0.1 to the scheduler. Every worker is a channel
+on that connection running :mod:`taskcloud.hostside`, which reads its spec (TLS
+credentials as PEM text among it) from its standard input, never its command line,
+and ends with its worker when the channel or the connection does. So a pool's
+close, a dropped connection and a SIGKILLed owner all leave nothing on the hosts.
+
+Options (a profile's keys, or ``provider_options``):
+
+``hosts``
+    a list of ``"host"``, ``"user@host"``, ``"user@host:port"``, or tables
+    ``{host = ..., user = ..., port = ..., max_workers = ...}``;
+``user``, ``port`` (22), ``identity`` (a private key file), ``known_hosts``
+    (``~/.ssh/known_hosts``), ``connect_timeout`` (10 s), ``max_workers`` (per host);
+``python``
+    the interpreter on the hosts (this one's by default: the hosts share the
+    filesystem).
+
+Host keys are checked strictly against ``known_hosts``; private keys never leave
+this machine (no agent forwarding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import getpass
+import itertools
+import json
+import logging
+import shlex
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+from typing import TypeVar
+
+import dask
+from attrs import frozen
+from distributed.core import Status
+from distributed.deploy.spec import ProcessInterface
+
+from taskcloud.capacity import Shape
+from taskcloud.errors import HostUnreachableError
+from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import ResourceUnavailableError
+from taskcloud.providers import local
+from taskcloud.providers.protocol import ClusterRequest
+from taskcloud.providers.protocol import HostReport
+from taskcloud.providers.protocol import PoolRequest
+from taskcloud.specs import format_bytes
+
+__all__ = [
+    "Host",
+    "HostInfo",
+    "SSHCapacity",
+    "SSHOptions",
+    "SSHPoolCluster",
+    "SSHProvider",
+    "SSHWorker",
+]
+
+logger = logging.getLogger("taskcloud")
+
+_T = TypeVar("_T")
+
+#: How long a worker may take to start once its channel is open.
+WORKER_START_TIMEOUT = 60.0
+
+#: What reads a host's cores, memory and GPUs, without Python.
+_HARDWARE = "nproc; grep MemTotal /proc/meminfo; nvidia-smi -L 2>/dev/null || true"
+
+_OPTIONS = (
+    "hosts",
+    "user",
+    "port",
+    "identity",
+    "known_hosts",
+    "python",
+    "connect_timeout",
+    "max_workers",
+)
+_HOST_KEYS = ("host", "user", "port", "max_workers")
+
+
+# --------------------------------------------------------------------------- options
+
+
+@frozen
+class Host:
+    """One host of the provider: where to connect, as whom, and how many workers."""
+
+    address: str
+    user: str
+    port: int
+    max_workers: int | None = None
+
+    def __str__(self) -> str:
+        return self.address
+
+
+@frozen(kw_only=True)
+class SSHOptions:
+    """An SSH provider's options, checked."""
+
+    hosts: tuple[Host, ...]
+    identity: str | None
+    known_hosts: str
+    python: str
+    connect_timeout: float
+
+
+def _port(parameter: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
+        raise InvalidOptionError(parameter, value, "a port number from 1 to 65535")
+    return value
+
+
+def _count(parameter: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(parameter, value, "a whole number of workers, 1 or more")
+    return value
+
+
+def _text(parameter: str, value: Any, accepted: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidOptionError(parameter, value, accepted)
+    return value
+
+
+_HOST_FORM = '"host", "user@host", "user@host:port" or a table {host=, user=, port=, max_workers=}'
+
+
+def _host_of_text(text: str, user: str, port: int, max_workers: int | None) -> Host:
+    where = f"hosts[{text!r}]"
+    if "@" in text:
+        user, _, text = text.rpartition("@")
+        _text(where, user, _HOST_FORM)
+    if text.count(":") == 1:
+        text, _, number = text.partition(":")
+        if not number.isdigit():
+            raise InvalidOptionError("hosts", f"{user}@{text}:{number}", _HOST_FORM)
+        port = _port(f"{where}.port", int(number))
+    _text("hosts", text, _HOST_FORM)
+    return Host(text, user, port, max_workers)
+
+
+def _host_of_table(table: dict[str, Any], user: str, port: int, most: int | None) -> Host:
+    unknown = sorted(set(table) - set(_HOST_KEYS))
+    if unknown:
+        raise InvalidOptionError(
+            f"hosts.{unknown[0]}", table[unknown[0]], f"one of {', '.join(_HOST_KEYS)}"
+        )
+    address = _text("hosts.host", table.get("host"), "a host name or address")
+    return Host(
+        address,
+        _text("hosts.user", table.get("user", user), "a user name"),
+        _port("hosts.port", table.get("port", port)),
+        _count("hosts.max_workers", table.get("max_workers", most)),
+    )
+
+
+def _hosts(value: Any, user: str, port: int, most: int | None) -> tuple[Host, ...]:
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
+        raise InvalidOptionError("hosts", value, f"a non-empty list of {_HOST_FORM}")
+    hosts = []
+    for entry in value:
+        if isinstance(entry, str):
+            hosts.append(_host_of_text(entry, user, port, most))
+        elif isinstance(entry, dict):
+            hosts.append(_host_of_table(entry, user, port, most))
+        else:
+            raise InvalidOptionError("hosts", entry, _HOST_FORM)
+    return tuple(hosts)
+
+
+def _timeout(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise InvalidOptionError("connect_timeout", value, "seconds, a number above 0")
+    return float(value)
+
+
+def parse_options(options: dict[str, Any]) -> SSHOptions:
+    """Check an SSH provider's ``options``; an unknown key is an error naming the known."""
+    unknown = sorted(set(options) - set(_OPTIONS))
+    if unknown:
+        raise InvalidOptionError(unknown[0], options[unknown[0]], f"one of {', '.join(_OPTIONS)}")
+    user = _text("user", options.get("user", getpass.getuser()), "a user name")
+    port = _port("port", options.get("port", 22))
+    most = _count("max_workers", options.get("max_workers"))
+    identity = options.get("identity")
+    if identity is not None:
+        identity = str(Path(_text("identity", identity, "a private key file")).expanduser())
+    known = _text("known_hosts", options.get("known_hosts", "~/.ssh/known_hosts"), "a file")
+    return SSHOptions(
+        hosts=_hosts(options.get("hosts"), user, port, most),
+        identity=identity,
+        known_hosts=str(Path(known).expanduser()),
+        python=_text("python", options.get("python", sys.executable), "an interpreter path"),
+        connect_timeout=_timeout(options.get("connect_timeout", 10)),
+    )
+
+
+# ----------------------------------------------------------------------- connections
+
+
+def _keyscan_hint(host: Host, known_hosts: str) -> str:
+    port = f"-p {host.port} " if host.port != 22 else ""
+    return (
+        f"its host key is not in {known_hosts}; if it is the host you mean, add it with "
+        f"`ssh-keyscan {port}{host.address} >> {known_hosts}`"
+    )
+
+
+def _reason(exc: BaseException, host: Host, options: SSHOptions) -> str:
+    """Why ``host`` could not be reached, in words that say what to do."""
+    import asyncssh
+
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return _keyscan_hint(host, options.known_hosts)
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return f"permission denied for user {host.user!r}"
+    if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+        return f"no answer within {options.connect_timeout:g} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return f"connection refused at port {host.port}: no SSH server listens there"
+    return str(exc) or type(exc).__name__
+
+
+async def connect(host: Host, options: SSHOptions) -> Any:
+    """An SSH connection to ``host``, its key checked against ``known_hosts``; raises
+    :class:`HostUnreachableError` naming the host and why."""
+    import asyncssh
+
+    known: Any = options.known_hosts
+    if not Path(known).is_file():  # trust nothing, rather than asyncssh's default file
+        known = asyncssh.import_known_hosts("")
+    connecting = asyncssh.connect(
+        host.address,
+        port=host.port,
+        username=host.user,
+        known_hosts=known,  # strict: a key not in the file is refused
+        client_keys=[options.identity] if options.identity else (),
+        agent_path=None if options.identity else (),
+        agent_forwarding=False,
+        connect_timeout=options.connect_timeout,
+    )
+    try:
+        return await asyncio.wait_for(connecting, options.connect_timeout)
+    except (OSError, asyncssh.Error, asyncio.TimeoutError) as exc:
+        reason = _reason(exc, host, options)
+    raise HostUnreachableError({host.address: reason})
+
+
+class _Link:
+    """One host's connection and its tunnel to the scheduler, shared by its workers."""
+
+    def __init__(self, connection: Any, port: int) -> None:
+        self.connection = connection
+        self.port = port
+        self.users = 0
+
+    @property
+    def lost(self) -> bool:
+        return bool(self.connection.is_closed())
+
+
+class Links:
+    """A pool's connections, one per host, opened for its first worker and closed
+    after its last."""
+
+    def __init__(self, options: SSHOptions, scheduler_port: int) -> None:
+        self.options = options
+        self.scheduler_port = scheduler_port
+        self._links: dict[Host, _Link] = {}
+        self._locks: dict[Host, asyncio.Lock] = collections.defaultdict(asyncio.Lock)
+
+    async def acquire(self, host: Host) -> _Link:
+        """The link to ``host``, opened if it has none (or lost the one it had)."""
+        async with self._locks[host]:
+            link = self._links.get(host)
+            if link is None or link.lost:
+                connection = await connect(host, self.options)
+                listener = await connection.forward_remote_port(
+                    "127.0.0.1", 0, "127.0.0.1", self.scheduler_port
+                )
+                link = self._links[host] = _Link(connection, listener.get_port())
+            link.users += 1
+            return link
+
+    async def release(self, host: Host, link: _Link) -> None:
+        """One worker fewer on ``host``; the last one closes its connection."""
+        async with self._locks[host]:
+            link.users -= 1
+            if link.users <= 0 and self._links.get(host) is link:
+                del self._links[host]
+                link.connection.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(link.connection.wait_closed(), 5)
+
+    def close_all(self) -> None:
+        """Close every connection at once (their workers end with them)."""
+        links, self._links = list(self._links.values()), {}
+        for link in links:
+            link.connection.close()
+
+
+# --------------------------------------------------------------------------- workers
+
+
+def _pem(path: str) -> str:
+    return Path(path).read_text()
+
+
+class SSHWorker(ProcessInterface):
+    """A nanny and its worker on a host: :mod:`taskcloud.hostside` on one channel."""
+
+    def __init__(
+        self,
+        scheduler: str,
+        name: Any = None,
+        *,
+        host: Host,
+        links: Links,
+        python: str,
+        nthreads: int,
+        memory_limit: int,
+        resources: dict[str, Any],
+        env: dict[str, str] | None = None,
+        security: Any = None,
+        cluster: Any = None,
+        **ignored: Any,
+    ) -> None:
+        super().__init__(scheduler, name)
+        self.name = name
+        self.host = host
+        self.links = links
+        self.python = python
+        self.settings = {
+            "name": name,
+            "nthreads": nthreads,
+            "memory_limit": memory_limit,
+            "resources": resources,
+            "env": dict(env or {}),
+        }
+        self.security = security
+        self.cluster = cluster
+        self.process: Any = None
+        self._link: _Link | None = None
+        self._closing = False
+        self.errors: collections.deque[str] = collections.deque(maxlen=40)
+        #: What follows the channel: its standard error, its end.
+        self._tasks: set[asyncio.Future[None]] = set()
+
+    def _spec(self, port: int) -> str:
+        assert self.security is not None
+        return json.dumps(
+            {
+                **self.settings,
+                "scheduler": f"tls://127.0.0.1:{port}",
+                "listen": self.host.address,
+                "tls_ca": _pem(self.security.tls_ca_file),
+                "tls_cert": _pem(self.security.tls_worker_cert),
+                "tls_key": _pem(self.security.tls_worker_key),
+                "timeout": WORKER_START_TIMEOUT,
+            }
+        )
+
+    async def start(self) -> None:
+        try:
+            self._link = await self.links.acquire(self.host)
+            command = f"{shlex.quote(self.python)} -m taskcloud.hostside"
+            self.process = await self._link.connection.create_process(command, encoding="utf-8")
+            self.process.stdin.write(self._spec(self._link.port) + "\n")
+            answer = await self._answer()
+        except BaseException:
+            self.status = Status.failed
+            await self._let_go()
+            self._forget()
+            raise
+        self.address = answer
+        self._tasks.add(asyncio.ensure_future(self._follow()))
+        await super().start()
+
+    async def _answer(self) -> str:
+        """The worker's address, from the first line the host's process prints."""
+        reader = asyncio.ensure_future(self._read_errors())
+        self._tasks.add(reader)
+        try:
+            line = await asyncio.wait_for(self.process.stdout.readline(), WORKER_START_TIMEOUT)
+        except asyncio.TimeoutError:
+            reply = {"error": f"no answer within {WORKER_START_TIMEOUT:g} s"}
+        else:
+            reply = await self._reply(line, reader)
+        if "address" not in reply:
+            lines = "\n".join(self.errors)
+            raise RuntimeError(
+                f"the worker on {self.host} did not start: {reply.get('error')}\n{lines}".strip()
+            )
+        return str(reply["address"])
+
+    async def _reply(self, line: str, reader: asyncio.Future[None]) -> dict[str, Any]:
+        if not line:  # it ended without a word: say how, with what it wrote to stderr
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(reader), 5)
+            status = self.process.exit_status
+            return {"error": f"`{self.python} -m taskcloud.hostside` exited with {status}"}
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return {"error": line.strip()}
+        return reply if isinstance(reply, dict) else {"error": line.strip()}
+
+    async def _read_errors(self) -> None:
+        with contextlib.suppress(Exception):
+            async for line in self.process.stderr:
+                self.errors.append(line.rstrip())
+
+    async def _follow(self) -> None:
+        """When the channel ends without a close (the connection dropped, the host's
+        process died), the cluster forgets this worker, so that scaling replaces it."""
+        with contextlib.suppress(Exception):
+            await self.process.wait_closed()
+        if not self._closing:
+            logger.debug(
+                "the worker %s on %s ended: %s", self.name, self.host, list(self.errors)[-3:]
+            )
+            self._forget()
+            await self._let_go()
+
+    def _forget(self) -> None:
+        cluster = self.cluster() if isinstance(self.cluster, weakref.ref) else self.cluster
+        if cluster is not None and cluster.status == Status.running:
+            cluster.worker_spec.pop(self.name, None)
+            cluster.loop.add_callback(cluster._correct_state)
+
+    async def _let_go(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            await self.links.release(self.host, link)
+
+    def kill(self) -> None:
+        """Kill the worker process at once; its nanny starts another."""
+        if self.process is not None:
+            with contextlib.suppress(Exception):
+                self.process.stdin.write("kill\n")
+
+    def abort(self) -> None:
+        """End the channel at once: the host's process kills its worker and exits."""
+        self._closing = True
+        if self.process is not None:
+            with contextlib.suppress(Exception):
+                self.process.stdin.write_eof()
+
+    async def close(self) -> None:
+        self._closing = True
+        if self.process is not None:
+            with contextlib.suppress(Exception):
+                self.process.stdin.write_eof()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.process.wait_closed(), 10)
+            self.process.close()
+        await self._let_go()
+        await super().close()
+
+
+# -------------------------------------------------------------------------- capacity
+
+
+@frozen
+class HostInfo:
+    """What one host has, read once; ``reason`` says why a host could not be read."""
+
+    host: Host
+    cores: int = 0
+    memory: int = 0
+    gpus: int = 0
+    reason: str = ""
+
+    def describe(self) -> str:
+        gpus = f", {self.gpus} GPUs" if self.gpus else ""
+        return f"{self.host} ({self.cores} cores, {format_bytes(self.memory)}{gpus})"
+
+    def fit(self, shape: Shape, taken: Iterable[tuple[Shape, int]] = ()) -> int:
+        """How many workers of ``shape`` fit beside those ``taken`` (shape, count)."""
+        cores, memory, gpus, count = self.cores, self.memory, self.gpus, 0
+        for other, n in taken:
+            cores -= other.cpu * n
+            memory -= other.memory * n
+            gpus -= other.gpu * n
+            count += n
+        fits = [cores // shape.cpu, memory // shape.memory]
+        if shape.gpu:
+            fits.append(gpus // shape.gpu)
+        if self.host.max_workers is not None:
+            fits.append(self.host.max_workers - count)
+        return max(min(fits), 0)
+
+
+def parse_hardware(text: str) -> tuple[int, int, int]:
+    """Cores, bytes of memory and GPUs from the output of :data:`_HARDWARE`."""
+    lines = text.splitlines()
+    cores = int(lines[0].strip())
+    memory = next(int(line.split()[1]) * 1024 for line in lines if line.startswith("MemTotal:"))
+    gpus = sum(1 for line in lines if line.startswith("GPU "))
+    return cores, memory, gpus
+
+
+class SSHCapacity:
+    """The hosts' cores, memory and GPUs, shared out between this process's pools.
+
+    Each pool (a holder) says how many workers it has on each host
+    (``holder.host_counts()``); what is free on a host is what the others leave.
+    """
+
+    def __init__(self, provider: str, hosts: list[HostInfo]) -> None:
+        self.provider = provider
+        self.hosts = hosts
+        self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._shapes: dict[int, Shape] = {}
+        self._waits: dict[int, list[float]] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def reachable(self) -> list[HostInfo]:
+        return [info for info in self.hosts if not info.reason]
+
+    @property
+    def unreachable(self) -> dict[str, str]:
+        return {str(info.host): info.reason for info in self.hosts if info.reason}
+
+    def describe(self) -> str:
+        return ", ".join(info.describe() for info in self.reachable)
+
+    def default_memory(self, cpu: int) -> int:
+        """As on this host (an even share per core), on the smallest host."""
+        return min(i.memory * min(cpu, i.cores) // i.cores for i in self.reachable)
+
+    def check(self, shape: Shape) -> None:
+        if any(info.fit(shape) for info in self.reachable):
+            return
+        reachable = self.reachable
+        if not any(i.cores >= shape.cpu for i in reachable):
+            request = f"cpu={shape.cpu}"
+        elif not any(i.memory >= shape.memory for i in reachable):
+            request = f"memory={format_bytes(shape.memory)}"
+        elif not any(i.gpus >= shape.gpu for i in reachable):
+            request = f"gpu={shape.gpu}"
+        else:
+            request = f"cpu={shape.cpu}, memory={format_bytes(shape.memory)}, gpu={shape.gpu}"
+        raise ResourceUnavailableError(request, self.describe(), self.provider, where=self.provider)
+
+    def fit(self, shape: Shape) -> int:
+        return sum(info.fit(shape) for info in self.reachable)
+
+    def attach(self, holder: Any, shape: Shape) -> None:
+        """Count ``holder``'s workers from now on."""
+        with self._lock:
+            self._holders.add(holder)
+            self._shapes[id(holder)] = shape
+
+    def taken(self, host: Host, but: Any = None) -> list[tuple[Shape, int]]:
+        """What the holders (but ``but``) have on ``host``."""
+        found = []
+        for holder in list(self._holders):
+            if holder is not but:
+                found.append((self._shapes[id(holder)], holder.host_counts().get(host, 0)))
+        return found
+
+    def room(self, host: HostInfo, shape: Shape) -> int:
+        """How many more workers of ``shape`` fit on ``host`` beside every holder's."""
+        return host.fit(shape, self.taken(host.host))
+
+    def grant(self, holder: object, shape: Shape, want: int, current: int) -> int:
+        with self._lock:
+            if holder not in self._holders:
+                return 0  # released: a closing pool's last step
+            room = sum(
+                info.fit(shape, self.taken(info.host, but=holder)) for info in self.reachable
+            )
+            granted = min(want, max(room, current))
+            self._note_wait(holder, granted < want)
+            return granted
+
+    def _note_wait(self, holder: object, waiting: bool) -> None:
+        since, total = self._waits.setdefault(id(holder), [0.0, 0.0])
+        if waiting and not since:
+            self._waits[id(holder)][0] = time.monotonic()
+        elif not waiting and since:
+            self._waits[id(holder)] = [0.0, total + time.monotonic() - since]
+
+    def waiting(self, holder: object) -> bool:
+        with self._lock:
+            wait = self._waits.get(id(holder))
+            return wait is not None and wait[0] > 0
+
+    def waited(self, holder: object) -> float:
+        with self._lock:
+            since, total = self._waits.get(id(holder), (0.0, 0.0))
+            return total + (time.monotonic() - since if since else 0.0)
+
+    def others_waiting(self, holder: object) -> bool:
+        with self._lock:
+            return any(w[0] > 0 for key, w in self._waits.items() if key != id(holder))
+
+    def release(self, holder: object) -> None:
+        with self._lock:
+            self._holders.discard(holder)
+            self._waits.pop(id(holder), None)
+
+
+# --------------------------------------------------------------------------- cluster
+
+
+class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
+    """A pool's (or a named cluster's) workers on the provider's hosts."""
+
+    def __init__(
+        self, *, provider: SSHProvider, capacity: SSHCapacity, shape: Shape, **kwargs: Any
+    ) -> None:
+        self.provider = provider
+        self._capacity = capacity
+        self._shape = shape
+        self._numbers = itertools.count()
+        self._failed_starts = 0
+        self.label = str(kwargs.get("name") or "")
+        self.links: Links | None = None
+        super().__init__(**kwargs)
+        capacity.attach(self, shape)
+
+    @property
+    def capacity(self) -> SSHCapacity:
+        return self._capacity
+
+    def host_counts(self) -> collections.Counter[Host]:
+        """How many workers this cluster has (or starts) on each host."""
+        return collections.Counter(spec["options"]["host"] for spec in self.worker_spec.values())
+
+    def _pick_host(self) -> Host:
+        counts = self.host_counts()
+        hosts = self._capacity.reachable
+        roomy = [info for info in hosts if self._capacity.room(info, self._shape) > 0] or hosts
+        return min(roomy, key=lambda info: counts.get(info.host, 0)).host
+
+    def new_worker_spec(self) -> dict[str, Any]:
+        if self.links is None:  # the scheduler listens by now
+            port = int(self.scheduler.address.rsplit(":", 1)[1])
+            self.links = Links(self.provider.options, port)
+        name = str(next(self._numbers))
+        while name in self.worker_spec:
+            name = str(next(self._numbers))
+        options = {**self.new_spec["options"], "host": self._pick_host(), "links": self.links}
+        return {name: {"cls": SSHWorker, "options": {**options, "cluster": weakref.ref(self)}}}
+
+    def _correct_state(self) -> asyncio.Future[None]:
+        # As a local pool's: a failed start is retried by scaling, not logged as an error.
+        return asyncio.ensure_future(self._correct_state_quietly())
+
+    async def _correct_state_quietly(self) -> None:
+        try:
+            await super()._correct_state()
+        except Exception as exc:
+            self._failed_starts += 1
+            level = logging.ERROR if self._failed_starts == local.FAILED_STARTS else logging.DEBUG
+            logger.log(level, "%s: a worker start failed: %s", self.label or self.name, exc)
+        else:
+            self._failed_starts = 0
+
+    # ------------------------------------------------------------ protocol.Workers
+
+    @property
+    def where(self) -> str:
+        hosts = sorted({str(spec["options"]["host"]) for spec in self.worker_spec.values()})
+        hosts = hosts or [str(info.host) for info in self._capacity.reachable]
+        return f"{self.provider.name}: {', '.join(hosts)}"
+
+    def _worker_at(self, address: str) -> SSHWorker | None:
+        for worker in list(self.workers.values()):
+            if getattr(worker, "address", None) == address:
+                return worker
+        return None
+
+    def replace_worker(self, address: str) -> None:
+        self.sync(self._replace, address)
+
+    async def _replace(self, address: str) -> None:
+        await self.scheduler.remove_worker(
+            address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
+        )
+        worker = self._worker_at(address)
+        if worker is not None:
+            worker.kill()
+
+    def stop_running(self, key: str) -> None:
+        address = self.running_on(key)
+        if address is not None:
+            self.replace_worker(address)
+
+    def scale_between(
+        self, minimum: int, maximum: int, keepalive: float, adaptive: Any = None
+    ) -> Any:
+        """Scale from the queue between ``minimum`` and ``maximum`` workers, within the
+        hosts' capacity; an idle worker goes after ``keepalive`` seconds."""
+        return local.adapt(
+            self,
+            self._capacity,  # type: ignore[arg-type]  # it answers what scaling asks
+            self._shape,
+            minimum,
+            maximum,
+            keepalive,
+            adaptive=adaptive or local.CapacityAdaptive,
+        )
+
+    def kill(self) -> None:
+        self.sync(self._kill)
+
+    async def _kill(self) -> None:
+        for worker in list(self.workers.values()):
+            if isinstance(worker, SSHWorker):
+                worker.abort()
+
+    def close(self, timeout: float | None = None) -> Any:
+        self._capacity.release(self)
+        return super().close(timeout)
+
+
+# -------------------------------------------------------------------------- provider
+
+
+def _in_thread(make: Callable[[], Awaitable[_T]]) -> _T:
+    """Run a coroutine on an event loop of its own, whatever loop the caller runs."""
+
+    async def run() -> _T:
+        return await make()
+
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        return executor.submit(asyncio.run, run()).result()
+
+
+class SSHProvider:
+    """Workers on hosts reached over SSH (see the module's docstring)."""
+
+    kind = "ssh"
+
+    def __init__(self, name: str, options: dict[str, Any]) -> None:
+        self.name = name
+        self.options = parse_options(dict(options))
+        self._capacity: SSHCapacity | None = None
+        self._clusters: weakref.WeakSet[SSHPoolCluster] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"SSHProvider({self.name!r}, hosts={[str(h) for h in self.options.hosts]})"
+
+    async def _hardware(self, host: Host) -> HostInfo:
+        try:
+            connection = await connect(host, self.options)
+        except HostUnreachableError as exc:
+            return HostInfo(host, reason=exc.reasons[host.address])
+        async with connection:
+            result = await connection.run(_HARDWARE, check=False)
+        try:
+            cores, memory, gpus = parse_hardware(str(result.stdout))
+        except (ValueError, IndexError, StopIteration):
+            return HostInfo(host, reason=f"could not read its hardware: {result.stderr!s:.200}")
+        return HostInfo(host, cores, memory, gpus)
+
+    def capacity(self) -> SSHCapacity:
+        """The hosts' capacity, read once; unreachable hosts are left out, with a warning."""
+        with self._lock:
+            if self._capacity is None:
+                self._capacity = self._read_capacity()
+            return self._capacity
+
+    def _read_capacity(self) -> SSHCapacity:
+        async def read() -> list[HostInfo]:
+            return list(await asyncio.gather(*(self._hardware(h) for h in self.options.hosts)))
+
+        capacity = SSHCapacity(self.name, _in_thread(read))
+        if not capacity.reachable:
+            raise HostUnreachableError(capacity.unreachable, self.name)
+        for host, reason in capacity.unreachable.items():
+            logger.warning("%s: host %s is left out: %s", self.name, host, reason)
+        return capacity
+
+    def _cluster(
+        self, shape: Shape, name: str, worker: dict[str, Any], **kwargs: Any
+    ) -> SSHPoolCluster:
+        cluster = SSHPoolCluster(
+            provider=self,
+            capacity=self.capacity(),
+            shape=shape,
+            workers={},
+            worker={"cls": SSHWorker, "options": worker},
+            name=name,
+            silence_logs=local.quiet_logs(),
+            **kwargs,
+        )
+        self._clusters.add(cluster)
+        return cluster
+
+    def _worker_options(
+        self, shape: Shape, threads: int, python: str | None, env: dict[str, str]
+    ) -> dict[str, Any]:
+        return {
+            "python": python or self.options.python,
+            "nthreads": threads,
+            "memory_limit": shape.memory,
+            "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
+            "env": dict(env),
+        }
+
+    def start_pool(self, request: PoolRequest) -> SSHPoolCluster:
+        """An empty pool on the hosts that adapts between the request's bounds."""
+        capacity = self.capacity()
+        capacity.check(request.shape)
+        if capacity.unreachable and capacity.fit(request.shape) < request.minimum:
+            raise HostUnreachableError(capacity.unreachable, self.name)
+        settings = {
+            "distributed.scheduler.allowed-failures": 0,
+            **local.http_config(request.dashboard),
+        }
+        with dask.config.set(settings):
+            cluster = self._cluster(
+                request.shape,
+                request.name,
+                self._worker_options(
+                    request.shape, request.threads_per_worker, request.python, request.env
+                ),
+                scheduler=local.scheduler_spec(dashboard=request.dashboard),
+                asynchronous=False,
+            )
+        cluster.label = request.label
+        cluster.scale_between(
+            request.minimum, request.maximum, request.keepalive, adaptive=local.PoolAdaptive
+        )
+        return cluster
+
+    async def start_cluster(self, request: ClusterRequest) -> SSHPoolCluster:
+        """A named cluster's scheduler here, its workers on the hosts as it scales."""
+        loop = asyncio.get_running_loop()
+        capacity = await loop.run_in_executor(None, self.capacity)
+        capacity.check(request.shape)
+        options = self._worker_options(
+            request.shape, request.threads_per_worker, request.python, {}
+        )
+        cluster = self._cluster(
+            request.shape,
+            request.name,
+            {**options, **request.worker_options},
+            scheduler=local.scheduler_spec(
+                dashboard=request.dashboard, options=request.scheduler_options
+            ),
+            security=request.security,
+            asynchronous=True,
+        )
+        await cluster
+        return cluster
+
+    async def _report(self, host: Host) -> HostReport:
+        from importlib.metadata import version
+
+        try:
+            connection = await connect(host, self.options)
+        except HostUnreachableError as exc:
+            return HostReport(host=str(host), reachable=False, reason=exc.reasons[host.address])
+        async with connection:
+            command = f"{shlex.quote(self.options.python)} -m taskcloud.hostside report"
+            result = await connection.run(command, check=False)
+        try:
+            found = json.loads(str(result.stdout).strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            reason = f"{self.options.python} -m taskcloud.hostside failed: {result.stderr!s:.300}"
+            return HostReport(host=str(host), reachable=True, reason=reason.strip())
+        ours = (version("distributed"), version("taskcloud"))
+        match = (found["distributed"], found["taskcloud"]) == ours
+        return HostReport(host=str(host), reachable=True, versions_match=match, **found)
+
+    def check(self) -> list[HostReport]:
+        """Connect to every host and report what it offers."""
+
+        async def reports() -> list[HostReport]:
+            return list(await asyncio.gather(*(self._report(h) for h in self.options.hosts)))
+
+        return _in_thread(reports)
+
+    def close(self) -> None:
+        """Close every pool this provider started that is still open."""
+        for cluster in list(self._clusters):
+            with contextlib.suppress(Exception):
+                if cluster.status == Status.running:
+                    cluster.close()

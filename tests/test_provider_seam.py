@@ -1,0 +1,105 @@
+"""The provider seam on this host: pools, configurations and named clusters reach their
+workers through the provider a profile, a kind or a registered plugin names."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import taskcloud
+from taskcloud.capacity import HostCapacity
+from taskcloud.errors import InvalidOptionError
+from taskcloud.pools import pools
+from taskcloud.providers import registry
+from taskcloud.providers.local import LocalProvider
+from tests.test_clusters import _stop_leftover_clusters  # noqa: F401  (autouse)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def _close_pools():
+    yield
+    pools.close_all()
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """A project whose pyproject.toml defines the local profile ``here``."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.taskcloud.providers.here]\nkind = "local"\n', encoding="utf-8"
+    )
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+class Elsewhere(LocalProvider):
+    """A third-party kind, as a plugin would register it; its workers count its pools."""
+
+    kind = "elsewhere"
+    started: list[str] = []
+
+    def __init__(self, name: str, options: dict) -> None:
+        unknown = set(options) - {"tag"}
+        if unknown:
+            raise InvalidOptionError("provider_options", options, "only 'tag'")
+        super().__init__(name, {}, capacity=HostCapacity(ledger=None))
+        self.tag = options.get("tag", "")
+
+    def start_pool(self, request):
+        Elsewhere.started.append(f"{self.tag}:{request.label}")
+        return super().start_pool(request)
+
+
+def _pid() -> int:
+    return os.getpid()
+
+
+def test_a_registered_provider_starts_the_pool_of_a_function_that_names_it(project):
+    """``provider=`` naming a plugin's kind reaches its ``start_pool``; the pool's label
+    says where it runs."""
+    registry.register("elsewhere", Elsewhere)
+    (project / "pyproject.toml").write_text(
+        '[tool.taskcloud.providers.far]\nkind = "elsewhere"\ntag = "t1"\n', encoding="utf-8"
+    )
+    Elsewhere.started.clear()
+    remote = taskcloud.function(memory="300 MiB", provider="far")(_pid)
+    assert remote() != os.getpid()
+    assert Elsewhere.started == [f"t1:{remote.pool.label}"]
+    assert remote.pool.label.endswith("on far")
+
+
+def test_the_projects_default_provider_holds_for_functions_that_name_none(project):
+    """``provider = "NAME"`` in [tool.taskcloud] is the provider of every decorated
+    function without ``provider=``; a bad option of the profile is an error at the call."""
+    registry.register("elsewhere", Elsewhere)
+    (project / "pyproject.toml").write_text(
+        '[tool.taskcloud]\nprovider = "far"\n\n'
+        '[tool.taskcloud.providers.far]\nkind = "elsewhere"\ncolour = "red"\n',
+        encoding="utf-8",
+    )
+    remote = taskcloud.function(memory="300 MiB")(_pid)
+    with pytest.raises(InvalidOptionError, match=r"provider_options=.*colour.*only 'tag'"):
+        remote()
+
+
+def test_a_saved_configuration_names_its_provider(project):
+    """A configuration's ``provider`` holds for the decorator and for a named cluster,
+    which lists it; an unknown one is refused when saved."""
+    taskcloud.create_cluster_configuration("cfg", worker_cpu=1, provider="here")
+    with pytest.raises(InvalidOptionError, match="provider='moon'"):
+        taskcloud.create_cluster_configuration("bad", provider="moon")
+    remote = taskcloud.function(configuration="cfg", memory="300 MiB")(_pid)
+    assert remote.spec.provider == "here"
+    assert remote() != os.getpid()
+    cluster = taskcloud.Cluster(name="seam", configuration="cfg", n_workers=1)
+    try:
+        listed = taskcloud.list_clusters()["seam"]
+        assert listed["provider"] == "here"
+        assert listed["where"] == "this host"
+        assert cluster.where == "this host"
+    finally:
+        cluster.shutdown_on_close = True
+        cluster.close()

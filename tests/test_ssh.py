@@ -1,0 +1,502 @@
+"""The SSH provider against a real sshd on 127.0.0.1 and 127.0.0.2 (tests/sshd.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from pytask import ExitCode
+from pytask import build
+
+import taskcloud
+from conftest import wait_for
+from taskcloud import pools
+from taskcloud.capacity import Shape
+from taskcloud.errors import HostUnreachableError
+from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import ResourceUnavailableError
+from taskcloud.errors import TaskTimeoutError
+from taskcloud.errors import WorkerLostError
+from taskcloud.providers import registry
+from taskcloud.providers.protocol import PoolRequest
+from taskcloud.providers.ssh import Host
+from taskcloud.providers.ssh import HostInfo
+from taskcloud.providers.ssh import SSHCapacity
+from taskcloud.providers.ssh import SSHProvider
+from taskcloud.providers.ssh import parse_options
+
+# The hosts' workers cannot import this module: its functions travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _host(address: str) -> str:
+    return address.split("://")[-1].rsplit(":", 1)[0]
+
+
+def _toml(value: object) -> str:
+    return (
+        json.dumps(value)
+        if not isinstance(value, list)
+        else "[" + ", ".join(map(_toml, value)) + "]"
+    )
+
+
+def _pyproject(path: Path, profile: dict, default: bool = False) -> None:
+    lines = ["[tool.taskcloud]", 'provider = "lab"' if default else "", ""]
+    lines.append("[tool.taskcloud.providers.lab]")
+    lines += [f"{key} = {_toml(value)}" for key, value in profile.items()]
+    (path / "pyproject.toml").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture
+def lab(sshd, tmp_path, monkeypatch):
+    """A project whose profile ``lab`` is the test sshd's two hosts; its pools and
+    providers close after the test."""
+    _pyproject(tmp_path, sshd.profile())
+    monkeypatch.chdir(tmp_path)
+    yield sshd
+    pools.pools.close_all()
+    registry.close_all()
+
+
+def _request(**over) -> PoolRequest:
+    settings = dict(
+        shape=Shape(cpu=1, memory=2**30),
+        threads_per_worker=1,
+        name="taskcloud-ssh-test",
+        label="pool ssh",
+        minimum=2,
+        maximum=2,
+        keepalive=30.0,
+    )
+    settings.update(over)
+    return PoolRequest(**settings)
+
+
+def _no_processes_left(sshd, timeout: float = 30) -> None:
+    wait_for(
+        lambda: not sshd.processes(), timeout, f"the hosts' processes ending: {sshd.cmdlines()}"
+    )
+
+
+# --------------------------------------------------------------------------- options
+
+
+def test_options_name_what_is_wrong() -> None:
+    """Unknown keys list the known ones; bad hosts and ports say the accepted form."""
+    with pytest.raises(InvalidOptionError, match=r"hostz=.*Expected one of hosts, user, port"):
+        parse_options({"hostz": ["a"]})
+    with pytest.raises(InvalidOptionError, match=r"hosts=\[\] is invalid.*user@host:port"):
+        parse_options({"hosts": []})
+    with pytest.raises(InvalidOptionError, match=r"port=0 is invalid.*1 to 65535"):
+        parse_options({"hosts": ["a"], "port": 0})
+    with pytest.raises(InvalidOptionError, match=r"connect_timeout=-1"):
+        parse_options({"hosts": ["a"], "connect_timeout": -1})
+
+
+def test_hosts_take_user_port_and_tables() -> None:
+    """``user@host:port`` and tables override the provider's user, port and max_workers."""
+    options = parse_options(
+        {
+            "hosts": ["n1", "bob@n2:2222", {"host": "n3", "port": 23, "max_workers": 2}],
+            "user": "alice",
+            "max_workers": 5,
+        }
+    )
+    assert [(h.address, h.user, h.port, h.max_workers) for h in options.hosts] == [
+        ("n1", "alice", 22, 5),
+        ("n2", "bob", 2222, 5),
+        ("n3", "alice", 23, 2),
+    ]
+
+
+def test_capacity_spreads_within_each_host_and_names_them_all() -> None:
+    """Each host holds what its cores, memory and max_workers allow; a shape none holds
+    names every host; default memory is the smallest host's share."""
+    small = HostInfo(Host("a", "u", 22), cores=2, memory=8 * 2**30)
+    capped = HostInfo(Host("b", "u", 22, max_workers=1), cores=4, memory=16 * 2**30)
+    capacity = SSHCapacity("lab", [small, capped])
+    assert capacity.fit(Shape(cpu=1, memory=2**30)) == 3
+    assert capacity.fit(Shape(cpu=2, memory=6 * 2**30)) == 2
+    assert capacity.default_memory(1) == 4 * 2**30
+    with pytest.raises(
+        ResourceUnavailableError,
+        match=r"cpu=8 cannot be satisfied: lab has a \(2 cores, 8 GiB\), b \(4 cores, 16 GiB\)",
+    ):
+        capacity.check(Shape(cpu=8, memory=2**30))
+
+
+# ------------------------------------------------------------------------- the hosts
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_decorated_calls_run_on_both_hosts(lab) -> None:
+    """A profile's pool of [0, 4] one-core workers spreads its load over both hosts."""
+
+    @taskcloud.function(provider="lab", n_workers=[0, 4], keepalive="30 s")
+    def where(seconds: float) -> str:
+        import distributed
+
+        time.sleep(seconds)
+        return distributed.get_worker().address
+
+    assert _host(where(0)) in lab.hosts
+    addresses = list(where.map([1.0] * 8))
+    assert {_host(address) for address in addresses} == set(lab.hosts)
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_pytask_runs_decorated_tasks_on_the_hosts(sshd, tmp_path, write, monkeypatch) -> None:
+    """With ``provider = "lab"`` in pyproject, decorated tasks run on the SSH workers and
+    plain tasks locally."""
+    _pyproject(tmp_path, sshd.profile(), default=True)
+    monkeypatch.chdir(tmp_path)
+    write(
+        "task_hosts.py",
+        """
+        from pathlib import Path
+        from typing import Annotated
+        import taskcloud
+
+        def _where():
+            import distributed
+            try:
+                return distributed.get_worker().address
+            except ValueError:
+                return "local"
+
+        @taskcloud.function(n_workers=[0, 2])
+        def task_remote() -> Annotated[str, Path("remote.txt")]:
+            return _where()
+
+        def task_plain() -> Annotated[str, Path("plain.txt")]:
+            return _where()
+        """,
+    )
+    try:
+        session = build(paths=tmp_path, n_workers=2)
+    finally:
+        pools.pools.close_all()
+        registry.close_all()
+    assert session.exit_code == ExitCode.OK
+    assert _host((tmp_path / "remote.txt").read_text()) in sshd.hosts
+    assert (tmp_path / "plain.txt").read_text() == "local"
+
+
+@pytest.mark.ssh
+def test_unknown_host_key_is_refused_with_the_fix(sshd, tmp_path) -> None:
+    """A host whose key is not in known_hosts is refused, saying how to add it."""
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    provider = SSHProvider("lab", sshd.options(known_hosts=str(empty)))
+    hint = rf"ssh-keyscan -p {sshd.port} 127\.0\.0\.1 >> {empty}"
+    with pytest.raises(HostUnreachableError, match=hint):
+        provider.capacity()
+    missing = tmp_path / "absent_known_hosts"
+    provider = SSHProvider("lab", sshd.options(known_hosts=str(missing), hosts=["127.0.0.2"]))
+    with pytest.raises(HostUnreachableError, match=rf"127\.0\.0\.2 >> {missing}"):
+        provider.capacity()
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_unreachable_host_is_named_and_the_others_used(sshd, caplog) -> None:
+    """127.0.0.3, where nothing listens, is named with its reason; the others get the workers."""
+    from distributed import Client
+
+    provider = SSHProvider("lab", sshd.options(hosts=[*sshd.hosts, "127.0.0.3"], connect_timeout=5))
+    with caplog.at_level(logging.WARNING, logger="taskcloud"):
+        capacity = provider.capacity()
+    assert "127.0.0.3" in capacity.unreachable
+    assert any("127.0.0.3 is left out" in r.getMessage() for r in caplog.records)
+    workers = provider.start_pool(_request())
+    try:
+        with Client(workers, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+            assert {_host(a) for a in client.scheduler_info()["workers"]} == set(sshd.hosts)
+    finally:
+        workers.close()
+        provider.close()
+    alone = SSHProvider("lab", sshd.options(hosts=["127.0.0.3"], connect_timeout=5))
+    with pytest.raises(HostUnreachableError, match=r"127\.0\.0\.3: .*refused"):
+        alone.capacity()
+
+
+@pytest.mark.ssh
+def test_a_shape_no_host_holds_names_every_host(sshd) -> None:
+    """cpu=64 fails naming each host's cores and memory."""
+    provider = SSHProvider("lab", sshd.options())
+    with pytest.raises(
+        ResourceUnavailableError,
+        match=r"cpu=64 cannot be satisfied: lab has 127\.0\.0\.1 \(\d+ cores, .*\), 127\.0\.0\.2 \(",
+    ):
+        provider.capacity().check(Shape(cpu=64, memory=2**30))
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_killed_remote_worker_reruns_then_names_the_host(lab, tmp_path) -> None:
+    """A call that kills its worker runs again, then fails naming the worker's host."""
+    attempts = tmp_path / "attempts.txt"
+
+    @taskcloud.function(provider="lab", n_workers=[0, 2], retries=1)
+    def die(path: str) -> None:
+        with open(path, "a") as file:
+            file.write("attempt\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    with pytest.raises(
+        WorkerLostError, match=r"'die'.* 2 attempts \(last on tls://127\.0\.0\.[12]:"
+    ):
+        die(str(attempts))
+    assert attempts.read_text().count("attempt") == 2
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_dropped_connection_reruns_then_names_the_host(lab, tmp_path) -> None:
+    """A call whose host's SSH connection drops runs again, then fails naming the host."""
+    started = tmp_path / "started.txt"
+
+    @taskcloud.function(provider="lab", n_workers=[0, 2], retries=1)
+    def hang(path: str) -> None:
+        import distributed
+
+        with open(path, "a") as file:
+            file.write(distributed.get_worker().address + "\n")
+        time.sleep(120)
+
+    future = hang.submit(str(started))
+    for attempt in (1, 2):
+        wait_for(
+            lambda attempt=attempt: (
+                started.exists() and len(started.read_text().split()) >= attempt
+            ),
+            60,
+            f"attempt {attempt} starting",
+        )
+        host = _host(started.read_text().split()[attempt - 1])
+        wait_for(lambda host=host: lab.drop(host), 10, f"dropping {host}'s connection")
+    with pytest.raises(WorkerLostError, match=rf"'hang'.* 2 attempts \(last on tls://{host}:"):
+        future.result(timeout=60)
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
+    """``environ`` values and the TLS key's PEM text are in no host process's command
+    line; the workers have the values; nothing is left after close."""
+    from distributed import Client
+
+    provider = SSHProvider("lab", sshd.options())
+    workers = provider.start_pool(_request(env={"TASKCLOUD_TEST_TOKEN": "s3cret-token-value"}))
+    try:
+        with Client(workers, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+            values = client.run(lambda: os.environ.get("TASKCLOUD_TEST_TOKEN"))
+            assert set(values.values()) == {"s3cret-token-value"}
+            key = Path(workers.security.tls_worker_key).read_text().splitlines()[1]
+            lines = sshd.cmdlines()
+            assert lines
+            assert not [
+                line for line in lines if "s3cret" in line or key in line or "BEGIN" in line
+            ]
+    finally:
+        workers.close()
+        provider.close()
+    _no_processes_left(sshd)
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_sigkilled_owner_leaves_nothing_on_the_hosts(sshd, tmp_path) -> None:
+    """A script that started a pool and is SIGKILLed leaves no process on the hosts."""
+    _pyproject(tmp_path, sshd.profile())
+    script = tmp_path / "owner.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys, time
+            import taskcloud
+
+            @taskcloud.function(provider="lab", n_workers=[2, 2])
+            def square(x):
+                return x * x
+
+            print(square(3), flush=True)
+            time.sleep(300)
+            """
+        )
+    )
+    owner = subprocess.Popen(
+        [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        assert owner.stdout.readline().strip() == "9"
+        wait_for(lambda: len(sshd.processes()) >= 2, 30, "the pool's workers starting")
+    finally:
+        owner.kill()
+        owner.wait()
+    _no_processes_left(sshd, timeout=30)
+
+
+@pytest.mark.ssh
+def test_check_reports_each_host(sshd) -> None:
+    """check() names each host: reachable with versions and hardware, or why not."""
+    provider = SSHProvider("lab", sshd.options(hosts=[*sshd.hosts, "127.0.0.3"], connect_timeout=5))
+    reports = {report.host: report for report in provider.check()}
+    for host in sshd.hosts:
+        report = reports[host]
+        assert report.reachable, report
+        assert report.versions_match, report
+        assert report.python
+        assert report.cores >= 1
+        assert report.memory > 0
+    assert not reports["127.0.0.3"].reachable
+    assert "refused" in reports["127.0.0.3"].reason
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_call_past_its_timeout_frees_its_remote_worker(lab) -> None:
+    """A timed-out call on a host fails with its timeout; its worker is replaced."""
+
+    @taskcloud.function(provider="lab", n_workers=[1, 1], timeout=1)
+    def nap(seconds: float) -> str:
+        import distributed
+
+        time.sleep(seconds)
+        return distributed.get_worker().address
+
+    with pytest.raises(TaskTimeoutError, match="nap"):
+        nap(60)
+    assert _host(nap(0)) in lab.hosts
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_named_cluster_runs_its_workers_on_the_hosts(sshd, taskcloud_home) -> None:
+    """``Cluster(provider="ssh", provider_options=...)`` starts its workers on the hosts;
+    closing it leaves nothing there."""
+    with taskcloud.Cluster(
+        n_workers=2, worker_memory="1 GiB", provider="ssh", provider_options=sshd.options()
+    ) as cluster:
+        client = cluster.get_client()
+        client.wait_for_workers(2, timeout=60)
+        hosts = {_host(address) for address in client.scheduler_info()["workers"]}
+        assert hosts == set(sshd.hosts)
+        assert client.submit(lambda x: x * 2, 21).result(timeout=60) == 42
+        client.close()
+    _no_processes_left(sshd)
+
+
+def test_a_host_that_never_answers_fails_within_connect_timeout(tmp_path) -> None:
+    """A host that accepts connections but never speaks SSH is named, with the limit,
+    once connect_timeout has passed."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.4", 0))
+        silent.listen()  # never accepted: no SSH banner ever comes
+        port = silent.getsockname()[1]
+        provider = SSHProvider("lab", {"hosts": [f"127.0.0.4:{port}"], "connect_timeout": 1})
+        started = time.monotonic()
+        with pytest.raises(HostUnreachableError, match=r"127\.0\.0\.4: no answer within 1 s"):
+            provider.capacity()
+        assert time.monotonic() - started < 15
+
+
+@pytest.mark.ssh
+def test_provider_check_command_reports_the_hosts(sshd, tmp_path, monkeypatch) -> None:
+    """``taskcloud provider check lab`` lists each host; an unreachable one makes it exit 1."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    _pyproject(tmp_path, sshd.profile(hosts=[*sshd.hosts, "127.0.0.3"], connect_timeout=5))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["provider", "check", "lab", "--json"])
+    assert result.exit_code == 1, result.output
+    hosts = {host["host"]: host for host in json.loads(result.output)["hosts"]}
+    assert all(hosts[host]["reachable"] and hosts[host]["versions_match"] for host in sshd.hosts)
+    assert "refused" in hosts["127.0.0.3"]["reason"]
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_a_worker_that_cannot_start_says_why(sshd, caplog) -> None:
+    """A ``python`` the hosts lack fails each worker's start naming the host, the
+    command's exit status and what the host's shell said."""
+    provider = SSHProvider("lab", sshd.options(hosts=["127.0.0.2"], python="/nonexistent/python"))
+    workers = provider.start_pool(_request(minimum=1, maximum=1))
+    try:
+        with caplog.at_level(logging.DEBUG, logger="taskcloud"):
+            wait_for(
+                lambda: any("did not start" in r.getMessage() for r in caplog.records),
+                30,
+                "a failed start logged",
+            )
+        message = next(r.getMessage() for r in caplog.records if "did not start" in r.getMessage())
+        assert "127.0.0.2" in message
+        assert "/nonexistent/python -m taskcloud.hostside` exited with 127" in message
+        assert re.search("not found|No such file", message)
+    finally:
+        workers.close()
+        provider.close()
+
+
+def test_hostside_ends_with_its_input_even_while_its_worker_starts() -> None:
+    """The host's process ends when its input does, even while its nanny still looks
+    for a scheduler that is not there."""
+    import psutil
+
+    from taskcloud import credentials
+
+    security, directory = credentials.ephemeral("hostside-test")
+    spec = {
+        "scheduler": "tls://127.0.0.1:9",  # nothing listens: the worker keeps trying
+        "listen": "127.0.0.1",
+        "name": "0",
+        "nthreads": 1,
+        "memory_limit": 2**30,
+        "resources": {},
+        "env": {},
+        "tls_ca": Path(security.tls_ca_file).read_text(),
+        "tls_cert": Path(security.tls_worker_cert).read_text(),
+        "tls_key": Path(security.tls_worker_key).read_text(),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "taskcloud.hostside"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        process.stdin.write(json.dumps(spec) + "\n")
+        process.stdin.flush()
+        host = psutil.Process(process.pid)
+        wait_for(
+            lambda: [c for c in host.net_connections("tcp") if c.status == "LISTEN"],
+            30,
+            "the nanny listening while it looks for its scheduler",
+        )
+        process.stdin.close()
+        # Well within the 60 s its start may take: it ends because its input did.
+        assert process.wait(20) == 1
+    finally:
+        process.kill()
+        credentials.discard(directory)
