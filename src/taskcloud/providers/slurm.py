@@ -54,11 +54,10 @@ from taskcloud.errors import JobFailedError
 from taskcloud.errors import JobPendingError
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import SlurmUnreachableError
+from taskcloud.providers.local import InProcessScheduler
 from taskcloud.providers.local import PoolAdaptive
-from taskcloud.providers.local import PoolWatch
 from taskcloud.providers.local import adapt
 from taskcloud.providers.local import http_config
-from taskcloud.providers.local import worker_running
 from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import PoolRequest
@@ -500,7 +499,7 @@ class _Arrivals(SchedulerPlugin):
             self.cluster.arrived(worker, str(state.name))
 
 
-class SlurmPoolCluster(SLURMCluster):
+class SlurmPoolCluster(InProcessScheduler, SLURMCluster):
     """One shape's workers as Slurm jobs (or steps), with the scheduler in this process.
 
     Answers :class:`~taskcloud.providers.protocol.Workers`, plus ``on_failure`` (the
@@ -595,18 +594,6 @@ class SlurmPoolCluster(SLURMCluster):
         jobs = self.job_ids() or self.jobs_seen[-4:]
         listed = f": jobs {', '.join(jobs)}" if jobs else ""
         return f"{self.provider} (Slurm {self._capacity.where}){listed}"
-
-    @property
-    def n_workers(self) -> int:
-        return len(self.scheduler.workers)
-
-    def watch(self, stats: Any) -> PoolWatch:
-        watch = PoolWatch(stats)
-        self.scheduler.add_plugin(watch, name=watch.name)
-        return watch
-
-    def running_on(self, key: str) -> str | None:
-        return self.sync(worker_running, self.scheduler, key)
 
     def replace_worker(self, address: str) -> None:
         self.sync(self._replace_worker, address)
