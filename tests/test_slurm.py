@@ -384,3 +384,36 @@ def test_docs_example_runs_on_slurm(slurm, tmp_path, monkeypatch) -> None:
     report = (project / "bld" / "report.txt").read_text()
     assert re.fullmatch(r"pi is about 3\.1\d\d from Slurm job \d+\n", report)
     wait_for(lambda: not slurm.jobs(), 60, "every job leaving squeue")
+
+
+def test_ctrl_c_of_a_pytask_run_cancels_its_jobs(slurm, profile, tmp_path) -> None:
+    """Ctrl-C while a decorated task runs in a job: pytask ends and so does the job."""
+    from tests.conftest import run_subprocess
+
+    profile("hpc")
+    marker = tmp_path / "running"
+    (tmp_path / "task_hold.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            from pathlib import Path
+            import taskcloud
+
+            @taskcloud.function(provider="hpc", cpu=1, memory="300 MiB")
+            def task_hold():
+                Path({str(marker)!r}).write_text(os.environ["SLURM_JOB_ID"])
+                time.sleep(300)
+            """
+        )
+    )
+    run = run_subprocess(tmp_path, "-n", "2")
+    try:
+        wait_for(marker.exists, 90, "the task running in a job")
+        job = marker.read_text()
+        os.killpg(run.pid, signal.SIGINT)
+        run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.wait()
+
+    wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")

@@ -75,7 +75,7 @@ POLL_INTERVAL = 0.5
 COMMAND_TIMEOUT = 15.0
 
 #: How long a worker waits for a lost scheduler before it exits, and its job ends.
-DEATH_TIMEOUT = 20
+DEATH_TIMEOUT = 10
 
 #: Workers retire this long before their job's walltime, staggered by up to as much
 #: again, so that they do not all leave at once.
