@@ -147,3 +147,24 @@ def sshd(tmp_path_factory):
         pytest.skip(f"the ssh tests need a working sshd: {exc}")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def slurm():
+    """A single-node Slurm for this session (see ``tests/slurm.py``), its ``SLURM_CONF``
+    in the environment; skipped with the reason where Slurm cannot start, except in CI."""
+    from slurm import Slurm
+    from slurm import SlurmUnavailable
+
+    cluster = Slurm()
+    try:
+        cluster.start()
+    except SlurmUnavailable as exc:
+        cluster.stop()
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI installs Slurm, yet it did not start: {exc}")
+        pytest.skip(f"no Slurm here: {exc}")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SLURM_CONF", str(cluster.conf))
+        yield cluster
+    cluster.stop()

@@ -111,3 +111,12 @@ def test_until_done_falls_back_to_polling_without_the_state():
         status = "finished"
 
     asyncio.run(asyncio.wait_for(until_done(Done()), 5))
+
+
+def test_a_jobqueue_job_keeps_its_worker_command():
+    """``dask_jobqueue.core.Job._command_template`` (allocation steps run it with srun)
+    and a job's ``close`` that leaves its status alone (TaskcloudSlurmJob sets it)."""
+    from dask_jobqueue.core import Job
+
+    assert "self._command_template" in inspect.getsource(Job.__init__)
+    assert "self.status" not in inspect.getsource(Job.close)

@@ -22,6 +22,8 @@ __all__ = [
     "EnvironmentToolNotFoundError",
     "HostUnreachableError",
     "InvalidOptionError",
+    "JobFailedError",
+    "JobPendingError",
     "MemoryLimitError",
     "NameNotFoundError",
     "ProviderLoadError",
@@ -29,6 +31,7 @@ __all__ = [
     "RemoteTaskError",
     "ResourceUnavailableError",
     "SerializationError",
+    "SlurmUnreachableError",
     "SoftwareEnvironmentNotFoundError",
     "StoreError",
     "TaskTimeoutError",
@@ -359,3 +362,57 @@ class ClusterStartError(TaskcloudError, RuntimeError):
 
     def __str__(self) -> str:
         return f"Cluster {self.name!r} did not start: {self.reason}"
+
+
+class SlurmUnreachableError(TaskcloudError, ConnectionError):
+    """A Slurm command could not reach the controller (``slurmctld``)."""
+
+    def __init__(self, provider: str, command: str, output: str) -> None:
+        super().__init__(provider, command, output)
+        self.provider = provider
+        self.command = command
+        self.output = output
+
+    def __str__(self) -> str:
+        return (
+            f"Slurm could not be reached by the {self.provider} provider: {self.command!r} "
+            f"said: {self.output.strip() or 'nothing'}. Is slurmctld running, and is "
+            "SLURM_CONF the cluster's?"
+        )
+
+
+class JobPendingError(TaskcloudError, TimeoutError):
+    """A worker job stayed pending past ``pending_timeout`` and was cancelled."""
+
+    def __init__(self, job: str, state: str, reason: str, timeout: float) -> None:
+        super().__init__(job, state, reason, timeout)
+        self.job = job
+        self.state = state
+        self.reason = reason
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return (
+            f"Slurm job {self.job} was still {self.state} (reason: {self.reason}) after "
+            f"pending_timeout={self.timeout:g} s and was cancelled. Ask for less, another "
+            "queue, or a longer pending_timeout."
+        )
+
+
+class JobFailedError(TaskcloudError, RuntimeError):
+    """A worker job ended before its worker connected; carries the job's stderr."""
+
+    def __init__(self, job: str, state: str, stderr: str) -> None:
+        super().__init__(job, state, stderr)
+        self.job = job
+        self.state = state
+        self.stderr = stderr
+
+    def __str__(self) -> str:
+        err = self.stderr.strip() or "(empty)"
+        if self.state == "REJECTED":
+            return f"sbatch refused the worker job: {err}"
+        return (
+            f"Slurm job {self.job} ended ({self.state}) before its worker connected. "
+            f"Its stderr:\n{err}"
+        )

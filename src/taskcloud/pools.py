@@ -18,6 +18,7 @@ import os
 import pickle
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -223,7 +224,14 @@ class _Call:
             self._cancel_timer()
             self.start()
         else:
-            self._set_exception(WorkerLostError(self.name, self.attempts, worker))
+            # A provider may say more than the address: the Slurm job it ran in, say.
+            described = getattr(self.pool.cluster, "describe_worker", str)(worker)
+            self._set_exception(WorkerLostError(self.name, self.attempts, described))
+
+    def fail(self, exc: BaseException) -> None:
+        """End the call with ``exc``, its current attempt cancelled."""
+        self._set_exception(exc)
+        self.cancel()
 
     def _set_exception(self, exc: BaseException) -> None:
         self._cancel_timer()
@@ -324,6 +332,8 @@ class Pool:
     watch: Any
     stats: PoolStats
     label: str
+    #: The calls not yet collected, for :meth:`fail_waiting`.
+    _calls: weakref.WeakSet[_Call] = field(factory=weakref.WeakSet, init=False)
 
     @classmethod
     def start(cls, spec: PoolSpec, provider: Provider) -> Pool:
@@ -371,7 +381,13 @@ class Pool:
         except BaseException:
             workers.close()
             raise
-        return cls(spec, shape, workers, client, watch, stats, label)
+        pool = cls(spec, shape, workers, client, watch, stats, label)
+        # A provider whose workers can fail to arrive (a batch job that pends past its
+        # limit, or dies before its worker connects) fails the waiting calls through it.
+        on_failure = getattr(workers, "on_failure", None)
+        if on_failure is not None:
+            on_failure(pool.fail_waiting)
+        return pool
 
     def submit(
         self,
@@ -418,6 +434,7 @@ class Pool:
         ``runs`` returned, unpickled.
         """
         call = _Call(self, name, b"", payload, retries, timeout, on_start=on_start, runs=runs)
+        self._calls.add(call)
         call.future.add_done_callback(lambda f: call.cancel() if f.cancelled() else None)
         self.stats.calls += 1
         call.start()
@@ -470,9 +487,16 @@ class Pool:
     ) -> _Call:
         arguments_blob = dumps_arguments(name, function, args, kwargs)
         call = _Call(self, name, function_blob, arguments_blob, retries, timeout)
+        self._calls.add(call)
         call.future.add_done_callback(lambda f: call.cancel() if f.cancelled() else None)
         self.stats.calls += 1
         return call
+
+    def fail_waiting(self, exc: BaseException) -> None:
+        """Fail every call of the pool that has no outcome yet with ``exc``."""
+        for call in list(self._calls):
+            if not call.future.done():
+                call.fail(exc)
 
     def stop_running(self, dask_future: Any) -> None:
         """Take a running call back: cancel it and replace the worker that runs it.

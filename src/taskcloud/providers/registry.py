@@ -1,6 +1,6 @@
 """The provider registry: provider kinds by name, and the providers this process built.
 
-Built-in kinds are ``local`` and ``ssh``. A third-party package adds a kind through an
+Built-in kinds are ``local``, ``ssh`` and ``slurm``. A third-party package adds a kind through an
 entry point in the group :data:`ENTRY_POINTS`, whose value is the provider class::
 
     [project.entry-points."taskcloud.providers"]
@@ -52,6 +52,7 @@ ENTRY_POINTS = "taskcloud.providers"
 _BUILT_IN = {
     "local": "taskcloud.providers.local:LocalProvider",
     "ssh": "taskcloud.providers.ssh:SSHProvider",
+    "slurm": "taskcloud.providers.slurm:SlurmProvider",
 }
 
 _registered: dict[str, Any] = {}

@@ -1,0 +1,997 @@
+"""The Slurm provider: a pool's workers arrive and leave as batch jobs of its shape.
+
+dask-jobqueue is the engine: each pool (one shape) is a ``SLURMCluster`` of its own,
+so two shapes in one run get two kinds of jobs (``--cpus-per-task``, ``--mem``,
+``--gres=gpu:N``), each job running ``processes`` workers whose nthreads, memory
+limit and resources (``cpu``, ``memory``, ``gpu``) are those of the local provider's.
+
+What dask-jobqueue leaves out, this module adds:
+
+* **capacity from the cluster itself**: ``sinfo``'s nodes of the partition, so a
+  shape no node can hold fails at the first call instead of pending forever;
+* **job state**: a :class:`JobMonitor` polls ``squeue``. A job pending past
+  ``pending_timeout`` is cancelled, and a job that ends before its worker connects
+  fails the pool's waiting calls with its stderr; a job that ends after is replaced;
+* **credentials off the command line**: the scheduler (in this process) and the
+  workers speak TLS with the pool's own key, kept in 0600 files of a 0700
+  directory under ``$TASKCLOUD_HOME/slurm`` that the jobs read (same user, shared
+  filesystem) and removed on close; the job scripts name only their paths;
+* **nothing left behind**: jobs are cancelled on close; a worker whose scheduler is
+  gone (its process was killed) exits after ``--death-timeout`` and so does its job;
+* **inside an allocation** (``allocation = "current"``): workers are ``srun`` steps
+  of the job ``SLURM_JOB_ID`` rather than jobs of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from inspect import isawaitable
+from pathlib import Path
+from typing import Any
+
+import dask
+from attrs import fields_dict
+from attrs import frozen
+from dask_jobqueue import SLURMCluster
+from dask_jobqueue.slurm import SLURMJob
+from distributed.deploy.spec import ProcessInterface
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from taskcloud import credentials
+from taskcloud.capacity import Shape
+from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import JobFailedError
+from taskcloud.errors import JobPendingError
+from taskcloud.errors import ResourceUnavailableError
+from taskcloud.errors import SlurmUnreachableError
+from taskcloud.providers.local import InProcessScheduler
+from taskcloud.providers.local import PoolAdaptive
+from taskcloud.providers.local import adapt
+from taskcloud.providers.local import http_config
+from taskcloud.providers.protocol import ClusterRequest
+from taskcloud.providers.protocol import HostReport
+from taskcloud.providers.protocol import PoolRequest
+from taskcloud.specs import format_bytes
+from taskcloud.specs import parse_duration
+
+__all__ = ["JobMonitor", "SlurmCapacity", "SlurmOptions", "SlurmPoolCluster", "SlurmProvider"]
+
+logger = logging.getLogger("taskcloud")
+
+#: How often the job monitor asks ``squeue`` about a pool's jobs.
+POLL_INTERVAL = 0.5
+
+#: How long a Slurm command may take before Slurm counts as unreachable.
+COMMAND_TIMEOUT = 15.0
+
+#: How long a worker waits for a lost scheduler before it exits, and its job ends.
+DEATH_TIMEOUT = 10
+
+#: Workers retire this long before their job's walltime, staggered by up to as much
+#: again, so that they do not all leave at once.
+WALLTIME_MARGIN = 60.0
+
+#: Job states after which a job runs nothing.
+ENDED = {
+    "BOOT_FAIL",
+    "CANCELLED",
+    "COMPLETED",
+    "DEADLINE",
+    "FAILED",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "PREEMPTED",
+    "REVOKED",
+    "SPECIAL_EXIT",
+    "TIMEOUT",
+}
+
+
+# -- options ----------------------------------------------------------------------------
+
+
+def _strings(parameter: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise InvalidOptionError(parameter, value, "a list of strings")
+    return tuple(value)
+
+
+def _text(parameter: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidOptionError(parameter, value, "a non-empty string")
+    return value
+
+
+def _walltime(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or _walltime_seconds(value) is None:
+        raise InvalidOptionError(
+            "walltime", value, "a Slurm time limit such as '30:00', '02:00:00' or '1-12:00:00'"
+        )
+    return value
+
+
+def _walltime_seconds(value: str) -> float | None:
+    """Seconds of a Slurm time limit: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip())
+    if match is None:
+        return None
+    days, first, second, third = match.groups()
+    parts = [int(p) for p in (first, second, third) if p is not None]
+    if days is not None:
+        hours, minutes, seconds = ([*parts, 0, 0])[:3]
+    elif len(parts) == 3:
+        hours, minutes, seconds = parts
+    else:
+        hours, (minutes, seconds) = 0, ([*parts, 0])[:2]
+    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60.0 + seconds
+
+
+def _positive(parameter: str, value: Any, default: int | None) -> int | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidOptionError(parameter, value, "a positive integer")
+    return value
+
+
+def _timeout(value: Any) -> float:
+    seconds = parse_duration(value, "pending_timeout")
+    if seconds <= 0:
+        raise InvalidOptionError(
+            "pending_timeout", value, "a positive duration: seconds, or '10 min', '30 s'"
+        )
+    return float(seconds)
+
+
+def _allocation(value: Any) -> str | None:
+    if value in (None, "current"):
+        return value
+    raise InvalidOptionError("allocation", value, "'current' (the job SLURM_JOB_ID names), or none")
+
+
+@frozen(kw_only=True)
+class SlurmOptions:
+    """A Slurm profile's options, validated: see ``docs/slurm.md``."""
+
+    queue: str | None = None
+    account: str | None = None
+    walltime: str | None = None
+    job_extra_directives: tuple[str, ...] = ()
+    job_script_prologue: tuple[str, ...] = ()
+    python: str | None = None
+    processes: int = 1
+    interface: str | None = None
+    scheduler_host: str | None = None
+    pending_timeout: float = 600.0
+    max_jobs: int | None = None
+    allocation: str | None = None
+    #: How long a worker waits for a lost scheduler (its owner killed) before exiting.
+    death_timeout: int = DEATH_TIMEOUT
+
+    @classmethod
+    def parse(cls, options: dict[str, Any]) -> SlurmOptions:
+        """Check each option; an unknown key is an error that lists the known ones."""
+        known = set(fields_dict(cls))
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidOptionError(
+                "provider_options",
+                {key: options[key] for key in unknown},
+                f"Slurm options among {', '.join(sorted(known))}",
+            )
+        get = options.get
+        return cls(
+            queue=_text("queue", get("queue")),
+            account=_text("account", get("account")),
+            walltime=_walltime(get("walltime")),
+            job_extra_directives=_strings("job_extra_directives", get("job_extra_directives", [])),
+            job_script_prologue=_strings("job_script_prologue", get("job_script_prologue", [])),
+            python=_text("python", get("python")),
+            processes=_positive("processes", get("processes"), 1) or 1,
+            interface=_text("interface", get("interface")),
+            scheduler_host=_text("scheduler_host", get("scheduler_host")),
+            pending_timeout=_timeout(get("pending_timeout", 600)),
+            max_jobs=_positive("max_jobs", get("max_jobs"), None),
+            allocation=_allocation(get("allocation")),
+            death_timeout=_positive("death_timeout", get("death_timeout"), DEATH_TIMEOUT)
+            or DEATH_TIMEOUT,
+        )
+
+
+# -- Slurm commands ---------------------------------------------------------------------
+
+
+def slurm_command(provider: str, *command: str, timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run a Slurm command; its stdout. Not reaching the controller is an error that
+    says so, within ``timeout`` seconds."""
+    if shutil.which(command[0]) is None:
+        raise SlurmUnreachableError(provider, command[0], "no such command on this host's PATH")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SlurmUnreachableError(
+            provider, shlex.join(command), f"no answer within {timeout:g} s"
+        ) from None
+    if done.returncode != 0:
+        raise SlurmUnreachableError(provider, shlex.join(command), done.stderr or done.stdout)
+    return done.stdout
+
+
+async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -> str | None:
+    """A Slurm command's stdout from the event loop; None when it failed."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        return None
+    return out.decode() if process.returncode == 0 else None
+
+
+def _gpus(gres: str) -> int:
+    """The GPUs of a ``sinfo`` GRES field: ``gpu:2``, ``gpu:a100:4(S:0-1)``, ``(null)``."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and parts[-1].isdigit():
+            total += int(parts[-1])
+    return total
+
+
+# -- capacity ---------------------------------------------------------------------------
+
+
+@frozen
+class Node:
+    """One node of the partition, as ``sinfo`` or the allocation gives it."""
+
+    name: str
+    cpus: int
+    memory: int
+    gpus: int = 0
+
+    def holds(self, shape: Shape) -> int:
+        """How many workers of ``shape`` fit on the empty node."""
+        fits = [self.cpus // max(shape.cpu, 1), self.memory // max(shape.memory, 1)]
+        if shape.gpu:
+            fits.append(self.gpus // shape.gpu)
+        return max(0, min(fits))
+
+    def describe(self) -> str:
+        gpus = f", {self.gpus} GPUs" if self.gpus else ", no GPUs"
+        return f"{self.name} ({self.cpus} cores, {format_bytes(self.memory)}{gpus})"
+
+
+class SlurmCapacity:
+    """What the partition's nodes hold; Slurm queues what does not fit now.
+
+    ``check`` refuses a shape no node can hold (Slurm would pend it forever);
+    ``grant`` caps a pool at ``max_jobs`` jobs; nothing waits for room here, since
+    Slurm's queue does the waiting.
+    """
+
+    def __init__(self, provider: str, where: str, nodes: list[Node], options: SlurmOptions):
+        self.provider = provider
+        self.where = where
+        self.nodes = nodes
+        self.options = options
+
+    @property
+    def largest(self) -> Node:
+        return max(self.nodes, key=lambda node: (node.cpus, node.memory, node.gpus))
+
+    def describe(self) -> str:
+        return f"{self.where}, whose largest node is {self.largest.describe()}"
+
+    def default_memory(self, cpu: int) -> int:
+        node = self.largest
+        return max(1, node.memory * cpu // max(node.cpus, 1))
+
+    def check(self, shape: Shape) -> None:
+        if not any(node.holds(shape) for node in self.nodes):
+            raise ResourceUnavailableError(shape_text(shape), self.describe(), self.provider)
+
+    def fit(self, shape: Shape) -> int:
+        held = sum(node.holds(shape) for node in self.nodes)
+        if self.options.max_jobs is not None:
+            return self.options.max_jobs * self.options.processes
+        return max(held, 1)
+
+    def grant(self, holder: object, shape: Shape, want: int, current: int) -> int:
+        if self.options.max_jobs is None:
+            return want
+        return min(want, self.options.max_jobs * self.options.processes)
+
+    def waiting(self, holder: object) -> bool:
+        return False
+
+    def others_waiting(self, holder: object) -> bool:
+        return False
+
+    def waited(self, holder: object) -> float:
+        return 0.0
+
+    def release(self, holder: object) -> None:
+        """Nothing to release: Slurm keeps the books."""
+
+
+def shape_text(shape: Shape) -> str:
+    text = f"cpu={shape.cpu}, memory={format_bytes(shape.memory)}"
+    return text + (f", gpu={shape.gpu}" if shape.gpu else "")
+
+
+def partition_nodes(provider: str, queue: str | None) -> tuple[str, list[Node]]:
+    """The nodes of ``queue`` (else the default partition) from ``sinfo``."""
+    command = ["sinfo", "-h", "-N", "-o", "%P|%N|%c|%m|%G"]
+    if queue:
+        command += ["-p", queue]
+    rows = [line.split("|") for line in slurm_command(provider, *command).splitlines()]
+    rows = [row for row in rows if len(row) == 5]
+    if queue is None:
+        default = [row for row in rows if row[0].endswith("*")]
+        rows = default or rows
+    if not rows:
+        raise ResourceUnavailableError(
+            f"queue={queue!r}", "no such partition (sinfo lists none)", provider
+        )
+    name = rows[0][0].rstrip("*")
+    nodes = {row[1]: Node(row[1], int(row[2]), int(row[3]) * 2**20, _gpus(row[4])) for row in rows}
+    return f"partition {name!r}", list(nodes.values())
+
+
+def allocation_nodes(provider: str, job: str) -> tuple[str, list[Node]]:
+    """The share of the allocation ``job``: its CPUs, memory and GPUs, from ``scontrol``."""
+    shown = slurm_command(provider, "scontrol", "show", "job", "-o", job)
+    tres = dict(item.split("=", 1) for item in _field(shown, "TRES").split(",") if "=" in item)
+    memory = _mebibytes(tres.get("mem", "0")) * 2**20
+    gpus = int(tres.get("gres/gpu", "0") or 0)
+    node = Node(_field(shown, "NodeList"), int(tres.get("cpu", "1")), memory, gpus)
+    return f"allocation {job}", [node]
+
+
+def _field(shown: str, key: str) -> str:
+    match = re.search(rf"\b{key}=(\S*)", shown)
+    return match.group(1) if match else ""
+
+
+def _mebibytes(value: str) -> int:
+    units = {"K": 1 / 1024, "M": 1, "G": 1024, "T": 1024**2}
+    match = re.fullmatch(r"([\d.]+)([KMGT]?)", value)
+    if match is None:
+        return 0
+    return int(float(match.group(1)) * units.get(match.group(2) or "M", 1))
+
+
+# -- jobs -------------------------------------------------------------------------------
+
+
+class TaskcloudSlurmJob(SLURMJob):
+    """dask-jobqueue's Slurm job, with GPUs, the pool's environment from a private
+    file, and its stderr where the monitor can read it."""
+
+    def __init__(
+        self, *args: Any, gpus: int = 0, env_file: str | None = None, **kwargs: Any
+    ) -> None:
+        if gpus:
+            kwargs["job_extra_directives"] = [
+                *kwargs.get("job_extra_directives", []),
+                f"--gres=gpu:{gpus}",
+            ]
+        if env_file is not None:
+            # The values stay in the file (0600); the script names only its path.
+            kwargs["job_script_prologue"] = [
+                f"set -a; . {shlex.quote(env_file)}; set +a",
+                *kwargs.get("job_script_prologue", []),
+            ]
+        super().__init__(*args, **kwargs)
+
+    async def close(self) -> None:
+        # dask-jobqueue's close cancels the job but leaves the status running, which
+        # fails the cluster's own close once the job was cancelled before it.
+        await super().close()
+        await ProcessInterface.close(self)
+
+    @property
+    def stderr_path(self) -> Path | None:
+        if self.log_directory is None or not getattr(self, "job_id", None):
+            return None
+        return Path(self.log_directory) / f"{self.job_name or 'worker'}-{self.job_id}.err"
+
+
+class StepWorker(ProcessInterface):
+    """Workers as an ``srun`` step of the allocation ``job``, not as a job of their own."""
+
+    def __init__(
+        self,
+        scheduler: str,
+        name: Any = None,
+        *,
+        job: str,
+        command: list[str],
+        cpus: int,
+        memory: int,
+        gpus: int,
+        env: dict[str, str],
+        log: Path,
+        **ignored: Any,
+    ) -> None:
+        super().__init__(scheduler, name)
+        self.name = name
+        self.job_id = f"{job} (step)"
+        self.step = [
+            "srun",
+            f"--jobid={job}",
+            "-N1",
+            "-n1",
+            f"--cpus-per-task={cpus}",
+            f"--mem={max(1, memory // 2**20)}M",
+            "--exact",
+            "--kill-on-bad-exit=1",
+            *([f"--gres=gpu:{gpus}"] if gpus else []),
+            *[
+                part.replace("{scheduler}", scheduler).replace("{name}", str(name))
+                for part in command
+            ],
+        ]
+        self.env = {**os.environ, **env}
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.step,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        await super().start()
+
+    async def close(self) -> None:
+        process = self.process
+        if process is not None and process.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()  # srun passes it on to the step
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        await super().close()
+
+
+# -- the cluster ------------------------------------------------------------------------
+
+
+class _Arrivals(SchedulerPlugin):
+    """Which job each worker that connected came from, by worker address."""
+
+    name = "taskcloud-slurm-arrivals"
+
+    def __init__(self, cluster: SlurmPoolCluster) -> None:
+        self.cluster = cluster
+
+    def add_worker(self, scheduler: Any, worker: str) -> None:
+        state = scheduler.workers.get(worker)
+        if state is not None:
+            self.cluster.arrived(worker, str(state.name))
+
+
+class SlurmPoolCluster(InProcessScheduler, SLURMCluster):
+    """One shape's workers as Slurm jobs (or steps), with the scheduler in this process.
+
+    Answers :class:`~taskcloud.providers.protocol.Workers`, plus ``on_failure`` (the
+    pool's calls fail when no worker can arrive) and ``describe_worker`` (the job a
+    worker ran in).
+    """
+
+    job_cls = TaskcloudSlurmJob
+
+    def __init__(
+        self,
+        *,
+        capacity: SlurmCapacity,
+        shape: Shape,
+        directory: Path,
+        provider: str,
+        pending_timeout: float,
+        **kwargs: Any,
+    ) -> None:
+        self._capacity = capacity
+        self._shape = shape
+        self.directory = directory
+        self.provider = provider
+        self.pending_timeout = pending_timeout
+        self.label = str(kwargs.get("name") or "")
+        self._failure_callbacks: list[Callable[[BaseException], None]] = []
+        self._job_of_address: dict[str, str] = {}
+        self._arrived_names: set[str] = set()
+        self.jobs_seen: list[str] = []
+        self.monitor: JobMonitor | None = None
+        super().__init__(**kwargs)
+
+    def begin(self) -> None:
+        """Watch arrivals and jobs, once the scheduler runs (in its event loop)."""
+        self.scheduler.add_plugin(_Arrivals(self), name=_Arrivals.name)
+        self.monitor = JobMonitor(self)
+        self._monitoring = asyncio.ensure_future(self.monitor.run())
+
+    # -- bookkeeping the monitor and messages use
+
+    def arrived(self, address: str, name: str) -> None:
+        job = self.workers.get(_job_name(name, self.worker_spec))
+        self._arrived_names.add(_job_name(name, self.worker_spec))
+        self._job_of_address[address] = str(getattr(job, "job_id", "") or "?")
+
+    def describe_worker(self, address: str) -> str:
+        job = self._job_of_address.get(address)
+        return f"{address}, Slurm job {job}" if job else address
+
+    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
+        self._failure_callbacks.append(callback)
+
+    def fail(self, exc: BaseException) -> None:
+        """Fail the pool's waiting calls, unless a worker is there to run them.
+
+        Called in the event loop; the pool cancels its calls' dask futures, which
+        blocks, so the callbacks run in a thread.
+        """
+        if self.scheduler.workers:
+            logger.warning("%s: %s", self.label, exc)
+            return
+        loop = asyncio.get_running_loop()
+        for callback in list(self._failure_callbacks):
+            loop.run_in_executor(None, callback, exc)
+
+    def _correct_state(self) -> asyncio.Future[None]:
+        # A job sbatch refused (or could not submit) would stay in ``workers`` with no
+        # job id, blocking its place for good: it goes, and the pool's calls fail.
+        return asyncio.ensure_future(self._correct_state_checked())
+
+    async def _correct_state_checked(self) -> None:
+        try:
+            await super()._correct_state()
+        except Exception as exc:
+            for name, job in list(self.workers.items()):
+                if not getattr(job, "job_id", None):
+                    self.workers.pop(name, None)
+                    self.worker_spec.pop(name, None)
+            self.fail(submission_error(self.provider, exc))
+
+    def job_ids(self) -> list[str]:
+        return [str(job.job_id) for job in self.workers.values() if getattr(job, "job_id", None)]
+
+    # -- protocol.Workers
+
+    @property
+    def capacity(self) -> SlurmCapacity:
+        return self._capacity
+
+    @property
+    def where(self) -> str:
+        jobs = self.job_ids() or self.jobs_seen[-4:]
+        listed = f": jobs {', '.join(jobs)}" if jobs else ""
+        return f"{self.provider} (Slurm {self._capacity.where}){listed}"
+
+    def replace_worker(self, address: str) -> None:
+        self.sync(self._replace_worker, address)
+
+    async def _replace_worker(self, address: str) -> None:
+        # The worker runs on another host: its job goes, and the spec starts another.
+        state = self.scheduler.workers.get(address)
+        if state is None:
+            return
+        await self.scheduler.remove_worker(
+            address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
+        )
+        name = _job_name(str(state.name), self.worker_spec)
+        job = self.workers.pop(name, None)
+        if job is not None:
+            await job.close()
+        await self._correct_state()
+
+    def kill(self) -> None:
+        jobs = self.job_ids()
+        if jobs:
+            with contextlib.suppress(Exception):
+                subprocess.run(["scancel", *jobs], capture_output=True, timeout=COMMAND_TIMEOUT)
+
+    def scale_between(self, minimum: int, maximum: int, keepalive: float) -> Any:
+        return adapt(
+            self,
+            self._capacity,  # type: ignore[arg-type]  # a Capacity, as adapt uses it
+            self._shape,
+            minimum,
+            maximum,
+            keepalive,
+            adaptive=PoolAdaptive,
+        )
+
+    def stop_adapting(self) -> None:
+        adaptive = getattr(self, "_adaptive", None)
+        if adaptive is not None:
+            adaptive.stop(reason="pool-closed")
+
+    def close(self, timeout: float | None = None) -> Any:
+        self.stop_adapting()
+        if self.monitor is not None:
+            self.monitor.stop()
+        closed = super().close(timeout)
+        if not isawaitable(closed):
+            shutil.rmtree(self.directory, ignore_errors=True)
+            return closed
+
+        async def closing() -> None:  # an asynchronous cluster: a named cluster's
+            try:
+                await closed
+            finally:
+                shutil.rmtree(self.directory, ignore_errors=True)
+
+        return closing()
+
+
+def submission_error(provider: str, exc: BaseException) -> BaseException:
+    """What a failed ``sbatch`` means: Slurm out of reach, or the job refused."""
+    text = str(exc)
+    stderr = text.partition("stderr:")[2].strip() or text
+    if "Unable to contact slurm controller" in text:
+        return SlurmUnreachableError(provider, "sbatch", stderr)
+    return JobFailedError("(not submitted)", "REJECTED", stderr)
+
+
+def _job_name(worker_name: str, spec: dict[str, Any]) -> str:
+    """The spec name of the job a worker belongs to (``taskcloud-3-0-1`` of group ``-1``)."""
+    if worker_name in spec:
+        return worker_name
+    base, _, _ = worker_name.rpartition("-")
+    return base if base in spec else worker_name
+
+
+class JobMonitor:
+    """Polls ``squeue`` for a cluster's jobs: what pends too long is cancelled, what
+    ends before its worker connects fails the pool's calls, what ends later is replaced."""
+
+    def __init__(self, cluster: SlurmPoolCluster) -> None:
+        self.cluster = cluster
+        self.since: dict[str, float] = {}
+        self._stopped = False
+        self._failed: set[str] = set()
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    async def run(self) -> None:
+        while not self._stopped:
+            await asyncio.sleep(POLL_INTERVAL)
+            with contextlib.suppress(Exception):
+                await self.check()
+
+    async def check(self) -> None:
+        jobs = {
+            str(job.job_id): (name, job)
+            for name, job in list(self.cluster.workers.items())
+            if getattr(job, "job_id", None) and str(job.job_id).isdigit()
+        }
+        if not jobs:
+            return
+        for job in jobs:
+            if job not in self.cluster.jobs_seen:
+                self.cluster.jobs_seen.append(job)
+        out = await slurm_command_async(
+            "squeue", "-h", "--states=all", "-j", ",".join(jobs), "-o", "%i|%T|%r"
+        )
+        if out is None:
+            return  # the controller did not answer this time: ask again
+        states = {}
+        for line in out.splitlines():
+            job, _, rest = line.partition("|")
+            state, _, reason = rest.partition("|")
+            states[job.strip()] = (state.strip(), reason.strip())
+        for job, (name, handle) in jobs.items():
+            state, reason = states.get(job, ("COMPLETED", "None"))
+            await self._judge(job, name, handle, state, reason)
+
+    async def _judge(self, job: str, name: str, handle: Any, state: str, reason: str) -> None:
+        now = time.monotonic()
+        if state == "PENDING":
+            started = self.since.setdefault(job, now)
+            if now - started > self.cluster.pending_timeout:
+                await self._drop(name, handle)
+                self.cluster.fail(JobPendingError(job, state, reason, self.cluster.pending_timeout))
+            return
+        self.since.pop(job, None)
+        if state.split()[0] in ENDED:
+            arrived = name in self.cluster._arrived_names
+            await self._drop(name, handle, keep_spec=arrived)
+            if not arrived and job not in self._failed:
+                self._failed.add(job)
+                self.cluster.fail(JobFailedError(job, state, _stderr(handle)))
+
+    async def _drop(self, name: str, handle: Any, keep_spec: bool = False) -> None:
+        """Forget a job; with ``keep_spec`` the cluster starts another in its place."""
+        self.cluster.workers.pop(name, None)
+        if not keep_spec:
+            self.cluster.worker_spec.pop(name, None)
+        with contextlib.suppress(Exception):
+            await handle.close()
+        if keep_spec:
+            await self.cluster._correct_state()
+
+
+def _stderr(handle: Any, lines: int = 30) -> str:
+    path = getattr(handle, "stderr_path", None)
+    if path is None:
+        return ""
+    deadline = time.monotonic() + 2.0
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)  # a shared filesystem may show the file late
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+# -- the provider -----------------------------------------------------------------------
+
+
+class SlurmProvider:
+    """The ``slurm`` provider: workers of a pool's shape as Slurm batch jobs."""
+
+    kind = "slurm"
+
+    def __init__(self, name: str = "slurm", options: dict[str, Any] | None = None) -> None:
+        self.name = name
+        self.options = SlurmOptions.parse(dict(options or {}))
+        self._capacity: SlurmCapacity | None = None
+        if self.options.allocation == "current" and not os.environ.get("SLURM_JOB_ID"):
+            raise InvalidOptionError(
+                "allocation", "current", "'current' inside a Slurm allocation (SLURM_JOB_ID set)"
+            )
+
+    def capacity(self) -> SlurmCapacity:
+        """The partition's nodes (or the allocation's share), read once."""
+        if self._capacity is None:
+            if self.options.allocation == "current":
+                where, nodes = allocation_nodes(self.name, os.environ["SLURM_JOB_ID"])
+            else:
+                where, nodes = partition_nodes(self.name, self.options.queue)
+            self._capacity = SlurmCapacity(self.name, where, nodes, self.options)
+        return self._capacity
+
+    def start_pool(self, request: PoolRequest) -> SlurmPoolCluster:
+        settings = {"distributed.scheduler.allowed-failures": 0, **http_config(request.dashboard)}
+        with dask.config.set(settings):
+            cluster = self._build(
+                request.shape,
+                request.threads_per_worker,
+                name=request.name,
+                python=request.python,
+                env=dict(request.env),
+                dashboard=request.dashboard,
+            )
+        cluster.label = request.label
+        cluster.sync(_begin, cluster)
+        cluster.scale_between(request.minimum, request.maximum, request.keepalive)
+        return cluster
+
+    async def start_cluster(self, request: ClusterRequest) -> SlurmPoolCluster:
+        cluster = self._build(
+            request.shape,
+            request.threads_per_worker,
+            name=request.name,
+            python=request.python,
+            env={},
+            dashboard=request.dashboard,
+            security=request.security,
+            asynchronous=True,
+            scheduler_options=request.scheduler_options,
+        )
+        await cluster
+        cluster.begin()
+        return cluster
+
+    def _build(
+        self,
+        shape: Shape,
+        threads: int,
+        *,
+        name: str,
+        python: str | None,
+        env: dict[str, str],
+        dashboard: bool,
+        security: Any = None,
+        asynchronous: bool = False,
+        scheduler_options: dict[str, Any] | None = None,
+    ) -> SlurmPoolCluster:
+        capacity = self.capacity()
+        capacity.check(shape)
+        directory = _private_directory(name)
+        try:
+            if security is None:
+                security = credentials.create(directory / "tls", name)
+            env_file = _write_env(directory, env)
+            options = self._cluster_options(shape, threads, name, python, env_file, directory)
+            return SlurmPoolCluster(
+                capacity=capacity,
+                shape=shape,
+                directory=directory,
+                provider=self.name,
+                pending_timeout=self.options.pending_timeout,
+                security=security,
+                asynchronous=asynchronous,
+                name=name,
+                scheduler_options=self._scheduler_options(dashboard, scheduler_options),
+                **options,
+            )
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+
+    def _scheduler_options(self, dashboard: bool, given: dict[str, Any] | None) -> dict[str, Any]:
+        settings: dict[str, Any] = {"dashboard": dashboard, "dashboard_address": "127.0.0.1:0"}
+        if self.options.scheduler_host:
+            settings["host"] = self.options.scheduler_host
+        elif self.options.interface:
+            settings["interface"] = self.options.interface
+        else:
+            settings["host"] = "127.0.0.1"
+        settings.update({k: v for k, v in (given or {}).items() if k != "security"})
+        return settings
+
+    def _cluster_options(
+        self,
+        shape: Shape,
+        threads: int,
+        name: str,
+        python: str | None,
+        env_file: Path | None,
+        directory: Path,
+    ) -> dict[str, Any]:
+        o = self.options
+        processes = o.processes
+        extra_args = [
+            "--resources",
+            f"cpu={shape.cpu},memory={shape.memory},gpu={shape.gpu}",
+            "--no-dashboard",
+        ]
+        seconds = _walltime_seconds(o.walltime) if o.walltime else None
+        if seconds is not None:
+            margin = min(WALLTIME_MARGIN, seconds / 5)
+            extra_args += [
+                "--lifetime",
+                f"{max(seconds - 2 * margin, 1):.0f}s",
+                "--lifetime-stagger",
+                f"{margin:.0f}s",
+            ]
+        options: dict[str, Any] = {
+            "cores": threads * processes,
+            "processes": processes,
+            "memory": f"{shape.memory * processes}B",
+            "job_cpu": shape.cpu * processes,
+            "job_mem": f"{max(1, -(-shape.memory * processes // 2**20))}M",
+            "gpus": shape.gpu * processes,
+            "queue": o.queue,
+            "account": o.account,
+            "walltime": o.walltime,
+            "job_extra_directives": list(o.job_extra_directives),
+            "job_script_prologue": list(o.job_script_prologue),
+            "python": python or o.python or sys.executable,
+            "interface": o.interface,
+            "death_timeout": o.death_timeout,
+            "worker_extra_args": extra_args,
+            "log_directory": str(directory / "logs"),
+            "job_name": name,
+            "env_file": str(env_file) if env_file is not None else None,
+            "shared_temp_directory": str(directory),
+        }
+        if o.allocation == "current":
+            options["job_cls"] = _step_job(os.environ["SLURM_JOB_ID"], shape, processes, env_file)
+        return options
+
+    def check(self) -> list[HostReport]:
+        try:
+            capacity = self.capacity()
+        except (SlurmUnreachableError, ResourceUnavailableError) as exc:
+            return [
+                HostReport(host=self.options.queue or "slurm", reachable=False, reason=str(exc))
+            ]
+        return [
+            HostReport(
+                host=f"{capacity.where}: {node.name}",
+                reachable=True,
+                cores=node.cpus,
+                memory=node.memory,
+                gpus=node.gpus,
+            )
+            for node in capacity.nodes
+        ]
+
+    def close(self) -> None:
+        """Nothing to close: each pool cancels its own jobs."""
+
+
+async def _begin(cluster: SlurmPoolCluster) -> None:
+    cluster.begin()
+
+
+def _private_directory(name: str) -> Path:
+    """A new 0700 directory under ``$TASKCLOUD_HOME/slurm`` for one pool's files."""
+    from taskcloud.store import home
+
+    base = home() / "slurm"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = base / f"{name}-{os.getpid()}-{os.urandom(4).hex()}"
+    directory.mkdir(mode=0o700)
+    (directory / "logs").mkdir(mode=0o700)
+    return directory
+
+
+def _write_env(directory: Path, env: dict[str, str]) -> Path | None:
+    """The pool's environment as a 0600 shell file that the job sources."""
+    if not env:
+        return None
+    path = directory / "environ.sh"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        for key, value in env.items():
+            file.write(f"{key}={shlex.quote(value)}\n")
+    return path
+
+
+def _step_job(job: str, shape: Shape, processes: int, env_file: Path | None) -> type:
+    """A job class whose ``start`` runs the worker command as an ``srun`` step."""
+
+    class AllocationStep(TaskcloudSlurmJob):
+        async def start(self) -> None:
+            command = self._command_template
+            if env_file is not None:
+                command = f"set -a; . {shlex.quote(str(env_file))}; set +a; {command}"
+            log = Path(self.log_directory or ".") / f"{self.name}-step.err"
+            self.step = StepWorker(
+                self.scheduler,
+                self.name,
+                job=job,
+                command=["bash", "-c", command],
+                cpus=shape.cpu * processes,
+                memory=shape.memory * processes,
+                gpus=shape.gpu * processes,
+                env={},
+                log=log,
+            )
+            await self.step.start()
+            self.job_id = f"{job}.step"
+            self.status = self.step.status
+
+        async def close(self) -> None:
+            step = getattr(self, "step", None)
+            if step is not None:
+                await step.close()
+            await ProcessInterface.close(self)
+
+        @property
+        def stderr_path(self) -> Path | None:
+            return Path(self.log_directory or ".") / f"{self.name}-step.err"
+
+    return AllocationStep

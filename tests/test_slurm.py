@@ -1,0 +1,419 @@
+"""The Slurm provider against a real single-node Slurm (the ``slurm`` fixture)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from pytask import ExitCode
+from pytask import build
+
+import taskcloud
+from taskcloud.errors import JobFailedError
+from taskcloud.errors import JobPendingError
+from taskcloud.errors import ResourceUnavailableError
+from taskcloud.errors import SlurmUnreachableError
+from taskcloud.errors import WorkerLostError
+from taskcloud.pools import pools
+from tests.conftest import wait_for
+from tests.test_docs import DOCS_SRC
+
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(240)]
+
+PROFILE = """
+[tool.taskcloud.providers.{name}]
+kind = "slurm"
+python = "{python}"
+pending_timeout = {pending_timeout}
+death_timeout = 5
+{extra}
+"""
+
+
+@pytest.fixture
+def profile(slurm, tmp_path, monkeypatch):
+    """Write a Slurm profile into the project of tmp_path (the working directory) and
+    return its name; every job of ours is gone from squeue after the test."""
+    monkeypatch.chdir(tmp_path)
+    written: list[str] = []
+
+    def _profile(name: str = "hpc", *, pending_timeout: float = 60, **extra: object) -> str:
+        lines = "\n".join(f"{key} = {_toml(value)}" for key, value in extra.items())
+        written.append(
+            PROFILE.format(
+                name=name, python=sys.executable, pending_timeout=pending_timeout, extra=lines
+            )
+        )
+        (tmp_path / "pyproject.toml").write_text("\n".join(written))
+        return name
+
+    yield _profile
+    pools.close_all(kill=True)
+    try:
+        wait_for(lambda: not slurm.jobs(), 60, "every job leaving squeue")
+    finally:
+        slurm.cancel_all()
+
+
+def _toml(value: object) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def where_am_i() -> dict[str, str | None]:
+    """What a worker's job says about itself."""
+    return {
+        key: os.environ.get(key)
+        for key in ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SLURM_MEM_PER_NODE", "SLURM_STEP_ID")
+    }
+
+
+def test_pytask_run_sends_two_shapes_to_two_kinds_of_jobs(slurm, profile, tmp_path) -> None:
+    """With -n 2, two decorated shapes run in jobs of their own shape; a plain task stays."""
+    profile("hpc")
+    (tmp_path / "task_shapes.py").write_text(
+        textwrap.dedent(
+            """
+            import json, os
+            from pathlib import Path
+            from typing import Annotated
+            from pytask import Product
+            import taskcloud
+
+            def job():
+                return {k: os.environ.get(k) for k in
+                        ("SLURM_JOB_ID", "SLURM_CPUS_PER_TASK", "SLURM_MEM_PER_NODE")}
+
+            @taskcloud.function(provider="hpc", cpu=1, memory="600 MiB", keepalive="2 s")
+            def task_small(path: Annotated[Path, Product] = Path("small.json")):
+                path.write_text(json.dumps(job()))
+
+            @taskcloud.function(provider="hpc", cpu=2, memory="1 GiB", keepalive="2 s")
+            def task_big(path: Annotated[Path, Product] = Path("big.json")):
+                path.write_text(json.dumps(job()))
+
+            def task_plain(path: Annotated[Path, Product] = Path("plain.json")):
+                path.write_text(json.dumps(job()))
+            """
+        )
+    )
+
+    session = build(paths=tmp_path, n_workers=2)
+
+    assert session.exit_code == ExitCode.OK
+    small = json.loads((tmp_path / "small.json").read_text())
+    big = json.loads((tmp_path / "big.json").read_text())
+    plain = json.loads((tmp_path / "plain.json").read_text())
+    assert small["SLURM_JOB_ID"]
+    assert big["SLURM_JOB_ID"]
+    assert small["SLURM_JOB_ID"] != big["SLURM_JOB_ID"]
+    assert (small["SLURM_CPUS_PER_TASK"], small["SLURM_MEM_PER_NODE"]) == ("1", "600")
+    assert (big["SLURM_CPUS_PER_TASK"], big["SLURM_MEM_PER_NODE"]) == ("2", "1024")
+    assert plain["SLURM_JOB_ID"] is None
+
+
+def test_decorator_outside_pytask_keeps_credentials_private(slurm, profile, taskcloud_home) -> None:
+    """A call runs in a job; the job's script, squeue and ps show no key; the private
+    files are 0600 in a 0700 directory, removed on close, and the job leaves squeue.
+    Its worker retires before the walltime, staggered."""
+    profile("hpc", walltime="10:00")
+    located = taskcloud.function(provider="hpc", cpu=1, memory="500 MiB")(where_am_i)
+
+    seen = located()
+
+    job = seen["SLURM_JOB_ID"]
+    assert job in slurm.jobs()
+    key_files = list((taskcloud_home / "slurm").glob("*/tls/tls-key.pem"))
+    assert len(key_files) == 1
+    key = key_files[0].read_text()
+    assert key_files[0].stat().st_mode & 0o777 == 0o600
+    assert key_files[0].parent.parent.stat().st_mode & 0o777 == 0o700
+    secret = key.splitlines()[1]
+    script = slurm.run("scontrol", "write", "batch_script", job, "-").stdout
+    shown = slurm.run("scontrol", "show", "job", job).stdout + slurm.run("squeue", "-l").stdout
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "--tls-key" in script
+    assert "#SBATCH -t 10:00" in script
+    assert "--lifetime 480s --lifetime-stagger 60s" in script
+    for text in (script, shown, processes):
+        assert secret not in text
+        assert "PRIVATE KEY" not in text
+
+    pools.close_all()
+
+    wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
+    assert not list((taskcloud_home / "slurm").glob("*/tls"))
+
+
+def test_shape_no_node_holds_names_the_largest_node(slurm, profile) -> None:
+    """cpu beyond any node of the partition fails at the first call, naming the node."""
+    profile("hpc")
+    huge = taskcloud.function(provider="hpc", cpu=slurm.cpus + 1)(where_am_i)
+
+    with pytest.raises(ResourceUnavailableError, match=r"partition 'debug', whose largest node "
+                       rf"is tcnode \({slurm.cpus} cores"):  # fmt: skip
+        huge()
+
+
+def test_job_pending_in_a_down_partition_fails_after_pending_timeout(slurm, profile) -> None:
+    """A job its partition never schedules is cancelled after pending_timeout; the
+    error names the job, its state and Slurm's reason."""
+    profile("down", pending_timeout=2, queue="down")
+    stuck = taskcloud.function(provider="down", cpu=1, memory="300 MiB")(where_am_i)
+
+    with pytest.raises(JobPendingError, match=r"Slurm job \d+ was still PENDING \(reason: "
+                       r"PartitionDown\) after pending_timeout=2 s"):  # fmt: skip
+        stuck.submit().result(timeout=60)
+    wait_for(lambda: not slurm.jobs(), 30, "the pending job's cancellation")
+
+
+def test_held_job_fails_after_pending_timeout(slurm, profile) -> None:
+    """A held job (here --hold) pends with JobHeldUser, and is cancelled the same way."""
+    profile("held", pending_timeout=2, job_extra_directives=["--hold"])
+    held = taskcloud.function(provider="held", cpu=1, memory="300 MiB")(where_am_i)
+
+    with pytest.raises(JobPendingError, match=r"reason: JobHeldUser"):
+        held.submit().result(timeout=60)
+
+
+def test_failing_job_script_carries_its_stderr(slurm, profile) -> None:
+    """A prologue that fails ends the job before its worker connects; the call's error
+    carries the job's stderr."""
+    profile("broken", job_script_prologue=["echo no-such-module-python/9 >&2", "exit 3"])
+    broken = taskcloud.function(provider="broken", cpu=1, memory="300 MiB")(where_am_i)
+
+    with pytest.raises(JobFailedError, match=r"(?s)ended \(FAILED\).*no-such-module-python/9"):
+        broken.submit().result(timeout=60)
+
+
+def test_unreachable_slurm_is_a_clear_error_in_seconds(slurm, profile, tmp_path, monkeypatch):
+    """With no slurmctld at the configured address, the first call says Slurm could
+    not be reached, within seconds."""
+    profile("nowhere")
+    conf = tmp_path / "elsewhere.conf"
+    port = re.search(r"SlurmctldPort=(\d+)", slurm.conf.read_text()).group(1)
+    conf.write_text(slurm.conf.read_text().replace(f"SlurmctldPort={port}", "SlurmctldPort=9"))
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    nowhere = taskcloud.function(provider="nowhere", cpu=1)(where_am_i)
+
+    started = time.monotonic()
+    with pytest.raises(SlurmUnreachableError, match="Slurm could not be reached"):
+        nowhere()
+    assert time.monotonic() - started < 30
+
+
+NAP = """
+import os, time
+from pathlib import Path
+
+def nap(marker):
+    Path(marker).write_text(os.environ["SLURM_JOB_ID"])
+    time.sleep(120)
+"""
+
+
+def _load_nap(tmp_path):
+    (tmp_path / "naps.py").write_text(NAP)
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import naps
+    finally:
+        sys.path.remove(str(tmp_path))
+    sys.modules.pop("naps", None)
+    return naps.nap
+
+
+def test_scancel_mid_task_reruns_then_names_the_job(slurm, profile, tmp_path) -> None:
+    """A worker's job cancelled mid-task: the call runs again in another job; cancelled
+    again, past its retries, it fails naming the task and the job."""
+    profile("hpc")
+    nap = taskcloud.function(provider="hpc", cpu=1, memory="300 MiB", retries=1)(
+        _load_nap(tmp_path)
+    )
+    marker = tmp_path / "started"
+    future = nap.submit(str(marker))
+    jobs = []
+    for _ in range(2):
+        wait_for(marker.exists, 60, "the call starting in a job")
+        job = marker.read_text()
+        marker.unlink()
+        jobs.append(job)
+        slurm.run("scancel", job)
+
+    with pytest.raises(WorkerLostError, match=rf"'nap'.*Slurm job {jobs[-1]}"):
+        future.result(timeout=90)
+    assert jobs[0] != jobs[1]
+
+
+def test_inside_an_allocation_workers_are_steps(slurm, profile, monkeypatch) -> None:
+    """allocation = "current" under salloc: the call runs as a step of that job."""
+    granted = slurm.run("salloc", "-N1", "-n1", "-c1", "--mem=800M", "--no-shell")
+    allocation = re.search(r"Granted job allocation (\d+)", granted.stderr).group(1)
+    try:
+        monkeypatch.setenv("SLURM_JOB_ID", allocation)
+        profile("inside", allocation="current")
+        stepped = taskcloud.function(provider="inside", cpu=1, memory="300 MiB")(where_am_i)
+
+        seen = stepped()
+
+        assert seen["SLURM_JOB_ID"] == allocation
+        assert seen["SLURM_STEP_ID"] is not None
+        assert slurm.jobs() == [allocation]  # no job of its own
+        too_big = taskcloud.function(provider="inside", cpu=1, memory="2 GiB")(where_am_i)
+        with pytest.raises(ResourceUnavailableError, match=f"allocation {allocation}"):
+            too_big()
+    finally:
+        pools.close_all()
+        slurm.run("scancel", allocation)
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+import taskcloud
+
+def hold(marker):
+    import os
+    Path(marker).write_text(os.environ["SLURM_JOB_ID"])
+    time.sleep(300)
+
+future = taskcloud.function(provider="hpc", cpu=1, memory="300 MiB")(hold).submit(sys.argv[1])
+while True:
+    time.sleep(1)
+"""
+
+
+def test_sigkill_of_the_owner_leaves_no_job_behind(slurm, profile, tmp_path) -> None:
+    """SIGKILL of the process whose pool started a job: its worker notices the lost
+    scheduler and the job leaves squeue within 60 s."""
+    profile("hpc")
+    (tmp_path / "holder.py").write_text(HOLDER)
+    marker = tmp_path / "running"
+    owner = subprocess.Popen([sys.executable, "holder.py", str(marker)], cwd=tmp_path)
+    try:
+        wait_for(marker.exists, 90, "the call running in a job")
+        job = marker.read_text()
+        os.kill(owner.pid, signal.SIGKILL)
+    finally:
+        owner.kill()
+        owner.wait()
+
+    wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
+
+
+def test_named_cluster_workers_are_jobs_found_by_name_and_cancelled_on_delete(
+    slurm, profile, tmp_path, taskcloud_home
+) -> None:
+    """Cluster(name=..., provider="hpc"): its workers are jobs that list_clusters()
+    names, another process finds it by name, and delete_cluster cancels its jobs."""
+    # The user's profiles: the cluster's process runs outside the project.
+    profile("hpc")
+    user_profiles = (tmp_path / "pyproject.toml").read_text().replace("tool.taskcloud.", "")
+    (taskcloud_home / "providers.toml").write_text(user_profiles)
+    cluster = taskcloud.Cluster(
+        name="on-slurm", provider="hpc", n_workers=1, worker_cpu=1, worker_memory="500 MiB"
+    )
+    try:
+        client = cluster.get_client()
+        in_job = lambda: __import__("os").environ.get("SLURM_JOB_ID")  # noqa: E731  # by value
+        job = client.submit(in_job, pure=False).result(timeout=90)
+        assert job in slurm.jobs()
+        listed = taskcloud.list_clusters()["on-slurm"]
+        assert listed["provider"] == "hpc"
+        assert f"jobs {job}" in listed["where"]
+        found = subprocess.run(
+            [sys.executable, "-c", "import taskcloud; c = taskcloud.Cluster(name='on-slurm'); "
+             "print(c.get_client().submit(sum, [1, 2]).result(timeout=60))"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        )  # fmt: skip
+        assert found.stdout.strip() == "3", found.stderr
+    finally:
+        taskcloud.delete_cluster("on-slurm")
+
+    wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
+
+
+@pytest.mark.parametrize(
+    ("options", "match"),
+    [
+        ({"queues": "short"}, r"provider_options=\{'queues': 'short'\}.*Slurm options among"),
+        ({"walltime": "two hours"}, r"walltime='two hours'.*'02:00:00'"),
+        ({"processes": 0}, r"processes=0.*a positive integer"),
+        ({"pending_timeout": "soon"}, r"pending_timeout='soon'"),
+        ({"job_extra_directives": "--exclusive"}, None),
+        ({"job_script_prologue": [1]}, r"job_script_prologue=\[1\].*a list of strings"),
+        ({"allocation": "mine"}, r"allocation='mine'.*'current'"),
+    ],
+)
+def test_options_are_checked_when_the_provider_is_built(options, match) -> None:
+    """Each option is validated with the value and its accepted form; unknown keys are
+    listed; a lone string is a list of one."""
+    from taskcloud.errors import InvalidOptionError
+    from taskcloud.providers.slurm import SlurmProvider
+
+    if match is None:
+        assert SlurmProvider("hpc", options).options.job_extra_directives == ("--exclusive",)
+        return
+    with pytest.raises(InvalidOptionError, match=match):
+        SlurmProvider("hpc", options)
+
+
+def test_docs_example_runs_on_slurm(slurm, tmp_path, monkeypatch) -> None:
+    """docs_src/slurm: its decorated task runs in a job of the profile, the other here."""
+    import shutil
+
+    project = tmp_path / "slurm"
+    shutil.copytree(DOCS_SRC / "slurm", project)
+    monkeypatch.chdir(project)
+    try:
+        session = build(paths=project, n_workers=2)
+    finally:
+        pools.close_all()
+
+    assert session.exit_code == ExitCode.OK
+    report = (project / "bld" / "report.txt").read_text()
+    assert re.fullmatch(r"pi is about 3\.1\d\d from Slurm job \d+\n", report)
+    wait_for(lambda: not slurm.jobs(), 60, "every job leaving squeue")
+
+
+def test_ctrl_c_of_a_pytask_run_cancels_its_jobs(slurm, profile, tmp_path) -> None:
+    """Ctrl-C while a decorated task runs in a job: pytask ends and so does the job."""
+    from tests.conftest import run_subprocess
+
+    profile("hpc")
+    marker = tmp_path / "running"
+    (tmp_path / "task_hold.py").write_text(
+        textwrap.dedent(
+            f"""
+            import os, time
+            from pathlib import Path
+            import taskcloud
+
+            @taskcloud.function(provider="hpc", cpu=1, memory="300 MiB")
+            def task_hold():
+                Path({str(marker)!r}).write_text(os.environ["SLURM_JOB_ID"])
+                time.sleep(300)
+            """
+        )
+    )
+    run = run_subprocess(tmp_path, "-n", "2")
+    try:
+        wait_for(marker.exists, 90, "the task running in a job")
+        job = marker.read_text()
+        os.killpg(run.pid, signal.SIGINT)
+        run.communicate(timeout=60)
+    finally:
+        run.kill()
+        run.wait()
+
+    wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
