@@ -240,7 +240,11 @@ def _answer(message: dict[str, Any]) -> None:
 
 def main() -> None:
     if start_forkserver():
-        os.environ["DASK_DISTRIBUTED__WORKER__MULTIPROCESSING_METHOD"] = "forkserver"
+        import dask
+
+        # This process's nannies fork from it; set in dask's config, not the
+        # environment, which the processes a provider starts (Slurm's jobs) inherit.
+        dask.config.set({"distributed.worker.multiprocessing-method": "forkserver"})
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
         request = json.loads(sys.stdin.readline())

@@ -128,6 +128,11 @@ class Workers(Protocol):
     def close(self) -> Any:
         """Stop the workers and the scheduler; nothing is left on any host."""
 
+    # Two optional methods, looked up by pools where a provider has them:
+    # ``describe_worker(address) -> str`` names a worker in errors (a Slurm job, say),
+    # and ``on_failure(fail_waiting)`` hands the provider the pool's way to fail its
+    # waiting calls (a job that can never start, say).
+
     # -- what a named cluster's daemon asks of the workers it started ----------------------
 
     @property
