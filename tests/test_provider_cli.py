@@ -204,7 +204,7 @@ def test_check_unknown_name_exits_2(cli, write) -> None:
 
     assert result.exit_code == 2
     assert (
-        "provider='lba' is invalid. Expected a provider kind ('hosts', 'local', 'ssh') or a "
+        f"provider='lba' is invalid. Expected a provider kind ({_kinds('hosts')}) or a "
         "profile ('here', 'lab') of [tool.taskcloud.providers]"
     ) in " ".join(result.output.split())
     assert "Traceback" not in result.output
@@ -232,3 +232,10 @@ def test_check_local(cli) -> None:
     assert host["versions_match"] is True
     assert host["cores"] >= 1
     assert host["memory"] > 0
+
+
+def _kinds(*extra: str) -> str:
+    """The registered kinds as the messages list them."""
+    from taskcloud.providers import registry as _registry
+
+    return ", ".join(repr(kind) for kind in sorted({*_registry.kinds(), *extra}))

@@ -94,7 +94,7 @@ def test_unknown_provider_is_a_configuration_failure(how, project, runner, capsy
 
     assert exit_code == ExitCode.CONFIGURATION_FAILED
     assert (
-        "provider='lba' is invalid. Expected a provider kind ('local', 'ssh') or a profile "
+        f"provider='lba' is invalid. Expected a provider kind ({_kinds()}) or a profile "
         "('here', 'hpc', 'lab') of [tool.taskcloud.providers]"
     ) in " ".join(output.split())
     assert "Start pytask session" not in output
@@ -135,3 +135,10 @@ def test_provider_with_parallel_tasks(project, runner) -> None:
 
     assert result.exit_code == ExitCode.OK, result.output
     assert (project / "provider.txt").read_text() == "here"
+
+
+def _kinds(*extra: str) -> str:
+    """The registered kinds as the messages list them."""
+    from taskcloud.providers import registry as _registry
+
+    return ", ".join(repr(kind) for kind in sorted({*_registry.kinds(), *extra}))

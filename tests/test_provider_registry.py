@@ -146,7 +146,7 @@ def test_unknown_name_lists_kinds_and_profiles(name, tmp_path, write) -> None:
     with pytest.raises(ProviderNotFoundError) as caught:
         registry.resolve(name, start=tmp_path)
     assert str(caught.value) == (
-        f"provider={name!r} is invalid. Expected a provider kind ('local', 'ssh') or a "
+        f"provider={name!r} is invalid. Expected a provider kind ({_kinds()}) or a "
         "profile ('here', 'lab') of [tool.taskcloud.providers] in pyproject.toml or "
         "[providers] in $TASKCLOUD_HOME/providers.toml."
     )
@@ -176,7 +176,7 @@ def test_profile_with_an_unknown_kind(tmp_path, write) -> None:
         registry.resolve("hpc", start=tmp_path)
     assert str(caught.value) == (
         "tool.taskcloud.providers.hpc.kind='slurmm' is invalid. Expected a registered "
-        f"provider kind ('local', 'ssh') in {project}."
+        f"provider kind ({_kinds()}) in {project}."
     )
 
 
@@ -278,3 +278,10 @@ def test_close_all_closes_and_forgets(tmp_path) -> None:
 
     assert first.closed
     assert registry.get(resolved) is not first
+
+
+def _kinds(*extra: str) -> str:
+    """The registered kinds as the messages list them."""
+    from taskcloud.providers import registry as _registry
+
+    return ", ".join(repr(kind) for kind in sorted({*_registry.kinds(), *extra}))
