@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -341,6 +342,34 @@ def test_named_cluster_workers_are_jobs_found_by_name_and_cancelled_on_delete(
         taskcloud.delete_cluster("on-slurm")
 
     wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
+
+
+def test_named_cluster_from_the_projects_profile_cancels_its_jobs_when_idle(slurm, profile) -> None:
+    """A named cluster whose provider is a profile of the project's pyproject.toml
+    starts (its process runs elsewhere, with the resolved options), and after its
+    idle_timeout every one of its jobs leaves squeue."""
+    profile("hpc")
+    cluster = taskcloud.Cluster(
+        name="idle-slurm",
+        provider="hpc",
+        n_workers=1,
+        worker_cpu=1,
+        worker_memory="500 MiB",
+        idle_timeout="3 s",
+        shutdown_on_close=False,
+    )
+    try:
+        client = cluster.get_client()
+        in_job = lambda: __import__("os").environ.get("SLURM_JOB_ID")  # noqa: E731  # by value
+        job = client.submit(in_job, pure=False).result(timeout=90)
+        assert job in slurm.jobs()
+        client.close()
+        wait_for(lambda: "idle-slurm" not in taskcloud.list_clusters(), 90, "the idle stop")
+        wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
+    finally:
+        cluster.close()
+        with contextlib.suppress(Exception):
+            taskcloud.delete_cluster("idle-slurm")
 
 
 @pytest.mark.parametrize(
