@@ -355,7 +355,7 @@ def test_named_cluster_from_the_projects_profile_cancels_its_jobs_when_idle(slur
         n_workers=1,
         worker_cpu=1,
         worker_memory="500 MiB",
-        idle_timeout="3 s",
+        idle_timeout="10 s",
         shutdown_on_close=False,
     )
     try:
