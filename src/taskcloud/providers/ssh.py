@@ -401,10 +401,18 @@ class _Link:
         self.port = port
         self.users = 0
         self.agents: dict[str, HostAgent] = {}
+        # asyncssh before 2.17 has no is_closed(); wait_closed() is in every release.
+        self._closed = False
+        self._watch = asyncio.ensure_future(self._until_closed())
+
+    async def _until_closed(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.connection.wait_closed()
+        self._closed = True
 
     @property
     def lost(self) -> bool:
-        return bool(self.connection.is_closed())
+        return self._closed
 
     async def agent(self, python: str) -> HostAgent:
         """The agent that runs ``python`` on this host, started if it has none."""
