@@ -120,6 +120,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         home = Path(scratch) / "home"
         home.mkdir(mode=0o700)
+        os.chdir(scratch)  # where jobs write their slurm-N.out
         os.environ["TASKCLOUD_HOME"] = str(home)
         (home / "providers.toml").write_text(
             f'[providers.bench]\nkind = "slurm"\npython = "{sys.executable}"\ndeath_timeout = 5\n',
