@@ -92,6 +92,22 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def listening_sockets() -> set:
+    """The addresses this process and its children listen on now; servers the session
+    started itself (the ssh tests' sshd, the Slurm daemons) are among them."""
+    import psutil
+
+    me = psutil.Process()
+    found = set()
+    for process in [me, *me.children(recursive=True)]:
+        try:
+            connections = process.net_connections("inet")
+        except psutil.Error:
+            continue
+        found |= {c.laddr for c in connections if c.status == psutil.CONN_LISTEN}
+    return found
+
+
 def wait_for(condition: Callable[[], object], timeout: float, what: str) -> object:
     """Poll ``condition`` until it is truthy; fail naming ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout

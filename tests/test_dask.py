@@ -15,6 +15,7 @@ from distributed import LocalCluster
 from pytask import ExitCode
 from pytask import build
 
+from tests.conftest import listening_sockets
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -70,18 +71,11 @@ def test_new_cluster_opens_no_socket_beyond_loopback() -> None:
     """Every socket the scheduler, nannies and workers listen on is on 127.0.0.1."""
     from taskcloud.backends import build_dask_executor
 
-    me = psutil.Process()
-    before = {c.laddr for c in me.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+    before = listening_sockets()
     executor = build_dask_executor(2)
     try:
         assert executor.submit(sum, [1, 2]).result(timeout=60) == 3
-        processes = [me, *me.children(recursive=True)]
-        listening = {
-            c.laddr
-            for p in processes
-            for c in p.net_connections("inet")
-            if c.status == psutil.CONN_LISTEN
-        } - before
+        listening = listening_sockets() - before
     finally:
         executor.shutdown()
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
@@ -14,7 +13,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import psutil
 import pytest
 from rich.console import Console
 
@@ -25,6 +23,7 @@ from taskcloud import WorkerLostError
 from taskcloud.capacity import HostCapacity
 from taskcloud.plugin.summary import where_table
 from taskcloud.pools import pools
+from tests.conftest import listening_sockets
 from tests.conftest import wait_for
 
 pytestmark = pytest.mark.slow
@@ -179,24 +178,10 @@ def test_pools_of_two_processes_share_the_host(tmp_path: Path) -> None:
 
 def test_pools_listen_on_loopback_only() -> None:
     """The scheduler, nannies and workers of a pool only listen on 127.0.0.1."""
-    me = psutil.Process()
-
-    def listening_now() -> set:
-        # Servers the test session started itself (the ssh tests' sshd) count as before.
-        found = set()
-        for process in [me, *me.children(recursive=True)]:
-            with contextlib.suppress(psutil.Error):
-                found |= {
-                    c.laddr
-                    for c in process.net_connections("inet")
-                    if c.status == psutil.CONN_LISTEN
-                }
-        return found
-
-    before = listening_now()
+    before = listening_sockets()
     remote = taskcloud.function(n_workers=[1, 1], keepalive="5 s")(_pid)
     assert remote() != os.getpid()
-    listening = listening_now() - before
+    listening = listening_sockets() - before
     assert len(listening) >= 3
     assert {address.ip for address in listening} == {"127.0.0.1"}
 

@@ -59,6 +59,7 @@ __all__ = [
     "PoolAdaptive",
     "PoolNanny",
     "PoolWatch",
+    "QuietStarts",
     "SchedulerProcess",
     "SecuredCluster",
     "adapt",
@@ -477,6 +478,12 @@ class InProcessScheduler:
     def running_on(self, key: str) -> str | None:
         return self.sync(worker_running, self.scheduler, key)  # type: ignore[attr-defined]
 
+    def stop_adapting(self) -> None:
+        """Stop adaptive scaling, before the cluster closes."""
+        adaptive = getattr(self, "_adaptive", None)
+        if adaptive is not None:
+            adaptive.stop(reason="pool-closed")
+
     # -- what a named cluster's daemon asks -----------------------------------------------
 
     @property
@@ -520,7 +527,44 @@ class _WorkersChanged(SchedulerPlugin):
         self.callback(len(scheduler.workers))
 
 
-class LocalPoolCluster(InProcessScheduler, SecuredCluster):
+class QuietStarts:
+    """A cluster whose failed worker starts its adaptive scaling retries quietly.
+
+    dask logs a worker that failed to start as an error from tornado's event loop, in
+    the user's terminal; one failure is a worker that died as it started, a run of
+    :data:`FAILED_STARTS` is news and logged once. With ``_start_errors`` (a named
+    cluster's first workers) the failure fails the start instead.
+    """
+
+    name: str
+    label: str
+    _start_errors = False
+    _failed_starts = 0
+
+    def _correct_state(self) -> asyncio.Future[None]:
+        return asyncio.ensure_future(self._correct_state_quietly())
+
+    async def _correct_state_quietly(self) -> None:
+        try:
+            await super()._correct_state()  # type: ignore[misc]
+        except Exception as exc:
+            if self._start_errors:
+                raise
+            self._failed_starts += 1
+            level = logging.ERROR if self._failed_starts == FAILED_STARTS else logging.DEBUG
+            logger.log(
+                level,
+                "%s: %d worker starts in a row failed, the last with %s: %s",
+                self.label or self.name,
+                self._failed_starts,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            self._failed_starts = 0
+
+
+class LocalPoolCluster(QuietStarts, InProcessScheduler, SecuredCluster):
     """Workers of one shape, a pool's or a named cluster's; GPU workers each get their
     own ``CUDA_VISIBLE_DEVICES``."""
 
@@ -576,12 +620,6 @@ class LocalPoolCluster(InProcessScheduler, SecuredCluster):
             adaptive=adaptive or CapacityAdaptive,
         )
 
-    def stop_adapting(self) -> None:
-        """Stop adaptive scaling, before the cluster closes."""
-        adaptive = getattr(self, "_adaptive", None)
-        if adaptive is not None:
-            adaptive.stop(reason="pool-closed")
-
     def close(self, timeout: float | None = None) -> Any:
         self.stop_adapting()
         if self._capacity is not None:
@@ -596,31 +634,6 @@ class LocalPoolCluster(InProcessScheduler, SecuredCluster):
         while name in self.worker_spec:
             name = str(next(self._numbers))
         return {name: self.new_spec}
-
-    def _correct_state(self) -> asyncio.Future[None]:
-        # dask logs a worker that failed to start as an error from tornado's event
-        # loop, in the user's terminal; the pool's adaptive scaling tries again.
-        return asyncio.ensure_future(self._correct_state_quietly())
-
-    async def _correct_state_quietly(self) -> None:
-        try:
-            await super()._correct_state()
-        except Exception as exc:
-            if self._start_errors:
-                raise
-            self._failed_starts += 1
-            # One failure is a worker that died as it started; a run of them is news.
-            level = logging.ERROR if self._failed_starts == FAILED_STARTS else logging.DEBUG
-            logger.log(
-                level,
-                "%s: %d worker starts in a row failed, the last with %s: %s",
-                self.name,
-                self._failed_starts,
-                type(exc).__name__,
-                exc,
-            )
-        else:
-            self._failed_starts = 0
 
     def new_worker_spec(self) -> dict[str, Any]:
         spec = self._named_spec()

@@ -629,11 +629,6 @@ class SlurmPoolCluster(InProcessScheduler, SLURMCluster):
             adaptive=PoolAdaptive,
         )
 
-    def stop_adapting(self) -> None:
-        adaptive = getattr(self, "_adaptive", None)
-        if adaptive is not None:
-            adaptive.stop(reason="pool-closed")
-
     def close(self, timeout: float | None = None) -> Any:
         self.stop_adapting()
         if self.monitor is not None:

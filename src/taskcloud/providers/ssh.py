@@ -783,7 +783,7 @@ class _LinksClose(SchedulerPlugin):
         self.links.close_all()
 
 
-class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
+class SSHPoolCluster(local.QuietStarts, local.InProcessScheduler, local.SecuredCluster):
     """A pool's (or a named cluster's) workers on the provider's hosts."""
 
     def __init__(
@@ -793,7 +793,6 @@ class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
         self._capacity = capacity
         self._shape = shape
         self._numbers = itertools.count()
-        self._failed_starts = 0
         self.label = str(kwargs.get("name") or "")
         self.links: Links | None = None
         super().__init__(**kwargs)
@@ -828,20 +827,6 @@ class SSHPoolCluster(local.InProcessScheduler, local.SecuredCluster):
             name = str(next(self._numbers))
         options = {**self.new_spec["options"], "host": self._pick_host(), "links": links}
         return {name: {"cls": SSHWorker, "options": {**options, "cluster": weakref.ref(self)}}}
-
-    def _correct_state(self) -> asyncio.Future[None]:
-        # As a local pool's: a failed start is retried by scaling, not logged as an error.
-        return asyncio.ensure_future(self._correct_state_quietly())
-
-    async def _correct_state_quietly(self) -> None:
-        try:
-            await super()._correct_state()
-        except Exception as exc:
-            self._failed_starts += 1
-            level = logging.ERROR if self._failed_starts == local.FAILED_STARTS else logging.DEBUG
-            logger.log(level, "%s: a worker start failed: %s", self.label or self.name, exc)
-        else:
-            self._failed_starts = 0
 
     # ------------------------------------------------------------ protocol.Workers
 
