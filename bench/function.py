@@ -15,11 +15,12 @@ Each figure is measured side by side with its baseline in one run:
 from __future__ import annotations
 
 import os
-import statistics
 import subprocess
 import sys
 import textwrap
 import time
+
+from common import round_trips
 
 import taskcloud
 from taskcloud.pools import pools
@@ -61,17 +62,6 @@ def _first_call() -> tuple[float, float]:
     return float(call), float(imports)
 
 
-def _round_trips(call, n: int = 200) -> float:
-    for _ in range(10):
-        call()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def _raw(n_workers: int) -> tuple[float, float]:
     from distributed import Client
     from distributed import LocalCluster
@@ -94,7 +84,7 @@ def _raw(n_workers: int) -> tuple[float, float]:
             Client(cluster) as client,
         ):
             client.wait_for_workers(n_workers)
-            trip = _round_trips(lambda: client.submit(tiny, 1, pure=False).result())
+            trip = round_trips(lambda: client.submit(tiny, 1, pure=False).result())
             start = time.perf_counter()
             client.gather(client.map(tiny, range(1000), pure=False))
             mapped = time.perf_counter() - start
@@ -107,7 +97,7 @@ def _ours(n_workers: int) -> tuple[float, float]:
     fixed = taskcloud.function(n_workers=n_workers, keepalive="60 s")(tiny)
     fixed(0)
     fixed.client.wait_for_workers(n_workers)
-    trip = _round_trips(lambda: fixed(1))
+    trip = round_trips(lambda: fixed(1))
     start = time.perf_counter()
     list(fixed.map(range(1000)))
     mapped = time.perf_counter() - start

@@ -17,13 +17,16 @@ its baseline in one run:
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import round_trips
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 KEEPALIVE = 2.0
@@ -36,17 +39,6 @@ def tiny(x: int) -> int:
 def quarter(x: int) -> int:
     time.sleep(0.25)
     return x
-
-
-def _round_trips(call, n: int = 100) -> float:
-    for _ in range(10):
-        call()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _jobqueue_first() -> float:
@@ -92,8 +84,8 @@ def _warm() -> tuple[float, float]:
     fixed(0)
     client = fixed.pool.client
     client.wait_for_workers(2)
-    ours = _round_trips(lambda: fixed(1))
-    raw = _round_trips(lambda: client.submit(tiny, 1, pure=False).result())
+    ours = round_trips(lambda: fixed(1))
+    raw = round_trips(lambda: client.submit(tiny, 1, pure=False).result())
     return ours, raw
 
 

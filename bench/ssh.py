@@ -18,13 +18,16 @@ one run:
 from __future__ import annotations
 
 import os
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import round_trips
+from common import toml_value
 
 KEEPALIVE = 2.0
 
@@ -38,31 +41,10 @@ def quarter(x: int) -> int:
     return x
 
 
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def _write_profile(home: Path, options: dict[str, object]) -> None:
     lines = ["[providers.bench]", 'kind = "ssh"']
-    lines += [f"{key} = {_toml(value)}" for key, value in options.items()]
+    lines += [f"{key} = {toml_value(value)}" for key, value in options.items()]
     (home / "providers.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
-
-
-def _round_trips(call, n: int = 200) -> float:
-    for _ in range(10):
-        call()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _first_call(provider: str | None, keepalive: str) -> float:
@@ -82,8 +64,8 @@ def _warm(provider: str) -> tuple[float, float, float, float]:
     fixed(0)
     client = fixed.pool.client
     client.wait_for_workers(2)
-    ours = _round_trips(lambda: fixed(1))
-    raw = _round_trips(lambda: client.submit(tiny, 1, pure=False).result())
+    ours = round_trips(lambda: fixed(1))
+    raw = round_trips(lambda: client.submit(tiny, 1, pure=False).result())
     start = time.perf_counter()
     assert list(fixed.map(range(1000))) == [x + 1 for x in range(1000)]
     mapped = time.perf_counter() - start
