@@ -22,6 +22,7 @@ from pytask import Session
 from pytask import console
 from pytask import hookimpl
 
+from taskcloud.frames import hide_internals
 from taskcloud.functions import Function
 from taskcloud.functions import decorated
 from taskcloud.plugin.summary import where_table
@@ -43,6 +44,9 @@ class SerialExecution:
     @hookimpl(wrapper=True)
     def pytask_execute_task(self, session: Session, task: PTask) -> Generator[None, Any, Any]:
         """Run a decorated task with its environment, or on its pool; count where."""
+        # pytask shows a failure from the first frame that is neither its own nor
+        # hidden; this wrapper runs for every task and must not change that.
+        __tracebackhide__ = True
         original = task.function
         function = decorated(original) or decorated(inspect.unwrap(original))
         where = IN_PROCESS
@@ -71,6 +75,7 @@ class SerialExecution:
 def _with_environ(function: Function[Any], call: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(call)
     def with_environ(*args: Any, **kwargs: Any) -> Any:
+        __tracebackhide__ = True
         with environ_set(function.spec.environ):
             return call(*args, **kwargs)
 
@@ -81,6 +86,11 @@ def _on_pool(function: Function[Any], call: Callable[..., Any]) -> Callable[...,
     # Products are paths on this host, which the pool's workers share.
     @functools.wraps(call)
     def on_pool(*args: Any, **kwargs: Any) -> Any:
-        return function.submit(*args, **kwargs).result()
+        __tracebackhide__ = True
+        try:
+            return function.submit(*args, **kwargs).result()
+        except Exception as exc:
+            hide_internals(exc)  # the user's frames from the worker, none of ours
+            raise
 
     return on_pool
