@@ -304,3 +304,37 @@ def test_listings_hide_the_values_of_workers_env(runner):
         with pytest.warns(UserWarning, match=r"worker_options=.*\*\*\*") as warned:
             taskcloud.Cluster(name="secretive", worker_options=other).close()
         assert not any("s3cret" in str(w.message) or "other" in str(w.message) for w in warned)
+
+
+LEAVES_ITS_CLIENT = """
+    import sys
+
+    import taskcloud
+
+    if __name__ == "__main__":
+        cluster = taskcloud.Cluster(name="left", n_workers=1, worker_memory="1 GiB")
+        client = cluster.get_client()
+        print(client.submit(sum, [1, 2]).result())
+        if sys.argv[1] == "close":
+            client.close()
+        if sys.argv[1] in ("close", "delete"):
+            taskcloud.delete_cluster("left")
+"""
+
+
+@pytest.mark.parametrize("ending", ["close", "delete", "keep"])
+def test_a_script_with_a_named_clusters_client_exits_quietly(tmp_path, ending):
+    """A client closed, left open over a deleted cluster, or left open over a running
+    one: the script prints its result and nothing at exit."""
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(LEAVES_ITS_CLIENT))
+    result = subprocess.run(
+        [sys.executable, str(path), ending],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "3\n"
+    assert result.stderr == ""

@@ -72,6 +72,7 @@ def test_function_example_runs() -> None:
 
     assert result.returncode == 0, result.stderr
     assert "mean of 9 estimates: 3.1" in result.stdout
+    assert result.stderr == ""
 
 
 def test_configuration_example_runs() -> None:
@@ -81,6 +82,7 @@ def test_configuration_example_runs() -> None:
     assert result.returncode == 0, result.stderr
     assert "[3, 2, 1]" in result.stdout
     assert "536870912 2.0" in result.stdout
+    assert result.stderr == ""
 
 
 @pytest.mark.slow
@@ -90,6 +92,7 @@ def test_cluster_example_runs() -> None:
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["285", "True False", "1", "[]"]
+    assert result.stderr == ""  # nothing at exit either
 
 
 @pytest.mark.slow

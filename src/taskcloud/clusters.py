@@ -513,6 +513,10 @@ class ClusterClient(Client):
 
     def close(self, *args: Any, **kwargs: Any) -> Any:
         """As :meth:`distributed.Client.close`; quiet about a cluster that is gone."""
+        if self.status == "closed":
+            # dask's __del__ closes again, perhaps as the interpreter tears its
+            # modules down: there is nothing left to do, and nothing to ask psutil.
+            return None
         if _alive(self.cluster.record):
             try:
                 return super().close(*args, **kwargs)
