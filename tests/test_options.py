@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 from pytask import ExitCode
@@ -361,3 +364,24 @@ def test_programmatic_build_validates_too(tmp_path, write) -> None:
 
     assert session.exit_code == ExitCode.CONFIGURATION_FAILED
     assert not (tmp_path / "pid.txt").exists()
+
+
+def test_help_shows_each_options_text_whole() -> None:
+    """``pytask build --help`` renders help as rich markup; each of taskcloud's options
+    shows its text as written, brackets included."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pytask", "build", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "80", "NO_COLOR": "1"},
+        timeout=60,
+        check=True,
+    )
+    # The help column's words, without the box and the option column beside them.
+    words = " ".join(re.sub(r"[│╭╮╰╯─]", " ", done.stdout).split())
+    for text in (
+        "How many tasks run at once.",
+        "Where tasks run: none, loky, processes, threads, dask, custom or any registered name.",
+        'Without it: provider = "NAME" of [tool.taskcloud] in pyproject.toml, else local.',
+    ):
+        assert " ".join(text.split()) in words, done.stdout

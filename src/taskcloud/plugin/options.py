@@ -26,6 +26,7 @@ from _pytask.config_utils import read_config
 from attrs import frozen
 from pluggy import PluginManager
 from pytask import hookimpl
+from rich.markup import escape
 
 from taskcloud import profiles
 from taskcloud.backends import Backend
@@ -134,9 +135,10 @@ def pytask_extend_command_line_interface(cli: click.Group) -> None:
                 default=None,
                 metavar="NAME",
                 help=(
+                    # pytask renders help as rich markup: the table's brackets are escaped.
                     "Where decorated tasks that name no provider run, for this run: a "
-                    "provider kind or a profile. Without it: provider = of "
-                    "[tool.taskcloud], else local."
+                    'provider kind or a profile. Without it: provider = "NAME" of '
+                    f"{escape('[tool.taskcloud]')} in pyproject.toml, else local."
                 ),
             ),
         ]
