@@ -218,6 +218,9 @@ def test_unknown_backend_is_a_configuration_failure(source, tmp_path, write, run
 
     assert result.exit_code == ExitCode.CONFIGURATION_FAILED, result.output
     assert UNKNOWN + "'processes', 'threads'." in " ".join(result.output.split())
+    assert "Also accepted: 'none' (every task in pytask's process) and 'custom'" in (
+        " ".join(result.output.split())
+    )
     assert "Running tasks on" not in result.output
     assert not (tmp_path / "pid.txt").exists()
 
@@ -240,8 +243,11 @@ def test_custom_registered_nowhere_fails_before_any_task(tmp_path, write, runner
     result = run_cli(runner, tmp_path, "--parallel-backend", "custom")
 
     assert result.exit_code == ExitCode.FAILED
-    assert "No registered parallel backend found for 'custom'. Registered: 'dask'," in (
-        " ".join(result.output.split())
+    output = " ".join(result.output.split())
+    assert "No registered parallel backend found for 'custom'. Registered: 'dask'," in output
+    assert (
+        "Register 'custom' by the time the tasks run: registry.register_parallel_backend("
+        "ParallelBackend.CUSTOM, build_executor)" in output
     )
     assert not (tmp_path / "pid.txt").exists()
 

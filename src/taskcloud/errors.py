@@ -120,6 +120,18 @@ class BackendNotFoundError(NameNotFoundError, ValueError):
     listing = "Registered"
     message = "No registered {what} found for {name!r}. {listing}: {names}."
 
+    def __str__(self) -> str:
+        if self.name == "custom":
+            return (
+                f"{super().__str__()} Register 'custom' by the time the tasks run: "
+                "registry.register_parallel_backend(ParallelBackend.CUSTOM, build_executor) "
+                "in a task module, a hook module, or before pytask.build()."
+            )
+        return (
+            f"{super().__str__()} Also accepted: 'none' (every task in pytask's process) "
+            "and 'custom' (a backend your code registers)."
+        )
+
 
 class BackendBuildError(TaskcloudError, RuntimeError, ValueError):
     """A registered builder raised or returned something that is not an Executor.
