@@ -203,3 +203,26 @@ def test_ctrl_c_with_busy_pools_leaves_no_worker(tmp_path, write) -> None:
     # nanny complains of a worker that would not stop.
     assert output.count("Ctrl-C stopped the run before this task finished.") >= 2, output
     assert "WARNING" not in output, output
+
+
+ONE_POOL = """
+import taskcloud
+
+
+@taskcloud.function(memory="400 MiB", n_workers=[0, 1], keepalive="2 s")
+def task_heavy():
+    return None
+"""
+
+
+def test_each_runs_pools_are_numbered_from_one(tmp_path, write, runner) -> None:
+    """Two builds in one process: the second run's only pool is pool 1 again, in its
+    summary, however many pools ran before it in this process."""
+    write("task_one.py", ONE_POOL)
+    labels = []
+    for _ in range(2):
+        result = run_cli(runner, tmp_path, "-n", "2", "--force")
+        assert result.exit_code == ExitCode.OK, result.output
+        rows = [line for line in result.output.splitlines() if "memory=400 MiB" in line]
+        labels.append([row.split("│")[0].strip() for row in rows])
+    assert labels == [["pool 1: cpu=1 memory=400 MiB n_workers=[0, 1]"]] * 2

@@ -47,6 +47,29 @@ __all__ = ["Pool", "PoolManager", "PoolStats", "pools"]
 
 _POOL_IDS = itertools.count(1)
 
+
+class _LabelNumbers:
+    """The numbers in open pools' labels: each new pool takes the lowest free one, so
+    that the pools of a run are pool 1, pool 2, ... however many ran before it in
+    this process. Their dask clusters keep names that are never reused."""
+
+    def __init__(self) -> None:
+        self._taken: set[int] = set()
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            number = next(n for n in itertools.count(1) if n not in self._taken)
+            self._taken.add(number)
+            return number
+
+    def give_back(self, number: int) -> None:
+        with self._lock:
+            self._taken.discard(number)
+
+
+_LABEL_NUMBERS = _LabelNumbers()
+
 #: How long a map's finished result waits for others before the pool fetches them,
 #: all in one request: a request costs the scheduler and the workers about as much
 #: as fetching a dozen small results.
@@ -332,16 +355,14 @@ class Pool:
     watch: Any
     stats: PoolStats
     label: str
+    #: The number in the label, free again once the pool closes.
+    number: int = field(default=0, kw_only=True)
     #: The calls not yet collected, for :meth:`fail_waiting`.
     _calls: weakref.WeakSet[_Call] = field(factory=weakref.WeakSet, init=False)
 
     @classmethod
     def start(cls, spec: PoolSpec, provider: Provider) -> Pool:
         """Start a pool for ``spec`` on ``provider``; a shape it can never hold is an error."""
-        from distributed import Client
-
-        from taskcloud.providers.starts import CallStarts
-
         python = None
         if spec.software is not None:
             from taskcloud.environments import environment_python
@@ -353,17 +374,39 @@ class Pool:
         fit = capacity.fit(shape)
         low, high = spec.n_workers or (0, fit)
         high = min(high, max(fit, low))
-        number = next(_POOL_IDS)
         described = spec.describe()
         if spec.memory is None:
             described += f" (memory={format_bytes(shape.memory)})"
         if provider.kind != "local":
             described += f" on {provider.name}"
+        number = _LABEL_NUMBERS.take()
+        try:
+            return cls._start(spec, provider, shape, (low, high), number, described, python)
+        except BaseException:
+            _LABEL_NUMBERS.give_back(number)
+            raise
+
+    @classmethod
+    def _start(
+        cls,
+        spec: PoolSpec,
+        provider: Provider,
+        shape: Shape,
+        scaling: tuple[int, int],
+        number: int,
+        described: str,
+        python: str | None,
+    ) -> Pool:
+        from distributed import Client
+
+        from taskcloud.providers.starts import CallStarts
+
+        low, high = scaling
         label = f"pool {number}: {described}"
         request = PoolRequest(
             shape=shape,
             threads_per_worker=spec.threads_per_worker,
-            name=f"taskcloud-{number}",
+            name=f"taskcloud-{next(_POOL_IDS)}",
             label=label,
             minimum=low,
             maximum=high,
@@ -381,7 +424,7 @@ class Pool:
         except BaseException:
             workers.close()
             raise
-        pool = cls(spec, shape, workers, client, watch, stats, label)
+        pool = cls(spec, shape, workers, client, watch, stats, label, number=number)
         # A provider whose workers can fail to arrive (a batch job that pends past its
         # limit, or dies before its worker connects) fails the waiting calls through it.
         on_failure = getattr(workers, "on_failure", None)
@@ -550,7 +593,10 @@ class Pool:
             try:
                 self.client.close()
             finally:
-                self.cluster.close()
+                try:
+                    self.cluster.close()
+                finally:
+                    _LABEL_NUMBERS.give_back(self.number)
 
 
 @define
