@@ -53,6 +53,11 @@ def test_quickstart_sends_heavy_tasks_to_a_pool(tmp_path) -> None:
     assert "loky backend" in result.stdout
     assert "pool 1: cpu=1 memory=512 MiB n_workers=[0, 2]" in result.stdout
     assert "95% interval" in (project / "bld" / "report.md").read_text()
+    # docs/heavy.md shows this run's table: its columns are the summary's.
+    documented = (DOCS_SRC.parent / "docs" / "heavy.md").read_text()
+    header = next(line for line in documented.splitlines() if line.startswith(" Where "))
+    shown = next(line for line in result.stdout.splitlines() if line.startswith(" Where "))
+    assert header.split()[1:] == shown.split()[1:]
 
 
 def _run_example(*parts: str) -> subprocess.CompletedProcess:
