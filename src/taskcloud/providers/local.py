@@ -626,22 +626,24 @@ class LocalPoolCluster(QuietStarts, InProcessScheduler, SecuredCluster):
             self._capacity.release(self)
         return super().close(timeout)
 
-    def _named_spec(self) -> dict[str, Any]:
-        # Workers started from the command line report their name as a string; the
-        # spec must use the same, or adaptive scaling never finds them to retire.
-        # (dask's own naming hook, ``_new_worker_name``, is private.)
-        name = str(next(self._numbers))
+    def _named_spec(self) -> dict[int, Any]:
+        # A worker reports its name to the scheduler as an int: a nanny's as given, and
+        # one started from the command line (a software environment's) converts its
+        # ``--name``. The spec must use the same, or adaptive scaling never finds it to
+        # retire. (dask's own naming hook, ``_new_worker_name``, is private.)
+        name = next(self._numbers)
         while name in self.worker_spec:
-            name = str(next(self._numbers))
+            name = next(self._numbers)
         return {name: self.new_spec}
 
-    def new_worker_spec(self) -> dict[str, Any]:
+    def new_worker_spec(self) -> dict[int, Any]:
         spec = self._named_spec()
         if self._shape.gpu and self._capacity is not None:
             for name, worker in spec.items():
                 if not _own_process(worker["cls"]):
                     continue  # a worker in this process sees what this process sees
-                gpus = self._capacity.assign_gpus(self, name, self._shape.gpu, self.worker_spec)
+                alive = map(str, self.worker_spec)
+                gpus = self._capacity.assign_gpus(self, str(name), self._shape.gpu, alive)
                 worker = copy.deepcopy(worker)
                 worker["options"].setdefault("env", {})["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
                 spec[name] = worker
@@ -854,7 +856,7 @@ def build(
     )
     with main_module_hidden():
         return LocalPoolCluster(
-            workers={str(number): worker for number in range(n_workers)},
+            workers=dict.fromkeys(range(n_workers), worker),
             scheduler=scheduler_spec(
                 dashboard=dashboard,
                 options=scheduler_options,
