@@ -661,7 +661,8 @@ class CapacityAdaptive(Adaptive):
 
     * A cluster that may not grow says so once, in a warning.
     * While another pool or cluster on the host waits for room, idle workers leave
-      at once rather than after their keepalive.
+      at once rather than after their keepalive; those that still hold a result
+      leave as soon as it has been fetched.
     """
 
     def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
@@ -688,11 +689,26 @@ class CapacityAdaptive(Adaptive):
 
     async def recommendations(self, target: int) -> dict[str, Any]:
         if target < len(self.plan) and self._capacity.others_waiting(self.cluster):
-            idle = await self.workers_to_close(target=target)
+            idle = await self._free_to_leave(target)
             if idle:
                 self.close_counts.clear()
-                return {"status": "down", "workers": list(idle)}
+                return {"status": "down", "workers": idle}
         return dict(await super().recommendations(target))
+
+    async def _free_to_leave(self, target: int) -> list[Any]:
+        """The names of idle workers that may leave now: those that hold no data.
+
+        A worker that holds a finished call's result until its caller has fetched it
+        cannot retire: the scheduler calls its retirement off and sets it running
+        again, while dask's scaling closes it anyway. The result is lost (the call
+        runs again), and the worker, told that it runs while it closes, closes twice
+        and logs an error from its process into the terminal. Such a worker leaves a
+        moment later, once the caller has released the result.
+        """
+        idle = await self.workers_to_close(target=target)
+        scheduler = self.cluster.scheduler  # type: ignore[attr-defined]  # in-process
+        holding = {state.name for state in scheduler.workers.values() if state.has_what}
+        return [name for name in idle if name not in holding]
 
 
 class PoolAdaptive(CapacityAdaptive):
