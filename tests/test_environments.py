@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 
 import taskcloud
 from taskcloud import environments
+from taskcloud.capacity import HostCapacity
 from taskcloud.environments import create_software_environment
 from taskcloud.environments import delete_software_environment
 from taskcloud.environments import environment_python
@@ -23,6 +25,7 @@ from taskcloud.errors import EnvironmentNotSupportedError
 from taskcloud.errors import EnvironmentToolNotFoundError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import SoftwareEnvironmentNotFoundError
+from taskcloud.pools import pools
 from taskcloud.store import Store
 
 PACKAGE = "taskcloud_probe_pkg"
@@ -334,6 +337,28 @@ def test_cluster_runs_in_its_software_environment(wheel) -> None:
         with cluster.get_client() as client:
             assert client.submit(probe).result(timeout=60) == "1.0"
     assert importlib.util.find_spec(PACKAGE) is None
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("offline")
+def test_an_idle_software_pool_makes_room_at_once_for_a_waiting_pool(wheel) -> None:
+    """The idle worker of a software environment's pool leaves for a pool that waits
+    for room, long before its keepalive, as any pool's idle worker does.
+
+    Such workers start from dask's command line, which reports a name of digits as
+    an int; a spec that named them as strings never found them to retire at once.
+    """
+    create_software_environment("sixenv", pip=[str(wheel)], progress=False)
+    cores = HostCapacity(ledger=None).cores  # together they need one core too many
+    single = taskcloud.function(_probe, cpu=1, software="sixenv", keepalive="120 s")
+    whole = taskcloud.function(os.getpid, cpu=cores, memory="1 GiB", keepalive="5 s")
+    try:
+        assert single() == "1.0"
+        # Well within the idle worker's 120 s keepalive.
+        assert whole.submit().result(timeout=60) != os.getpid()
+        assert whole.pool.waited_for_capacity > 0
+    finally:
+        pools.close_all()
 
 
 def test_unknown_software_environment_is_named_at_first_call() -> None:

@@ -626,22 +626,24 @@ class LocalPoolCluster(QuietStarts, InProcessScheduler, SecuredCluster):
             self._capacity.release(self)
         return super().close(timeout)
 
-    def _named_spec(self) -> dict[str, Any]:
-        # Workers started from the command line report their name as a string; the
-        # spec must use the same, or adaptive scaling never finds them to retire.
-        # (dask's own naming hook, ``_new_worker_name``, is private.)
-        name = str(next(self._numbers))
+    def _named_spec(self) -> dict[int, Any]:
+        # A worker reports its name to the scheduler as an int: a nanny's as given, and
+        # one started from the command line (a software environment's) converts its
+        # ``--name``. The spec must use the same, or adaptive scaling never finds it to
+        # retire. (dask's own naming hook, ``_new_worker_name``, is private.)
+        name = next(self._numbers)
         while name in self.worker_spec:
-            name = str(next(self._numbers))
+            name = next(self._numbers)
         return {name: self.new_spec}
 
-    def new_worker_spec(self) -> dict[str, Any]:
+    def new_worker_spec(self) -> dict[int, Any]:
         spec = self._named_spec()
         if self._shape.gpu and self._capacity is not None:
             for name, worker in spec.items():
                 if not _own_process(worker["cls"]):
                     continue  # a worker in this process sees what this process sees
-                gpus = self._capacity.assign_gpus(self, name, self._shape.gpu, self.worker_spec)
+                alive = map(str, self.worker_spec)
+                gpus = self._capacity.assign_gpus(self, str(name), self._shape.gpu, alive)
                 worker = copy.deepcopy(worker)
                 worker["options"].setdefault("env", {})["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
                 spec[name] = worker
@@ -659,7 +661,8 @@ class CapacityAdaptive(Adaptive):
 
     * A cluster that may not grow says so once, in a warning.
     * While another pool or cluster on the host waits for room, idle workers leave
-      at once rather than after their keepalive.
+      at once rather than after their keepalive; those that still hold a result
+      leave as soon as it has been fetched.
     """
 
     def __init__(self, *args: Any, capacity: HostCapacity, shape: Shape, **kwargs: Any) -> None:
@@ -686,11 +689,26 @@ class CapacityAdaptive(Adaptive):
 
     async def recommendations(self, target: int) -> dict[str, Any]:
         if target < len(self.plan) and self._capacity.others_waiting(self.cluster):
-            idle = await self.workers_to_close(target=target)
+            idle = await self._free_to_leave(target)
             if idle:
                 self.close_counts.clear()
-                return {"status": "down", "workers": list(idle)}
+                return {"status": "down", "workers": idle}
         return dict(await super().recommendations(target))
+
+    async def _free_to_leave(self, target: int) -> list[Any]:
+        """The names of idle workers that may leave now: those that hold no data.
+
+        A worker that holds a finished call's result until its caller has fetched it
+        cannot retire: the scheduler calls its retirement off and sets it running
+        again, while dask's scaling closes it anyway. The result is lost (the call
+        runs again), and the worker, told that it runs while it closes, closes twice
+        and logs an error from its process into the terminal. Such a worker leaves a
+        moment later, once the caller has released the result.
+        """
+        idle = await self.workers_to_close(target=target)
+        scheduler = self.cluster.scheduler  # type: ignore[attr-defined]  # in-process
+        holding = {state.name for state in scheduler.workers.values() if state.has_what}
+        return [name for name in idle if name not in holding]
 
 
 class PoolAdaptive(CapacityAdaptive):
@@ -854,7 +872,7 @@ def build(
     )
     with main_module_hidden():
         return LocalPoolCluster(
-            workers={str(number): worker for number in range(n_workers)},
+            workers=dict.fromkeys(range(n_workers), worker),
             scheduler=scheduler_spec(
                 dashboard=dashboard,
                 options=scheduler_options,
