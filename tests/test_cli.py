@@ -133,3 +133,35 @@ def test_cluster_start_with_a_bad_option_is_one_line(cli) -> None:
     assert bad.exit_code == 1
     assert "worker_memory='lots' is invalid" in bad.output
     assert "Traceback" not in bad.output
+
+
+@pytest.mark.slow
+def test_attaching_says_one_plain_line_and_the_list_fits_80_columns(cli) -> None:
+    """``cluster start`` on a running cluster with other options says so in one plain
+    line on stderr, not a Python warning with its source line; ``cluster list`` at 80
+    columns wraps rather than cutting the name, status and address."""
+    started = cli.invoke(main, ["cluster", "start", "analysis", "--n-workers", "0", "--json"])
+    assert started.exit_code == 0, started.output
+    address = json.loads(started.output)["analysis"]["address"]
+    try:
+        again = cli.invoke(main, ["cluster", "start", "analysis", "--n-workers", "2"])
+
+        assert again.exit_code == 0, again.output
+        assert again.stdout == f"Found running cluster 'analysis' at {address}.\n"
+        (line,) = again.stderr.splitlines()
+        assert line.startswith("Warning: Attached to the running cluster 'analysis'; ")
+        assert line.endswith(
+            "these options differ from it and are ignored: n_workers=2 (running: 0)"
+        )
+        assert "UserWarning" not in again.stderr
+        assert "cli.py" not in again.stderr
+
+        table = cli.invoke(main, ["cluster", "list"], env={"COLUMNS": "80"})
+        assert table.exit_code == 0, table.output
+        assert max(len(line) for line in table.output.splitlines()) <= 80
+        assert "…" not in table.output
+        row = next(line for line in table.output.splitlines() if "analysis" in line)
+        assert "running" in row
+        assert address in row
+    finally:
+        cli.invoke(main, ["cluster", "stop", "analysis"])

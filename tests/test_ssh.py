@@ -315,6 +315,29 @@ def test_a_killed_remote_worker_reruns_then_names_the_host(lab, tmp_path) -> Non
 
 
 @pytest.mark.ssh
+def test_check_prints_the_host_key_fix_whole_at_80_columns(sshd, tmp_path, monkeypatch) -> None:
+    """``provider check`` at 80 columns wraps the reason in its table and prints the
+    ``ssh-keyscan`` command that adds the host key whole, on a line of its own."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    empty = tmp_path / "a-directory-with-a-rather-long-name" / "known_hosts"
+    empty.parent.mkdir()
+    empty.write_text("")
+    _pyproject(tmp_path, sshd.profile(known_hosts=str(empty), hosts=["127.0.0.1"]))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["provider", "check", "lab"], env={"COLUMNS": "80"})
+
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {empty}" in lines
+    assert "…" not in result.output
+    row = next(line for line in lines if line.lstrip().startswith("127.0.0.1"))
+    assert "unreachable" in row
+
+
+@pytest.mark.ssh
 @pytest.mark.slow
 def test_a_dropped_connection_reruns_then_names_the_host(lab, tmp_path) -> None:
     """A call whose host's SSH connection drops runs again, then fails naming the host."""
