@@ -165,3 +165,34 @@ def test_attaching_says_one_plain_line_and_the_list_fits_80_columns(cli) -> None
         assert address in row
     finally:
         cli.invoke(main, ["cluster", "stop", "analysis"])
+
+
+def test_deleting_an_environment_a_configuration_uses_warns(cli, tmp_path, monkeypatch) -> None:
+    """Deleting a software environment that saved configurations name says which, in
+    one plain line from the command line and as a warning from the library."""
+    import taskcloud
+    from tests.test_environments import make_wheel
+
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    wheel = make_wheel(tmp_path)
+    assert cli.invoke(main, ["env", "create", "probe", "--pip", str(wheel)]).exit_code == 0
+    for config in ("big", "small"):
+        made = cli.invoke(main, ["config", "create", config, "--software", "probe"])
+        assert made.exit_code == 0, made.output
+    assert cli.invoke(main, ["config", "create", "plain", "--worker-cpu", "1"]).exit_code == 0
+
+    deleted = cli.invoke(main, ["env", "delete", "probe"])
+
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout == "Deleted software environment 'probe'.\n"
+    assert deleted.stderr == (
+        "Warning: the cluster configurations 'big', 'small' use the deleted software "
+        "environment 'probe'; they fail until it is created again.\n"
+    )
+
+    assert cli.invoke(main, ["env", "create", "probe", "--pip", str(wheel)]).exit_code == 0
+    with pytest.warns(UserWarning, match=r"configurations 'big', 'small' use the deleted"):
+        taskcloud.delete_software_environment("probe")
+    assert cli.invoke(main, ["env", "create", "other", "--pip", str(wheel)]).exit_code == 0
+    quiet = cli.invoke(main, ["env", "delete", "other"])
+    assert quiet.stderr == ""
