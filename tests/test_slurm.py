@@ -166,6 +166,26 @@ def test_shape_no_node_holds_names_the_largest_node(slurm, profile) -> None:
         huge()
 
 
+def test_a_shape_without_memory_names_its_memory_as_the_default() -> None:
+    """cpu beyond every node, memory not given: the error names the memory as the
+    default it is, not as if the user had asked for it."""
+    from taskcloud.capacity import Shape
+    from taskcloud.providers.slurm import Node
+    from taskcloud.providers.slurm import SlurmCapacity
+    from taskcloud.providers.slurm import SlurmOptions
+
+    node = Node("tcnode", 2, 22 * 2**30)
+    capacity = SlurmCapacity("hpc", "partition 'debug'", [node], SlurmOptions())
+    with pytest.raises(
+        ResourceUnavailableError,
+        match=r"^cpu=8 \(memory defaults to 88 GiB\) cannot be satisfied: the hpc provider "
+        r"has partition 'debug'",
+    ):
+        capacity.check(Shape.of(capacity, cpu=8, memory=None))
+    with pytest.raises(ResourceUnavailableError, match=r"^cpu=8, memory=1 GiB cannot be"):
+        capacity.check(Shape.of(capacity, cpu=8, memory=2**30))
+
+
 def test_job_pending_in_a_down_partition_fails_after_pending_timeout(slurm, profile) -> None:
     """A job its partition never schedules is cancelled after pending_timeout; the
     error names the job, its state and Slurm's reason."""

@@ -137,6 +137,20 @@ def test_capacity_spreads_within_each_host_and_names_them_all() -> None:
         capacity.check(Shape(cpu=8, memory=2**30))
 
 
+def test_a_shape_with_default_memory_names_it_as_a_default() -> None:
+    """A shape no host holds, asked for without memory, names the memory it would get
+    as the default it is, not as if it had been asked for."""
+    wide = HostInfo(Host("a", "u", 22), cores=8, memory=16 * 2**30)
+    gpu = HostInfo(Host("b", "u", 22), cores=2, memory=8 * 2**30, gpus=1)
+    capacity = SSHCapacity("lab", [wide, gpu])
+    shape = Shape.of(capacity, cpu=4, memory=None, gpu=1)
+    with pytest.raises(
+        ResourceUnavailableError,
+        match=r"^cpu=4, gpu=1 \(memory defaults to 8 GiB\) cannot be satisfied: lab has a ",
+    ):
+        capacity.check(shape)
+
+
 # ------------------------------------------------------------------------- the hosts
 
 

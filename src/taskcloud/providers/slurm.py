@@ -336,8 +336,7 @@ class SlurmCapacity:
 
 
 def shape_text(shape: Shape) -> str:
-    text = f"cpu={shape.cpu}, memory={format_bytes(shape.memory)}"
-    return text + (f", gpu={shape.gpu}" if shape.gpu else "")
+    return shape.asked("cpu", "memory", *(["gpu"] if shape.gpu else []))
 
 
 def partition_nodes(provider: str, queue: str | None) -> tuple[str, list[Node]]:

@@ -701,11 +701,11 @@ class SSHCapacity:
         if not any(i.cores >= shape.cpu for i in reachable):
             request = f"cpu={shape.cpu}"
         elif not any(i.memory >= shape.memory for i in reachable):
-            request = f"memory={format_bytes(shape.memory)}"
+            request = shape.asked("memory")
         elif not any(i.gpus >= shape.gpu for i in reachable):
             request = f"gpu={shape.gpu}"
         else:
-            request = f"cpu={shape.cpu}, memory={format_bytes(shape.memory)}, gpu={shape.gpu}"
+            request = shape.asked("cpu", "memory", "gpu")
         raise ResourceUnavailableError(request, self.describe(), self.provider, where=self.provider)
 
     def fit(self, shape: Shape) -> int:
