@@ -399,20 +399,24 @@ def test_named_cluster_from_the_projects_profile_cancels_its_jobs_when_idle(slur
         ({"walltime": "two hours"}, r"walltime='two hours'.*'02:00:00'"),
         ({"processes": 0}, r"processes=0.*a positive integer"),
         ({"pending_timeout": "soon"}, r"pending_timeout='soon'"),
-        ({"job_extra_directives": "--exclusive"}, None),
+        (
+            {"job_extra_directives": "--foo"},
+            r"^job_extra_directives='--foo' is invalid\. Expected a list of strings",
+        ),
+        (
+            {"job_script_prologue": "module load python"},
+            r"^job_script_prologue='module load python' is invalid\. Expected a list of strings",
+        ),
         ({"job_script_prologue": [1]}, r"job_script_prologue=\[1\].*a list of strings"),
         ({"allocation": "mine"}, r"allocation='mine'.*'current'"),
     ],
 )
 def test_options_are_checked_when_the_provider_is_built(options, match) -> None:
     """Each option is validated with the value and its accepted form; unknown keys are
-    listed; a lone string is a list of one."""
+    listed; a lone string where a list belongs is refused."""
     from taskcloud.errors import InvalidOptionError
     from taskcloud.providers.slurm import SlurmProvider
 
-    if match is None:
-        assert SlurmProvider("hpc", options).options.job_extra_directives == ("--exclusive",)
-        return
     with pytest.raises(InvalidOptionError, match=match):
         SlurmProvider("hpc", options)
 

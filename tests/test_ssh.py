@@ -97,7 +97,7 @@ def test_options_name_what_is_wrong() -> None:
     """Unknown keys list the known ones; bad hosts and ports say the accepted form."""
     with pytest.raises(InvalidOptionError, match=r"hostz=.*Expected one of hosts, user, port"):
         parse_options({"hostz": ["a"]})
-    with pytest.raises(InvalidOptionError, match=r"hosts=\[\] is invalid.*user@host:port"):
+    with pytest.raises(InvalidOptionError, match=r"hosts=\[\] is invalid.*\[user@\]host\[:port\]"):
         parse_options({"hosts": []})
     with pytest.raises(InvalidOptionError, match=r"port=0 is invalid.*1 to 65535"):
         parse_options({"hosts": ["a"], "port": 0})
@@ -119,6 +119,41 @@ def test_hosts_take_user_port_and_tables() -> None:
         ("n2", "bob", 2222, 5),
         ("n3", "alice", 23, 2),
     ]
+
+
+@pytest.mark.parametrize(
+    "entry", ["user@@host:22:33", "user@host:22:33", "@host", "user@", "us er@host", "host:ssh"]
+)
+def test_a_malformed_host_names_hosts_the_value_and_the_form(entry) -> None:
+    """A host entry that is not ``[user@]host[:port]`` is refused, naming ``hosts``,
+    the entry and the accepted form."""
+    with pytest.raises(InvalidOptionError) as caught:
+        parse_options({"hosts": ["n1", entry]})
+    assert str(caught.value).startswith(f"hosts={entry!r} is invalid. Expected ")
+    assert "[user@]host[:port]" in str(caught.value)
+
+
+def test_a_missing_identity_is_an_option_error(tmp_path, monkeypatch) -> None:
+    """An ``identity`` that names no file is an error naming the option and the path,
+    from the library and from ``taskcloud provider check``, not an unreachable host."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    missing = tmp_path / "keys" / "id_missing"
+    with pytest.raises(
+        InvalidOptionError,
+        match=rf"identity='{re.escape(str(missing))}' is invalid\. Expected a private key "
+        rf"file; there is no file at {re.escape(str(missing))}",
+    ):
+        parse_options({"hosts": ["n1"], "identity": str(missing)})
+
+    _pyproject(tmp_path, {"kind": "ssh", "hosts": ["127.0.0.1"], "identity": str(missing)})
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["provider", "check", "lab"], env={"COLUMNS": "80"})
+    assert result.exit_code == 1, result.output
+    assert f"identity={str(missing)!r} is invalid" in " ".join(result.output.split())
+    assert "unreachable" not in result.output
 
 
 def test_capacity_spreads_within_each_host_and_names_them_all() -> None:

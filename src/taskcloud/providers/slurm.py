@@ -101,8 +101,7 @@ ENDED = {
 
 
 def _strings(parameter: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
+    # A lone string is refused, not taken as a list of one: the TOML asks for a list.
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise InvalidOptionError(parameter, value, "a list of strings")
     return tuple(value)
