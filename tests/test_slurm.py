@@ -186,6 +186,67 @@ def test_a_shape_without_memory_names_its_memory_as_the_default() -> None:
         capacity.check(Shape.of(capacity, cpu=8, memory=2**30))
 
 
+def test_provider_check_reports_the_versions_of_the_nodes_python(slurm, profile) -> None:
+    """``taskcloud provider check`` on a healthy Slurm: each node of the partition with
+    the Python, distributed and taskcloud versions that the profile's python reports in
+    a job step there, and exit 0."""
+    import platform
+
+    import distributed
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    profile("hpc")
+    result = CliRunner().invoke(main, ["provider", "check", "hpc", "--json"])
+
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.output)
+    assert listing["ok"] is True
+    (node,) = listing["hosts"]
+    assert node["host"] == "partition 'debug': tcnode"
+    assert node["reachable"] is True
+    assert node["python"] == platform.python_version()
+    assert (node["distributed"], node["taskcloud"]) == (
+        distributed.__version__,
+        taskcloud.__version__,
+    )
+    assert node["versions_match"] is True
+    assert node["cores"] == slurm.cpus
+
+    table = CliRunner().invoke(main, ["provider", "check", "hpc"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.output.splitlines() if "tcnode" in line)
+    assert " ok " in row
+    assert platform.python_version() in row
+    assert "versions differ" not in table.output
+    wait_for(lambda: not slurm.jobs(), 60, "the check's job step leaving squeue")
+
+
+def test_provider_check_says_why_a_python_could_not_report(slurm, profile, tmp_path) -> None:
+    """A ``python`` the nodes lack: the node is reachable, its versions unknown, the
+    reason shown instead of "versions differ", and exit 1."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    profile("hpc")
+    project = tmp_path / "pyproject.toml"
+    project.write_text(project.read_text().replace(sys.executable, "/no/such/python3"))
+
+    result = CliRunner().invoke(main, ["provider", "check", "hpc", "--json"])
+    assert result.exit_code == 1, result.output
+    (node,) = json.loads(result.output)["hosts"]
+    assert node["reachable"] is True
+    assert node["versions_match"] is False
+    assert "/no/such/python3" in node["reason"]
+
+    table = CliRunner().invoke(main, ["provider", "check", "hpc"], env={"COLUMNS": "80"})
+    assert table.exit_code == 1
+    assert "versions differ" not in table.output
+    assert "/no/such/python3" in " ".join(table.output.split())
+
+
 def test_job_pending_in_a_down_partition_fails_after_pending_timeout(slurm, profile) -> None:
     """A job its partition never schedules is cancelled after pending_timeout; the
     error names the job, its state and Slurm's reason."""
