@@ -247,6 +247,31 @@ def test_provider_check_says_why_a_python_could_not_report(slurm, profile, tmp_p
     assert "/no/such/python3" in " ".join(table.output.split())
 
 
+def test_provider_check_inside_an_allocation_reports_from_a_step_of_it(
+    slurm, profile, monkeypatch
+) -> None:
+    """allocation = "current": the report runs as a step of the allocation, which is
+    the one node listed, and no job of its own is submitted."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    granted = slurm.run("salloc", "-N1", "-n1", "-c1", "--mem=800M", "--no-shell")
+    allocation = re.search(r"Granted job allocation (\d+)", granted.stderr).group(1)
+    try:
+        monkeypatch.setenv("SLURM_JOB_ID", allocation)
+        profile("inside", allocation="current")
+        result = CliRunner().invoke(main, ["provider", "check", "inside", "--json"])
+
+        assert result.exit_code == 0, result.output
+        (node,) = json.loads(result.output)["hosts"]
+        assert node["host"] == f"allocation {allocation}: tcnode"
+        assert node["versions_match"] is True
+        assert slurm.jobs() == [allocation]
+    finally:
+        slurm.run("scancel", allocation)
+
+
 def test_job_pending_in_a_down_partition_fails_after_pending_timeout(slurm, profile) -> None:
     """A job its partition never schedules is cancelled after pending_timeout; the
     error names the job, its state and Slurm's reason."""
