@@ -133,3 +133,66 @@ def test_cluster_start_with_a_bad_option_is_one_line(cli) -> None:
     assert bad.exit_code == 1
     assert "worker_memory='lots' is invalid" in bad.output
     assert "Traceback" not in bad.output
+
+
+@pytest.mark.slow
+def test_attaching_says_one_plain_line_and_the_list_fits_80_columns(cli) -> None:
+    """``cluster start`` on a running cluster with other options says so in one plain
+    line on stderr, not a Python warning with its source line; ``cluster list`` at 80
+    columns wraps rather than cutting the name, status and address."""
+    started = cli.invoke(main, ["cluster", "start", "analysis", "--n-workers", "0", "--json"])
+    assert started.exit_code == 0, started.output
+    address = json.loads(started.output)["analysis"]["address"]
+    try:
+        again = cli.invoke(main, ["cluster", "start", "analysis", "--n-workers", "2"])
+
+        assert again.exit_code == 0, again.output
+        assert again.stdout == f"Found running cluster 'analysis' at {address}.\n"
+        (line,) = again.stderr.splitlines()
+        assert line.startswith("Warning: Attached to the running cluster 'analysis'; ")
+        assert line.endswith(
+            "these options differ from it and are ignored: n_workers=2 (running: 0)"
+        )
+        assert "UserWarning" not in again.stderr
+        assert "cli.py" not in again.stderr
+
+        table = cli.invoke(main, ["cluster", "list"], env={"COLUMNS": "80"})
+        assert table.exit_code == 0, table.output
+        assert max(len(line) for line in table.output.splitlines()) <= 80
+        assert "…" not in table.output
+        row = next(line for line in table.output.splitlines() if "analysis" in line)
+        assert "running" in row
+        assert address in row
+    finally:
+        cli.invoke(main, ["cluster", "stop", "analysis"])
+
+
+def test_deleting_an_environment_a_configuration_uses_warns(cli, tmp_path, monkeypatch) -> None:
+    """Deleting a software environment that saved configurations name says which, in
+    one plain line from the command line and as a warning from the library."""
+    import taskcloud
+    from tests.test_environments import make_wheel
+
+    monkeypatch.setenv("UV_OFFLINE", "1")
+    wheel = make_wheel(tmp_path)
+    assert cli.invoke(main, ["env", "create", "probe", "--pip", str(wheel)]).exit_code == 0
+    for config in ("big", "small"):
+        made = cli.invoke(main, ["config", "create", config, "--software", "probe"])
+        assert made.exit_code == 0, made.output
+    assert cli.invoke(main, ["config", "create", "plain", "--worker-cpu", "1"]).exit_code == 0
+
+    deleted = cli.invoke(main, ["env", "delete", "probe"])
+
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout == "Deleted software environment 'probe'.\n"
+    assert deleted.stderr == (
+        "Warning: the cluster configurations 'big', 'small' use the deleted software "
+        "environment 'probe'; they fail until it is created again.\n"
+    )
+
+    assert cli.invoke(main, ["env", "create", "probe", "--pip", str(wheel)]).exit_code == 0
+    with pytest.warns(UserWarning, match=r"configurations 'big', 'small' use the deleted"):
+        taskcloud.delete_software_environment("probe")
+    assert cli.invoke(main, ["env", "create", "other", "--pip", str(wheel)]).exit_code == 0
+    quiet = cli.invoke(main, ["env", "delete", "other"])
+    assert quiet.stderr == ""

@@ -50,6 +50,17 @@ OLD = HostReport(
     memory=2**30,
 )
 GONE = HostReport(host="node3", reachable=False, reason="connection refused")
+KNOWN_HOSTS = "/home/someone/with/a/rather/long/home/directory/.ssh/known_hosts"
+FIX = f"ssh-keyscan -p 2222 node4.cluster.example.org >> {KNOWN_HOSTS}"
+KEY = HostReport(
+    host="node4.cluster.example.org",
+    reachable=False,
+    reason=f"its host key is not in {KNOWN_HOSTS}; if it is the host you mean, add it with `{FIX}`",
+)
+MUTE = HostReport(host="node5", reachable=True, reason="python3 -m taskcloud.hostside failed")
+
+
+HOSTS = {"good": GOOD, "old": OLD, "gone": GONE, "key": KEY, "mute": MUTE}
 
 
 class Hosts:
@@ -60,7 +71,7 @@ class Hosts:
 
     def __init__(self, name, options) -> None:
         self.name = name
-        self.reports = [{"good": GOOD, "old": OLD, "gone": GONE}[h] for h in options["hosts"]]
+        self.reports = [HOSTS[h] for h in options["hosts"]]
 
     def check(self) -> list[HostReport]:
         return self.reports
@@ -170,7 +181,35 @@ def test_check_unreachable_and_mismatched_hosts(cli, write) -> None:
     assert result.exit_code == 1, result.output
     lines = result.output.splitlines()
     assert "versions differ" in next(line for line in lines if "node2" in line)
-    assert "unreachable: connection refused" in next(line for line in lines if "node3" in line)
+    assert "unreachable" in next(line for line in lines if "node3" in line)
+    assert "node3: unreachable: connection refused" in lines
+
+
+def test_check_at_80_columns_wraps_and_prints_the_fix_whole(cli, write) -> None:
+    """At 80 columns the table wraps instead of cutting; each reason follows it on a line
+    of its own, and a command in it (in backticks) on a line of its own, whole; a host
+    that answered without a report says why, not "versions differ"."""
+    write(
+        "pyproject.toml",
+        '[tool.taskcloud.providers.lab]\nkind = "hosts"\nhosts = ["good", "key", "mute"]\n',
+    )
+    result = cli.invoke(main, ["provider", "check", "lab"], env={"COLUMNS": "80"})
+
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    key = (
+        f"node4.cluster.example.org: unreachable: its host key is not in {KNOWN_HOSTS}; "
+        "if it is the host you mean, add it with the command below"
+    )
+    assert lines[lines.index(key) + 1] == FIX
+    assert "node5: no report: python3 -m taskcloud.hostside failed" in lines
+    table = lines[: lines.index(key)]
+    assert max(len(line) for line in table) <= 80
+    assert "…" not in result.output
+    rows = {line.split()[0]: line for line in table if line.startswith(" node")}
+    assert rows["node4.cluster.example.org"].split()[1] == "unreachable"
+    assert rows["node5"].split()[1:3] == ["no", "report"]
+    assert "versions differ" not in result.output
 
 
 @pytest.mark.parametrize(("hosts", "status"), [(["good"], 0), (["old"], 1), (["gone"], 1)])

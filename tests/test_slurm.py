@@ -166,6 +166,112 @@ def test_shape_no_node_holds_names_the_largest_node(slurm, profile) -> None:
         huge()
 
 
+def test_a_shape_without_memory_names_its_memory_as_the_default() -> None:
+    """cpu beyond every node, memory not given: the error names the memory as the
+    default it is, not as if the user had asked for it."""
+    from taskcloud.capacity import Shape
+    from taskcloud.providers.slurm import Node
+    from taskcloud.providers.slurm import SlurmCapacity
+    from taskcloud.providers.slurm import SlurmOptions
+
+    node = Node("tcnode", 2, 22 * 2**30)
+    capacity = SlurmCapacity("hpc", "partition 'debug'", [node], SlurmOptions())
+    with pytest.raises(
+        ResourceUnavailableError,
+        match=r"^cpu=8 \(memory defaults to 88 GiB\) cannot be satisfied: the hpc provider "
+        r"has partition 'debug'",
+    ):
+        capacity.check(Shape.of(capacity, cpu=8, memory=None))
+    with pytest.raises(ResourceUnavailableError, match=r"^cpu=8, memory=1 GiB cannot be"):
+        capacity.check(Shape.of(capacity, cpu=8, memory=2**30))
+
+
+def test_provider_check_reports_the_versions_of_the_nodes_python(slurm, profile) -> None:
+    """``taskcloud provider check`` on a healthy Slurm: each node of the partition with
+    the Python, distributed and taskcloud versions that the profile's python reports in
+    a job step there, and exit 0."""
+    import platform
+
+    import distributed
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    profile("hpc")
+    result = CliRunner().invoke(main, ["provider", "check", "hpc", "--json"])
+
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.output)
+    assert listing["ok"] is True
+    (node,) = listing["hosts"]
+    assert node["host"] == "partition 'debug': tcnode"
+    assert node["reachable"] is True
+    assert node["python"] == platform.python_version()
+    assert (node["distributed"], node["taskcloud"]) == (
+        distributed.__version__,
+        taskcloud.__version__,
+    )
+    assert node["versions_match"] is True
+    assert node["cores"] == slurm.cpus
+
+    table = CliRunner().invoke(main, ["provider", "check", "hpc"], env={"COLUMNS": "80"})
+    assert table.exit_code == 0, table.output
+    row = next(line for line in table.output.splitlines() if "tcnode" in line)
+    assert " ok " in row
+    assert platform.python_version() in row
+    assert "versions differ" not in table.output
+    wait_for(lambda: not slurm.jobs(), 60, "the check's job step leaving squeue")
+
+
+def test_provider_check_says_why_a_python_could_not_report(slurm, profile, tmp_path) -> None:
+    """A ``python`` the nodes lack: the node is reachable, its versions unknown, the
+    reason shown instead of "versions differ", and exit 1."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    profile("hpc")
+    project = tmp_path / "pyproject.toml"
+    project.write_text(project.read_text().replace(sys.executable, "/no/such/python3"))
+
+    result = CliRunner().invoke(main, ["provider", "check", "hpc", "--json"])
+    assert result.exit_code == 1, result.output
+    (node,) = json.loads(result.output)["hosts"]
+    assert node["reachable"] is True
+    assert node["versions_match"] is False
+    assert "/no/such/python3" in node["reason"]
+
+    table = CliRunner().invoke(main, ["provider", "check", "hpc"], env={"COLUMNS": "80"})
+    assert table.exit_code == 1
+    assert "versions differ" not in table.output
+    assert "/no/such/python3" in " ".join(table.output.split())
+
+
+def test_provider_check_inside_an_allocation_reports_from_a_step_of_it(
+    slurm, profile, monkeypatch
+) -> None:
+    """allocation = "current": the report runs as a step of the allocation, which is
+    the one node listed, and no job of its own is submitted."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    granted = slurm.run("salloc", "-N1", "-n1", "-c1", "--mem=800M", "--no-shell")
+    allocation = re.search(r"Granted job allocation (\d+)", granted.stderr).group(1)
+    try:
+        monkeypatch.setenv("SLURM_JOB_ID", allocation)
+        profile("inside", allocation="current")
+        result = CliRunner().invoke(main, ["provider", "check", "inside", "--json"])
+
+        assert result.exit_code == 0, result.output
+        (node,) = json.loads(result.output)["hosts"]
+        assert node["host"] == f"allocation {allocation}: tcnode"
+        assert node["versions_match"] is True
+        assert slurm.jobs() == [allocation]
+    finally:
+        slurm.run("scancel", allocation)
+
+
 def test_job_pending_in_a_down_partition_fails_after_pending_timeout(slurm, profile) -> None:
     """A job its partition never schedules is cancelled after pending_timeout; the
     error names the job, its state and Slurm's reason."""
@@ -379,20 +485,24 @@ def test_named_cluster_from_the_projects_profile_cancels_its_jobs_when_idle(slur
         ({"walltime": "two hours"}, r"walltime='two hours'.*'02:00:00'"),
         ({"processes": 0}, r"processes=0.*a positive integer"),
         ({"pending_timeout": "soon"}, r"pending_timeout='soon'"),
-        ({"job_extra_directives": "--exclusive"}, None),
+        (
+            {"job_extra_directives": "--foo"},
+            r"^job_extra_directives='--foo' is invalid\. Expected a list of strings",
+        ),
+        (
+            {"job_script_prologue": "module load python"},
+            r"^job_script_prologue='module load python' is invalid\. Expected a list of strings",
+        ),
         ({"job_script_prologue": [1]}, r"job_script_prologue=\[1\].*a list of strings"),
         ({"allocation": "mine"}, r"allocation='mine'.*'current'"),
     ],
 )
 def test_options_are_checked_when_the_provider_is_built(options, match) -> None:
     """Each option is validated with the value and its accepted form; unknown keys are
-    listed; a lone string is a list of one."""
+    listed; a lone string where a list belongs is refused."""
     from taskcloud.errors import InvalidOptionError
     from taskcloud.providers.slurm import SlurmProvider
 
-    if match is None:
-        assert SlurmProvider("hpc", options).options.job_extra_directives == ("--exclusive",)
-        return
     with pytest.raises(InvalidOptionError, match=match):
         SlurmProvider("hpc", options)
 

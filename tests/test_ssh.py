@@ -97,7 +97,7 @@ def test_options_name_what_is_wrong() -> None:
     """Unknown keys list the known ones; bad hosts and ports say the accepted form."""
     with pytest.raises(InvalidOptionError, match=r"hostz=.*Expected one of hosts, user, port"):
         parse_options({"hostz": ["a"]})
-    with pytest.raises(InvalidOptionError, match=r"hosts=\[\] is invalid.*user@host:port"):
+    with pytest.raises(InvalidOptionError, match=r"hosts=\[\] is invalid.*\[user@\]host\[:port\]"):
         parse_options({"hosts": []})
     with pytest.raises(InvalidOptionError, match=r"port=0 is invalid.*1 to 65535"):
         parse_options({"hosts": ["a"], "port": 0})
@@ -121,6 +121,41 @@ def test_hosts_take_user_port_and_tables() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    "entry", ["user@@host:22:33", "user@host:22:33", "@host", "user@", "us er@host", "host:ssh"]
+)
+def test_a_malformed_host_names_hosts_the_value_and_the_form(entry) -> None:
+    """A host entry that is not ``[user@]host[:port]`` is refused, naming ``hosts``,
+    the entry and the accepted form."""
+    with pytest.raises(InvalidOptionError) as caught:
+        parse_options({"hosts": ["n1", entry]})
+    assert str(caught.value).startswith(f"hosts={entry!r} is invalid. Expected ")
+    assert "[user@]host[:port]" in str(caught.value)
+
+
+def test_a_missing_identity_is_an_option_error(tmp_path, monkeypatch) -> None:
+    """An ``identity`` that names no file is an error naming the option and the path,
+    from the library and from ``taskcloud provider check``, not an unreachable host."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    missing = tmp_path / "keys" / "id_missing"
+    with pytest.raises(
+        InvalidOptionError,
+        match=rf"identity='{re.escape(str(missing))}' is invalid\. Expected a private key "
+        rf"file; there is no file at {re.escape(str(missing))}",
+    ):
+        parse_options({"hosts": ["n1"], "identity": str(missing)})
+
+    _pyproject(tmp_path, {"kind": "ssh", "hosts": ["127.0.0.1"], "identity": str(missing)})
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["provider", "check", "lab"], env={"COLUMNS": "80"})
+    assert result.exit_code == 1, result.output
+    assert f"identity={str(missing)!r} is invalid" in " ".join(result.output.split())
+    assert "unreachable" not in result.output
+
+
 def test_capacity_spreads_within_each_host_and_names_them_all() -> None:
     """Each host holds what its cores, memory and max_workers allow; a shape none holds
     names every host; default memory is the smallest host's share."""
@@ -135,6 +170,20 @@ def test_capacity_spreads_within_each_host_and_names_them_all() -> None:
         match=r"cpu=8 cannot be satisfied: lab has a \(2 cores, 8 GiB\), b \(4 cores, 16 GiB\)",
     ):
         capacity.check(Shape(cpu=8, memory=2**30))
+
+
+def test_a_shape_with_default_memory_names_it_as_a_default() -> None:
+    """A shape no host holds, asked for without memory, names the memory it would get
+    as the default it is, not as if it had been asked for."""
+    wide = HostInfo(Host("a", "u", 22), cores=8, memory=16 * 2**30)
+    gpu = HostInfo(Host("b", "u", 22), cores=2, memory=8 * 2**30, gpus=1)
+    capacity = SSHCapacity("lab", [wide, gpu])
+    shape = Shape.of(capacity, cpu=4, memory=None, gpu=1)
+    with pytest.raises(
+        ResourceUnavailableError,
+        match=r"^cpu=4, gpu=1 \(memory defaults to 8 GiB\) cannot be satisfied: lab has a ",
+    ):
+        capacity.check(shape)
 
 
 # ------------------------------------------------------------------------- the hosts
@@ -312,6 +361,29 @@ def test_a_killed_remote_worker_reruns_then_names_the_host(lab, tmp_path) -> Non
     ):
         die(str(attempts))
     assert attempts.read_text().count("attempt") == 2
+
+
+@pytest.mark.ssh
+def test_check_prints_the_host_key_fix_whole_at_80_columns(sshd, tmp_path, monkeypatch) -> None:
+    """``provider check`` at 80 columns wraps the reason in its table and prints the
+    ``ssh-keyscan`` command that adds the host key whole, on a line of its own."""
+    from click.testing import CliRunner
+
+    from taskcloud.cli import main
+
+    empty = tmp_path / "a-directory-with-a-rather-long-name" / "known_hosts"
+    empty.parent.mkdir()
+    empty.write_text("")
+    _pyproject(tmp_path, sshd.profile(known_hosts=str(empty), hosts=["127.0.0.1"]))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(main, ["provider", "check", "lab"], env={"COLUMNS": "80"})
+
+    assert result.exit_code == 1, result.output
+    lines = result.output.splitlines()
+    assert f"ssh-keyscan -p {sshd.port} 127.0.0.1 >> {empty}" in lines
+    assert "…" not in result.output
+    row = next(line for line in lines if line.lstrip().startswith("127.0.0.1"))
+    assert "unreachable" in row
 
 
 @pytest.mark.ssh

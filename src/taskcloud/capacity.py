@@ -46,14 +46,29 @@ class Shape:
     cpu: int
     memory: int
     gpu: int = 0
+    #: Whether ``memory`` is the capacity's default rather than asked for; messages say so.
+    memory_default: bool = field(default=False, eq=False, kw_only=True)
 
     @classmethod
     def of(cls, capacity: Any, *, cpu: int, memory: int | None, gpu: int = 0) -> Shape:
         """A worker's shape as asked for; without ``memory``, the capacity's default
         for ``cpu`` cores. This is the one rule for a shape's default memory."""
         if memory is None:
-            memory = capacity.default_memory(cpu)
+            return cls(cpu=cpu, memory=capacity.default_memory(cpu), gpu=gpu, memory_default=True)
         return cls(cpu=cpu, memory=memory, gpu=gpu)
+
+    def asked(self, *resources: str) -> str:
+        """The ``resources`` (of cpu, memory, gpu) as a request: ``cpu=8, gpu=1``; a
+        default memory named as one: ``cpu=8 (memory defaults to 89.4 GiB)``."""
+        memory = format_bytes(self.memory)
+        values = {"cpu": self.cpu, "memory": memory, "gpu": self.gpu}
+        default = self.memory_default and "memory" in resources
+        text = ", ".join(f"{r}={values[r]}" for r in resources if not (default and r == "memory"))
+        if not default:
+            return text
+        if not text:
+            return f"memory={memory} (the default for cpu={self.cpu})"
+        return f"{text} (memory defaults to {memory})"
 
 
 def detect_gpus() -> tuple[str, ...]:
@@ -208,7 +223,7 @@ class HostCapacity:
             raise ResourceUnavailableError(f"cpu={shape.cpu}", f"{self.cores} cores")
         if shape.memory > self.memory:
             raise ResourceUnavailableError(
-                f"memory={format_bytes(shape.memory)}", f"{format_bytes(self.memory)} of memory"
+                shape.asked("memory"), f"{format_bytes(self.memory)} of memory"
             )
         if shape.gpu > len(self.gpus):
             raise ResourceUnavailableError(f"gpu={shape.gpu}", f"{len(self.gpus)} GPUs")

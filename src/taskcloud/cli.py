@@ -7,13 +7,16 @@ own errors are one line, never a traceback.
 from __future__ import annotations
 
 import json
+import re
 import sys
+import warnings
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
 import click
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 
@@ -29,12 +32,19 @@ __all__ = ["main"]
 def _errors_as_messages(command: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return command(*args, **kwargs)
-        except TaskcloudError as exc:
-            raise click.ClickException(str(exc)) from None
+        with warnings.catch_warnings():
+            warnings.showwarning = _say_warning
+            try:
+                return command(*args, **kwargs)
+            except TaskcloudError as exc:
+                raise click.ClickException(str(exc)) from None
 
     return run
+
+
+def _say_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
+    """A warning as one plain line on stderr, without the file and line that raised it."""
+    click.echo(f"Warning: {message}", err=True)
 
 
 @click.group()
@@ -102,20 +112,64 @@ def config_list(as_json: bool) -> None:
 
 
 def _print_table(
-    title: str, columns: tuple[str, ...], rows: list[list[str]], *, compact: bool = False
+    title: str,
+    columns: tuple[str, ...],
+    rows: list[list[str]],
+    *,
+    compact: bool = False,
+    whole: tuple[str, ...] = ("name",),
 ) -> None:
-    table = Table(
-        title=title,
-        title_justify="left",
-        box=box.SIMPLE if compact else box.HEAVY_HEAD,
-        collapse_padding=compact,
-        pad_edge=not compact,
-    )
-    for column in columns:
-        table.add_column(column)
+    """A table that wraps, rather than cuts, what does not fit the terminal: the
+    ``whole`` columns (names and addresses, to be read and copied) keep their width;
+    the others give way, each down to its longest word before any word is folded."""
+
+    def table() -> Table:
+        return Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE if compact else box.HEAVY_HEAD,
+            collapse_padding=compact,
+            pad_edge=not compact,
+        )
+
+    console = Console(file=sys.stdout)
+    probe = table()
+    for _ in columns:
+        probe.add_column(width=1)
+    room = console.measure(probe).maximum - len(columns)  # borders and padding
+    widths = _fit(columns, rows, whole, console.width - room)
+    shown = table()
+    for column, width in zip(columns, widths, strict=True):
+        shown.add_column(column, width=width, overflow="fold", no_wrap=column in whole)
     for row in rows:
-        table.add_row(*row)
-    Console(file=sys.stdout).print(table)
+        shown.add_row(*row)
+    console.print(shown)
+
+
+def _fit(
+    columns: tuple[str, ...], rows: list[list[str]], whole: tuple[str, ...], room: int
+) -> list[int]:
+    """Column widths within ``room``. The widest column that may wrap gives way first:
+    down to its longest word, then to its values' longest word with its header on at
+    most two lines, then below."""
+    cells = [[column, *(row[i] for row in rows)] for i, column in enumerate(columns)]
+    widths = [
+        max(cell_len(line) for text in texts for line in text.splitlines() or [""])
+        for texts in cells
+    ]
+    values = [
+        max((cell_len(w) for text in texts[1:] for w in text.split()), default=1) for texts in cells
+    ]
+    pairs = list(zip(columns, values, strict=True))
+    words = [max(cell_len(column), value) for column, value in pairs]
+    folded = [max(-(-cell_len(column) // 2), value) for column, value in pairs]
+    for floors in (words, folded, [1] * len(columns)):
+        while sum(widths) > room:
+            free = [i for i, c in enumerate(columns) if c not in whole and widths[i] > floors[i]]
+            if not free:
+                break
+            widths[max(free, key=lambda i: widths[i])] -= 1
+    return widths
 
 
 @config.command("delete")
@@ -287,7 +341,7 @@ def cluster_list(as_json: bool) -> None:
         "where",
         "dashboard",
     )
-    _print_table("Clusters", columns, rows)
+    _print_table("Clusters", columns, rows, compact=True, whole=("name", "status", "address"))
 
 
 @cluster.command("stop")
@@ -364,7 +418,8 @@ def _describe_options(options: dict[str, Any]) -> str:
 @_errors_as_messages
 def provider_check(name: str, as_json: bool) -> None:
     """Connect to every host of the provider NAME (a profile or a kind) and say what it
-    offers. Exits with 1 when a host is unreachable or runs other versions than ours."""
+    offers. Exits with 1 when the provider's options are invalid, or a host is
+    unreachable, cannot report its versions or runs other versions than ours."""
     import distributed
 
     import taskcloud
@@ -392,7 +447,8 @@ def provider_check(name: str, as_json: bool) -> None:
             f"{ours['distributed']}, taskcloud {ours['taskcloud']}"
         )
         rows = [_report_row(report) for report in reports]
-        _print_table(title, _REPORT_COLUMNS, rows, compact=True)
+        _print_table(title, _REPORT_COLUMNS, rows, compact=True, whole=("host",))
+        _print_reasons(reports)
     if not healthy:
         sys.exit(1)
 
@@ -415,12 +471,20 @@ _REPORT_COLUMNS = (
 )
 
 
+def _status(report: Any) -> str:
+    if not report.reachable:
+        return "unreachable"
+    if report.versions_match:
+        return "ok"
+    return "no report" if report.reason and not report.distributed else "versions differ"
+
+
 def _report_row(report: Any) -> list[str]:
     if not report.reachable:
-        return [report.host, f"unreachable: {report.reason}", *[""] * (len(_REPORT_COLUMNS) - 2)]
+        return [report.host, _status(report), *[""] * (len(_REPORT_COLUMNS) - 2)]
     return [
         report.host,
-        "ok" if report.versions_match else "versions differ",
+        _status(report),
         report.python,
         report.distributed,
         report.taskcloud,
@@ -428,3 +492,20 @@ def _report_row(report: Any) -> list[str]:
         format_bytes(report.memory) if report.memory else "",
         str(report.gpus),
     ]
+
+
+#: A command in a host's reason, as providers quote it: `ssh-keyscan node1 >> ...`.
+_COMMAND = re.compile(r"`([^`]+)`")
+
+
+def _print_reasons(reports: list[Any]) -> None:
+    """Why hosts are not ok, below the table and unwrapped (hosts with one reason
+    together); a command that fixes it on a line of its own, whole, to be copied."""
+    hosts: dict[tuple[str, str], list[str]] = {}
+    for report in reports:
+        if report.reason:
+            hosts.setdefault((_status(report), report.reason), []).append(report.host)
+    for (status, reason), names in hosts.items():
+        click.echo(f"{', '.join(names)}: {status}: {_COMMAND.sub('the command below', reason)}")
+        for command in _COMMAND.findall(reason):
+            click.echo(command)

@@ -27,6 +27,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from collections.abc import Mapping
 from contextlib import contextmanager
@@ -277,12 +278,26 @@ def list_software_environments(store: Store | None = None) -> dict[str, dict[str
 
 
 def delete_software_environment(name: str, store: Store | None = None) -> None:
-    """Remove the environment ``name``, and its build when no other name uses it."""
+    """Remove the environment ``name``, and its build when no other name uses it; warn
+    naming the saved cluster configurations that use it, which fail until it is back."""
     store = store or Store()
     record = store.get(_TABLE, name)
     if record is None or not store.delete(_TABLE, name):
         raise SoftwareEnvironmentNotFoundError(name, store.all(_TABLE))
     _remove_if_unused(record["key"], store)
+    # The configurations' own table: their module imports this one.
+    users = [
+        key for key, saved in store.all("configurations").items() if saved.get("software") == name
+    ]
+    if users:
+        listed = ", ".join(repr(user) for user in sorted(users))
+        which = f"configurations {listed} use" if len(users) > 1 else f"configuration {listed} uses"
+        it = "they fail" if len(users) > 1 else "it fails"
+        warnings.warn(
+            f"the cluster {which} the deleted software environment {name!r}; {it} until "
+            "it is created again.",
+            stacklevel=2,
+        )
 
 
 def environment_python(name: str, store: Store | None = None) -> Path:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from importlib.metadata import version
 from inspect import isawaitable
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,9 @@ POLL_INTERVAL = 0.5
 #: How long a Slurm command may take before Slurm counts as unreachable.
 COMMAND_TIMEOUT = 15.0
 
+#: How long ``taskcloud provider check`` waits for its report from a node.
+REPORT_TIMEOUT = 60.0
+
 #: How long a worker waits for a lost scheduler before it exits, and its job ends.
 DEATH_TIMEOUT = 10
 
@@ -101,8 +106,7 @@ ENDED = {
 
 
 def _strings(parameter: str, value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = [value]
+    # A lone string is refused, not taken as a list of one: the TOML asks for a list.
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise InvalidOptionError(parameter, value, "a list of strings")
     return tuple(value)
@@ -336,8 +340,7 @@ class SlurmCapacity:
 
 
 def shape_text(shape: Shape) -> str:
-    text = f"cpu={shape.cpu}, memory={format_bytes(shape.memory)}"
-    return text + (f", gpu={shape.gpu}" if shape.gpu else "")
+    return shape.asked("cpu", "memory", *(["gpu"] if shape.gpu else []))
 
 
 def partition_nodes(provider: str, queue: str | None) -> tuple[str, list[Node]]:
@@ -906,22 +909,73 @@ class SlurmProvider:
         return options
 
     def check(self) -> list[HostReport]:
+        """Each node of the partition (or the allocation), with the versions that the
+        workers' Python reports in a job step: one step, on whichever node Slurm gives
+        it, for every node, since the nodes share the interpreter's filesystem."""
         try:
             capacity = self.capacity()
         except (SlurmUnreachableError, ResourceUnavailableError) as exc:
             return [
                 HostReport(host=self.options.queue or "slurm", reachable=False, reason=str(exc))
             ]
+        found, reason = self._report()
+        ours = (version("distributed"), version("taskcloud"))
+        versions = {key: found.get(key, "") for key in ("python", "distributed", "taskcloud")}
         return [
             HostReport(
                 host=f"{capacity.where}: {node.name}",
                 reachable=True,
+                reason=reason,
+                versions_match=(versions["distributed"], versions["taskcloud"]) == ours,
                 cores=node.cpus,
                 memory=node.memory,
                 gpus=node.gpus,
+                **versions,
             )
             for node in capacity.nodes
         ]
+
+    def _report(self) -> tuple[dict[str, Any], str]:
+        """``python -m taskcloud.hostside report`` as a job step, after the profile's
+        ``job_script_prologue``: what it printed, or why it printed nothing."""
+        o = self.options
+        python = o.python or sys.executable
+        script = "\n".join(
+            [*o.job_script_prologue, f"exec {shlex.quote(python)} -m taskcloud.hostside report"]
+        )
+        if o.allocation == "current":
+            where = [f"--jobid={os.environ['SLURM_JOB_ID']}", "--overlap"]
+        else:
+            where = [
+                *([f"--partition={o.queue}"] if o.queue else []),
+                *([f"--account={o.account}"] if o.account else []),
+                *([f"--time={o.walltime}"] if o.walltime else []),
+                *o.job_extra_directives,
+                f"--immediate={COMMAND_TIMEOUT:.0f}",
+                "--job-name=taskcloud-check",
+            ]
+        command = ["srun", *where, "--nodes=1", "--ntasks=1", "bash", "-c", script]
+        shown = f"{python} -m taskcloud.hostside report in a job step (srun)"
+        if shutil.which("srun") is None:
+            return {}, f"{shown} could not start: no srun on this host's PATH"
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as process:
+            try:
+                out, err = process.communicate(timeout=REPORT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.terminate()  # srun cancels its step, and the job it asked for
+                try:
+                    process.communicate(timeout=COMMAND_TIMEOUT)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                return {}, f"{shown} did not answer within {REPORT_TIMEOUT:g} s"
+        with contextlib.suppress(ValueError, IndexError):
+            found = json.loads(out.strip().splitlines()[-1])
+            if isinstance(found, dict):
+                return found, ""
+        said = " ".join((err or out).split())[-300:]
+        return {}, f"{shown} failed with exit status {process.returncode}: {said}"
 
     def close(self) -> None:
         """Nothing to close: each pool cancels its own jobs."""

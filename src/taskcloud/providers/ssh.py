@@ -13,7 +13,7 @@ nothing on the hosts.
 Options (a profile's keys, or ``provider_options``):
 
 ``hosts``
-    a list of ``"host"``, ``"user@host"``, ``"user@host:port"``, or tables
+    a list of ``"[user@]host[:port]"``, or tables
     ``{host = ..., user = ..., port = ..., max_workers = ...}``;
 ``user``, ``port`` (22), ``identity`` (a private key file), ``known_hosts``
     (``~/.ssh/known_hosts``), ``connect_timeout`` (10 s), ``max_workers`` (per host);
@@ -32,9 +32,11 @@ import collections
 import concurrent.futures
 import contextlib
 import getpass
+import ipaddress
 import itertools
 import json
 import logging
+import re
 import shlex
 import sys
 import threading
@@ -143,21 +145,38 @@ def _text(parameter: str, value: Any, accepted: str) -> str:
     return value
 
 
-_HOST_FORM = '"host", "user@host", "user@host:port" or a table {host=, user=, port=, max_workers=}'
+_HOST_FORM = '"[user@]host[:port]" or a table {host=, user=, port=, max_workers=}'
+
+#: A user name (``alice``, ``alice@corp.example``) and a host name or IPv4 address.
+_USER = re.compile(r"[^\s@:/]+(@[^\s@:/]+)*")
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 
-def _host_of_text(text: str, user: str, port: int, max_workers: int | None) -> Host:
-    where = f"hosts[{text!r}]"
-    if "@" in text:
-        user, _, text = text.rpartition("@")
-        _text(where, user, _HOST_FORM)
-    if text.count(":") == 1:
+def _is_address(text: str) -> bool:
+    """Whether ``text`` is a host name, an IPv4 address or an IPv6 address."""
+    if _NAME.fullmatch(text):
+        return True
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _host_of_text(entry: str, user: str, port: int, max_workers: int | None) -> Host:
+    given, at, text = entry.rpartition("@")
+    number = None
+    if text.count(":") == 1:  # more colons: an IPv6 address, without a port
         text, _, number = text.partition(":")
-        if not number.isdigit():
-            raise InvalidOptionError("hosts", f"{user}@{text}:{number}", _HOST_FORM)
-        port = _port(f"{where}.port", int(number))
-    _text("hosts", text, _HOST_FORM)
-    return Host(text, user, port, max_workers)
+    if (
+        (at and not _USER.fullmatch(given))
+        or not _is_address(text)
+        or (number is not None and not number.isdigit())
+    ):
+        raise InvalidOptionError("hosts", entry, _HOST_FORM)
+    if number is not None:
+        port = _port(f"hosts[{entry!r}].port", int(number))
+    return Host(text, given if at else user, port, max_workers)
 
 
 def _host_of_table(table: dict[str, Any], user: str, port: int, most: int | None) -> Host:
@@ -167,6 +186,8 @@ def _host_of_table(table: dict[str, Any], user: str, port: int, most: int | None
             f"hosts.{unknown[0]}", table[unknown[0]], f"one of {', '.join(_HOST_KEYS)}"
         )
     address = _text("hosts.host", table.get("host"), "a host name or address")
+    if not _is_address(address):
+        raise InvalidOptionError("hosts.host", address, "a host name or address")
     return Host(
         address,
         _text("hosts.user", table.get("user", user), "a user name"),
@@ -205,7 +226,12 @@ def parse_options(options: dict[str, Any]) -> SSHOptions:
     most = _count("max_workers", options.get("max_workers"))
     identity = options.get("identity")
     if identity is not None:
-        identity = str(Path(_text("identity", identity, "a private key file")).expanduser())
+        key = Path(_text("identity", identity, "a private key file")).expanduser()
+        if not key.is_file():
+            raise InvalidOptionError(
+                "identity", identity, f"a private key file; there is no file at {key}"
+            )
+        identity = str(key)
     known = _text("known_hosts", options.get("known_hosts", "~/.ssh/known_hosts"), "a file")
     return SSHOptions(
         hosts=_hosts(options.get("hosts"), user, port, most),
@@ -701,11 +727,11 @@ class SSHCapacity:
         if not any(i.cores >= shape.cpu for i in reachable):
             request = f"cpu={shape.cpu}"
         elif not any(i.memory >= shape.memory for i in reachable):
-            request = f"memory={format_bytes(shape.memory)}"
+            request = shape.asked("memory")
         elif not any(i.gpus >= shape.gpu for i in reachable):
             request = f"gpu={shape.gpu}"
         else:
-            request = f"cpu={shape.cpu}, memory={format_bytes(shape.memory)}, gpu={shape.gpu}"
+            request = shape.asked("cpu", "memory", "gpu")
         raise ResourceUnavailableError(request, self.describe(), self.provider, where=self.provider)
 
     def fit(self, shape: Shape) -> int:
