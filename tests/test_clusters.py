@@ -267,6 +267,21 @@ def test_bad_options_name_the_parameter(options, parameter):
     assert Store().all("clusters") == {}
 
 
+@pytest.mark.parametrize(
+    ("option", "suggestion"),
+    [("cores", "worker_cpu"), ("memory_limit", "worker_memory"), ("keepalive", "idle_timeout")],
+)
+def test_unknown_option_suggests_the_clusters_option(option, suggestion):
+    """dask's and the decorator's words name the cluster option they stand for."""
+    with pytest.raises(taskcloud.UnknownOptionError, match=f"got an unknown option {option!r}"):
+        taskcloud.Cluster(**{option: 2})
+    with pytest.raises(
+        TypeError, match=f"Did you mean {suggestion!r}\\? Its options are n_workers"
+    ):
+        taskcloud.Cluster(**{option: 2})
+    assert Store().all("clusters") == {}
+
+
 def test_a_shape_the_host_cannot_hold_is_refused_before_starting():
     with pytest.raises(ResourceUnavailableError, match="cpu=512"):
         taskcloud.Cluster(worker_cpu=512)

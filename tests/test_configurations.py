@@ -53,6 +53,18 @@ def test_bad_values_name_the_configuration_option() -> None:
     assert taskcloud.list_cluster_configurations() == {}
 
 
+def test_unknown_option_suggests_the_configuration_option() -> None:
+    """cpu= (the decorator's word) is not a configuration's option: worker_cpu is."""
+    with pytest.raises(taskcloud.UnknownOptionError) as caught:
+        taskcloud.create_cluster_configuration("big", cpu=2)
+    assert str(caught.value) == (
+        "taskcloud.create_cluster_configuration got an unknown option 'cpu'. Did you mean "
+        "'worker_cpu'? Its options are worker_cpu, worker_memory, worker_gpu, software, "
+        "n_workers, keepalive, threads_per_worker, environ, provider, dashboard."
+    )
+    assert taskcloud.list_cluster_configurations() == {}
+
+
 def test_deleting_an_unknown_configuration_lists_the_saved_ones() -> None:
     taskcloud.create_cluster_configuration("big", worker_cpu=2)
     with pytest.raises(

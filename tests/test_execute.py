@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from pytask import build
 from tests.conftest import BACKENDS
 from tests.conftest import INTERNALS
 from tests.conftest import run_cli
+from tests.conftest import run_subprocess
 from tests.conftest import shows_frame
 
 
@@ -479,6 +482,83 @@ def test_priorities_hold(backend, tmp_path, write) -> None:
         "task_middle",
         "task_last",
     ]
+
+
+HELPED_TASKS = """
+    import sys
+    from pathlib import Path
+    from typing import Annotated
+
+    sys.path.insert(0, str(Path(__file__).parent))
+
+    import helpers
+    from helperpkg.util import shout
+    from pytask import Product
+
+    import taskcloud
+
+
+    def task_module(path: Annotated[Path, Product] = Path("module.txt")) -> None:
+        path.write_text(helpers.answer())
+
+
+    def task_package(path: Annotated[Path, Product] = Path("package.txt")) -> None:
+        path.write_text(shout("package"))
+
+
+    @taskcloud.function(keepalive="1 s")
+    def task_decorated(path: Annotated[Path, Product] = Path("decorated.txt")) -> None:
+        path.write_text(helpers.answer() + shout(" decorated"))
+"""
+
+HELPERS = """
+    import threading
+
+    from helperpkg import util
+
+    #: Module state that cannot be pickled: the module is imported, not copied.
+    LOCK = threading.Lock()
+
+
+    def answer():
+        with LOCK:
+            return util.twice("21")
+"""
+
+HELPER_PACKAGE = """
+    def shout(text):
+        return text.upper()
+
+
+    def twice(text):
+        return text * 2
+"""
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_helpers_imported_through_sys_path_reach_the_workers(backend, tmp_path, write) -> None:
+    """A helper module and a helper package that the task module finds through the
+    folder it puts on sys.path import in the backend's workers, which started before
+    that folder was on sys.path, and in a decorated task's pool."""
+    write("project/task_helped.py", HELPED_TASKS)
+    write("project/helpers.py", HELPERS)
+    write("project/helperpkg/__init__.py", "")
+    write("project/helperpkg/util.py", HELPER_PACKAGE)
+    # From tmp_path, so that the project's folder is not on sys.path as pytask starts.
+    pytask = run_subprocess(tmp_path, "project", "-n", "2", "--parallel-backend", backend)
+    try:
+        output, _ = pytask.communicate(timeout=180)
+    finally:
+        if pytask.poll() is None:
+            os.killpg(pytask.pid, signal.SIGKILL)
+
+    assert pytask.returncode == 0, output
+    assert "ModuleNotFoundError" not in output, output
+    texts = {
+        name: (tmp_path / "project" / f"{name}.txt").read_text()
+        for name in ("module", "package", "decorated")
+    }
+    assert texts == {"module": "2121", "package": "PACKAGE", "decorated": "2121 DECORATED"}
 
 
 def test_custom_remote_backend_moves_files(tmp_path, write) -> None:

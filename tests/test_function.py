@@ -20,6 +20,7 @@ from taskcloud import ResourceUnavailableError
 from taskcloud import SerializationError
 from taskcloud.pools import pools
 from tests.conftest import INTERNALS
+from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -73,6 +74,69 @@ def test_bad_options_fail_when_the_decorator_is_applied(options, message) -> Non
     """Each bad value names the parameter, the value and the accepted form."""
     with pytest.raises(InvalidOptionError, match=message):
         taskcloud.function(**options)
+
+
+@pytest.mark.parametrize(
+    ("option", "suggestion"),
+    [
+        ("cores", "cpu"),
+        ("memory_limit", "memory"),
+        ("gpus", "gpu"),
+        ("nthreads", "threads_per_worker"),
+        ("memroy", "memory"),
+        ("retry", "retries"),
+        ("verbose", None),
+    ],
+)
+def test_unknown_option_is_named_with_the_options_and_a_suggestion(option, suggestion) -> None:
+    """An option the decorator does not take is a TypeError naming it, the options it
+    takes and the one it most likely meant, not an error about an internal class."""
+    with pytest.raises(TypeError) as caught:
+        taskcloud.function(**{option: 2})
+    assert isinstance(caught.value, taskcloud.UnknownOptionError)
+    hint = f" Did you mean {suggestion!r}?" if suggestion else ""
+    assert str(caught.value) == (
+        f"@taskcloud.function got an unknown option {option!r}.{hint} Its options are cpu, "
+        "memory, gpu, software, n_workers, keepalive, environ, threads_per_worker, retries, "
+        "timeout, provider, configuration, dashboard, cluster."
+    )
+
+
+@pytest.mark.parametrize(
+    ("decorator", "line"),
+    [
+        (
+            "@taskcloud.function(cpu=-1)",
+            "InvalidOptionError: cpu=-1 is invalid. Expected an int >= 1.",
+        ),
+        (
+            "@taskcloud.function(cores=2)",
+            "UnknownOptionError: @taskcloud.function got an unknown option 'cores'.",
+        ),
+    ],
+)
+def test_bad_option_in_a_task_module_shows_the_users_line_alone(
+    tmp_path, write, runner, decorator, line
+) -> None:
+    """pytask's collection box shows the decorated line and the reason, no frame of
+    taskcloud's (functions.py, specs.py, attrs' generated __init__)."""
+    path = write(
+        "task_bad.py",
+        f"""
+        import taskcloud
+
+        {decorator}
+        def task_bad():
+            pass
+        """,
+    )
+    result = run_cli(runner, tmp_path)
+
+    assert result.exit_code == 3, result.output
+    assert f"{path.name}:4 in <module>" in result.output, result.output
+    assert INTERNALS[0] not in result.output
+    assert "attrs generated" not in result.output
+    assert line in result.output
 
 
 @pytest.mark.parametrize(
@@ -257,6 +321,86 @@ def test_script_traceback_in_full_on_request(tmp_path) -> None:
 
     assert any(INTERNALS[1] in line for line in lines)
     assert lines[-1].startswith("taskcloud.errors.TaskTimeoutError: 'slow'")
+
+
+CALLERS_ERRORS = """\
+import sys
+import threading
+import traceback
+
+import taskcloud
+
+
+@taskcloud.function(keepalive="5 s")
+def echo(x):
+    return x
+
+
+@taskcloud.function(cpu=100_000)
+def huge(x):
+    return x
+
+
+@taskcloud.function(software="nosuch")
+def elsewhere(x):
+    return x
+
+
+CASES = {
+    "cpu": lambda: huge(1),
+    "software": lambda: elsewhere(1),
+    "software submit": lambda: elsewhere.submit(1),
+    "software map": lambda: elsewhere.map([1]),
+    "pickle": lambda: echo(threading.Lock()),
+    "pickle submit": lambda: echo.submit(threading.Lock()),
+    "pickle map": lambda: list(echo.map([threading.Lock()])),
+    "bad option": lambda: taskcloud.function(cpu=-1),
+    "unknown option": lambda: taskcloud.function(cores=2),
+}
+
+if __name__ == "__main__":
+    for name, case in CASES.items():
+        print(f"=== {name}")
+        try:
+            case()
+        except Exception:
+            traceback.print_exc(file=sys.stdout)
+"""
+
+CALLERS_REASONS = {
+    "cpu": "ResourceUnavailableError: cpu=100000 cannot be satisfied",
+    "software": "SoftwareEnvironmentNotFoundError: No software environment named 'nosuch'",
+    "pickle": "SerializationError: The argument 'x' of 'echo' cannot be pickled",
+    "bad option": "InvalidOptionError: cpu=-1 is invalid.",
+    "unknown option": "UnknownOptionError: @taskcloud.function got an unknown option 'cores'",
+}
+
+
+def test_callers_errors_show_at_most_the_frame_that_raises(tmp_path) -> None:
+    """A shape too big, an unknown software environment, an argument that cannot be
+    pickled, a bad option: the caller's line, at most one taskcloud frame, the reason;
+    for calls, submits and maps alike."""
+    path = tmp_path / "callers.py"
+    path.write_text(CALLERS_ERRORS)
+    done = subprocess.run(
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    cases = dict(block.split("\n", 1) for block in done.stdout.split("=== ")[1:])
+    assert len(cases) == 9, done.stdout
+    for name, text in cases.items():
+        lines = text.splitlines()
+        assert lines[0] == "Traceback (most recent call last):", (name, text)
+        assert lines[1].startswith(f'  File "{path}", line '), (name, text)
+        internals = [line for line in lines if line.startswith(f'  File "{INTERNALS[0]}')]
+        assert len(internals) <= 1, (name, text)
+        reason = CALLERS_REASONS[name.split(" submit")[0].split(" map")[0]]
+        assert lines[-1].startswith(f"taskcloud.errors.{reason}"), (name, text)
 
 
 def test_same_arguments_run_twice() -> None:

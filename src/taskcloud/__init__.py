@@ -39,6 +39,7 @@ __all__ = [
     "StoreError",
     "TaskTimeoutError",
     "TaskcloudError",
+    "UnknownOptionError",
     "WorkerLostError",
     "WorkerType",
     "__version__",
@@ -81,6 +82,7 @@ _EXPORTS = {
     "StoreError": "taskcloud.errors",
     "TaskTimeoutError": "taskcloud.errors",
     "TaskcloudError": "taskcloud.errors",
+    "UnknownOptionError": "taskcloud.errors",
     "WorkerLostError": "taskcloud.errors",
     "WorkerType": "taskcloud.backends",
     "create_cluster_configuration": "taskcloud.configurations",
@@ -144,6 +146,7 @@ if TYPE_CHECKING:
     from taskcloud.errors import StoreError
     from taskcloud.errors import TaskcloudError
     from taskcloud.errors import TaskTimeoutError
+    from taskcloud.errors import UnknownOptionError
     from taskcloud.errors import WorkerLostError
     from taskcloud.extensions import hookimpl
     from taskcloud.functions import Function

@@ -48,6 +48,7 @@ from taskcloud.processes import kill
 from taskcloud.providers import registry
 from taskcloud.specs import ClusterSpec
 from taskcloud.specs import check_name
+from taskcloud.specs import options_checked
 from taskcloud.specs import parse_memory
 from taskcloud.specs import parse_n_workers
 from taskcloud.specs import redacted
@@ -102,6 +103,7 @@ class Cluster(_DaskCluster):
     already; see the README and ``docs/clusters.md`` for every parameter.
     """
 
+    @options_checked("taskcloud.Cluster", unlisted=("store",))
     def __init__(
         self,
         n_workers: int | list[int] | str | None = None,

@@ -14,6 +14,7 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import SoftwareEnvironmentNotFoundError
 from taskcloud.specs import FunctionSpec
 from taskcloud.specs import check_name
+from taskcloud.specs import options_checked
 from taskcloud.specs import redacted
 from taskcloud.store import Store
 
@@ -43,6 +44,7 @@ _TO_FUNCTION = {
 _FROM_FUNCTION = {value: key for key, value in _TO_FUNCTION.items()}
 
 
+@options_checked("taskcloud.create_cluster_configuration", unlisted=("name", "store"))
 def create_cluster_configuration(
     name: str,
     *,

@@ -36,6 +36,7 @@ __all__ = [
     "StoreError",
     "TaskTimeoutError",
     "TaskcloudError",
+    "UnknownOptionError",
     "WorkerLostError",
 ]
 
@@ -55,6 +56,30 @@ class InvalidOptionError(TaskcloudError, ValueError):
 
     def __str__(self) -> str:
         return f"{self.parameter}={self.value!r} is invalid. Expected {self.accepted}."
+
+
+class UnknownOptionError(TaskcloudError, TypeError):
+    """An option that ``where`` does not take, e.g. ``cores=`` for ``cpu=``.
+
+    A ``TypeError``, as Python's own for an unexpected keyword argument. ``suggestion``
+    is the accepted option the name most likely meant, or None.
+    """
+
+    def __init__(
+        self, where: str, option: str, accepted: Iterable[str], suggestion: str | None
+    ) -> None:
+        self.accepted = tuple(accepted)
+        super().__init__(where, option, self.accepted, suggestion)
+        self.where = where
+        self.option = option
+        self.suggestion = suggestion
+
+    def __str__(self) -> str:
+        hint = f" Did you mean {self.suggestion!r}?" if self.suggestion else ""
+        return (
+            f"{self.where} got an unknown option {self.option!r}.{hint} "
+            f"Its options are {', '.join(self.accepted)}."
+        )
 
 
 class ProviderNotFoundError(InvalidOptionError, LookupError):

@@ -26,6 +26,9 @@ _OWN = (
 )
 #: Packages whose frames are hidden once they are imported; before, none can show.
 _PACKAGES = ("distributed", "loky")
+#: The file name attrs gives the methods it writes, e.g. a validating ``__init__``;
+#: those of taskcloud's classes name the class, ``taskcloud.specs.FunctionSpec``.
+_GENERATED = "<attrs generated "
 
 
 def _hidden_roots() -> tuple[str, ...]:
@@ -47,7 +50,8 @@ def visible(tb: TracebackType | None) -> TracebackType | None:
     roots = _hidden_roots()
     kept: list[TracebackType] = []
     while tb is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(roots):
+        file = tb.tb_frame.f_code.co_filename
+        if not (file.startswith(roots) or (file.startswith(_GENERATED) and " taskcloud." in file)):
             kept.append(tb)
         tb = tb.tb_next
     shown = None

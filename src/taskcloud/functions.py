@@ -15,12 +15,16 @@ from typing import Generic
 from typing import TypeVar
 from typing import overload
 
+import attrs
+
 from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import TaskcloudError
 from taskcloud.frames import hide_internals
 from taskcloud.pools import Pool
 from taskcloud.pools import PoolManager
 from taskcloud.pools import pools
 from taskcloud.specs import FunctionSpec
+from taskcloud.specs import unknown_option
 
 __all__ = ["Function", "decorated", "function"]
 
@@ -98,24 +102,37 @@ class Function(Generic[R]):
 
         Its traceback goes from the caller's line to the remote frames, without the
         pool's and ``concurrent.futures``' frames in between (see :mod:`taskcloud.frames`).
+        An error on the caller's side (a shape the host cannot hold, an argument that
+        cannot be pickled) goes from the caller's line to its one-line reason.
         """
-        future = self.submit(*args, **kwargs)
+        __tracebackhide__ = True  # this frame raises again: pytask and pytest leave it
+        _rich_traceback_omit = True  # out, and so does rich, which draws pytask's boxes
+        future = None
         try:
+            future = self.submit(*args, **kwargs)
             return future.result()
         except Exception as failure:
+            if future is None and not isinstance(failure, TaskcloudError):
+                raise  # a fault of taskcloud's own keeps its frames, for its report
             hide_internals(failure)
             raise failure
 
     def submit(self, *args: Any, **kwargs: Any) -> Future[R]:
         """Start a call on a worker; the future works with ``concurrent.futures.wait``."""
-        return self.pool.submit(
-            self._name,
-            self._function,
-            args,
-            kwargs,
-            retries=self.spec.retries,
-            timeout=self.spec.timeout,
-        )
+        __tracebackhide__ = True
+        _rich_traceback_omit = True
+        try:
+            return self.pool.submit(
+                self._name,
+                self._function,
+                args,
+                kwargs,
+                retries=self.spec.retries,
+                timeout=self.spec.timeout,
+            )
+        except TaskcloudError as error:
+            hide_internals(error)
+            raise error
 
     def map(self, *iterables: Iterable[Any], errors: str = "raise") -> Iterator[Any]:
         """Call once per item (or per zipped items); results come in input order.
@@ -123,15 +140,21 @@ class Function(Generic[R]):
         With ``errors="raise"`` the first failure cancels the remaining calls and is
         raised; with ``errors="return"`` a failed call's exception stands in its place.
         """
+        __tracebackhide__ = True
+        _rich_traceback_omit = True
         if errors not in ("raise", "return"):
             raise InvalidOptionError("errors", errors, "'raise' or 'return'")
-        futures = self.pool.map(
-            self._name,
-            self._function,
-            list(zip(*iterables, strict=False)),
-            retries=self.spec.retries,
-            timeout=self.spec.timeout,
-        )
+        try:
+            futures = self.pool.map(
+                self._name,
+                self._function,
+                list(zip(*iterables, strict=False)),
+                retries=self.spec.retries,
+                timeout=self.spec.timeout,
+            )
+        except TaskcloudError as error:
+            hide_internals(error)
+            raise error
         return _in_order(futures, raise_first=errors == "raise")
 
     def local(self, *args: Any, **kwargs: Any) -> R:
@@ -140,6 +163,8 @@ class Function(Generic[R]):
 
 
 def _in_order(futures: list[Future[Any]], *, raise_first: bool) -> Iterator[Any]:
+    __tracebackhide__ = True
+    _rich_traceback_omit = True
     try:
         yield from _results(futures, raise_first=raise_first)
     except Exception as failure:
@@ -170,6 +195,10 @@ def _results(futures: list[Future[Any]], *, raise_first: bool) -> Iterator[Any]:
             if first:
                 raise first[0] from None
             raise
+
+
+#: The options of ``@taskcloud.function``, as ``FunctionSpec`` orders them.
+_OPTIONS = tuple(option.name for option in attrs.fields(FunctionSpec))
 
 
 @overload
@@ -212,13 +241,22 @@ def function(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
     when it does not run: from ``configuration=``, else from the saved configuration
     named like the cluster. Shape options cannot be combined with it.
     """
-    configuration = options.get("configuration")
-    # With cluster=, the configuration is the one the cluster starts from.
-    if configuration is not None and options.get("cluster") is None:
-        from taskcloud.configurations import function_defaults
+    __tracebackhide__ = True  # a bad option shows the decorated line and the reason
+    _rich_traceback_omit = True
+    try:
+        unknown = unknown_option("@taskcloud.function", options, _OPTIONS)
+        if unknown is not None:
+            raise unknown
+        configuration = options.get("configuration")
+        # With cluster=, the configuration is the one the cluster starts from.
+        if configuration is not None and options.get("cluster") is None:
+            from taskcloud.configurations import function_defaults
 
-        options = {**function_defaults(configuration), **options}
-    spec = FunctionSpec(**options)
+            options = {**function_defaults(configuration), **options}
+        spec = FunctionSpec(**options)
+    except TaskcloudError as error:
+        hide_internals(error)
+        raise error
     if fn is None:
         return lambda inner: Function(inner, spec)
     if not callable(fn):

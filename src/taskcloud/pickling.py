@@ -6,6 +6,15 @@ that a worker cannot import, or can import only with pytask's changes to
 travels as a bare copy, without the attributes (pytask's metadata, annotations) a
 worker does not need. Pickling happens here rather than in dask, which would pickle a
 function by reference.
+
+What travels by reference (installed packages, and modules that a task module imports
+through ``sys.path``, such as a ``helpers.py`` next to it whose folder it put on
+``sys.path``) is imported by the worker as it unpickles. A worker gets its parent's
+``sys.path`` as it starts, and may have started before the entries that make such a
+module importable were added: each pickle made here therefore carries the entries
+added to ``sys.path`` since start, and puts them on the worker's ``sys.path`` before
+anything else in it is unpickled. The worker imports such modules as the parent did,
+by name, from the same files.
 """
 
 from __future__ import annotations
@@ -13,6 +22,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import io
+import os
+import sys
 import types
 from collections import ChainMap
 from collections.abc import Callable
@@ -26,6 +37,64 @@ from taskcloud.errors import SerializationError
 __all__ = ["dumps", "dumps_arguments", "dumps_function", "ship"]
 
 _BY_VALUE: set[str] = set()
+
+
+def _entry(path: str) -> str:
+    return os.path.abspath(path or os.curdir)
+
+
+#: ``sys.path`` as this module was imported, before taskcloud starts any worker:
+#: loky, multiprocessing and dask's nannies give a process its parent's ``sys.path``
+#: as it starts, so every worker has at least these entries.
+_STARTUP_PATH = frozenset(_entry(path) for path in sys.path)
+
+
+def _added_path() -> tuple[tuple[int, str], ...]:
+    """The entries added to ``sys.path`` since start, each with its index, absolute."""
+    entries = ((index, _entry(path)) for index, path in enumerate(sys.path))
+    return tuple((index, entry) for index, entry in entries if entry not in _STARTUP_PATH)
+
+
+def _on_path(entries: tuple[tuple[int, str], ...]) -> None:
+    """Put each of ``entries`` this process's ``sys.path`` lacks at its index there."""
+    for index, entry in entries:
+        if entry not in sys.path:
+            sys.path.insert(index, entry)
+
+
+class _OnPath:
+    """Unpickles as None, having put its entries on ``sys.path``."""
+
+    def __init__(self, entries: tuple[tuple[int, str], ...]) -> None:
+        self.entries = entries
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _on_path, (self.entries,)
+
+
+def _second(_: None, value: Any) -> Any:
+    return value
+
+
+class _AfterPath:
+    """Unpickles as ``value``, loaded once ``entries`` are on ``sys.path``.
+
+    Pickle builds a call's arguments in order: the first puts the entries on
+    ``sys.path``, then the second, the value, is unpickled, importing what it needs.
+    """
+
+    def __init__(self, entries: tuple[tuple[int, str], ...], value: Any) -> None:
+        self.entries = entries
+        self.value = value
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _second, (_OnPath(self.entries), self.value)
+
+
+def _carrying_path(value: Any) -> Any:
+    """``value``, to pickle with the entries added to ``sys.path`` since start, if any."""
+    entries = _added_path()
+    return _AfterPath(entries, value) if entries else value
 
 
 def ship(function: Callable[..., Any], source: Path | None = None) -> Callable[..., Any]:
@@ -66,9 +135,12 @@ class _Pickler(cloudpickle.Pickler):
 
 
 def dumps(value: Any) -> bytes:
-    """Pickle ``value`` with cloudpickle; code pickled by value keeps its file name."""
+    """Pickle ``value`` with cloudpickle; code pickled by value keeps its file name.
+
+    The pickle carries the entries added to ``sys.path`` since start (see above).
+    """
     with io.BytesIO() as file:
-        _Pickler(file).dump(value)
+        _Pickler(file).dump(_carrying_path(value))
         return file.getvalue()
 
 
@@ -85,7 +157,7 @@ def dumps_arguments(
 ) -> bytes:
     """Pickle a call's arguments; one that cannot be pickled is named in the error."""
     try:
-        return cloudpickle.dumps((args, kwargs))
+        return cloudpickle.dumps(_carrying_path((args, kwargs)))
     except Exception as exc:
         failure = f"{type(exc).__name__}: {exc}"
     for label, value in _labelled(function, args, kwargs):

@@ -6,17 +6,25 @@ place; :class:`PoolSpec` is the part that decides which pool of workers a call j
 
 from __future__ import annotations
 
+import difflib
+import functools
+import inspect
 import json
 import math
 import re
+from collections.abc import Callable
+from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
+from typing import ParamSpec
+from typing import TypeVar
 
 from attrs import asdict
 from attrs import field
 from attrs import frozen
 
 from taskcloud.errors import InvalidOptionError
+from taskcloud.errors import UnknownOptionError
 
 __all__ = [
     "ClusterSpec",
@@ -24,9 +32,11 @@ __all__ = [
     "PoolSpec",
     "check_name",
     "format_bytes",
+    "options_checked",
     "parse_duration",
     "parse_memory",
     "redacted",
+    "unknown_option",
 ]
 
 _UNITS = {
@@ -112,6 +122,71 @@ def format_bytes(n: int) -> str:
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n} B"
+
+
+#: What other libraries (dask, Coiled) call an option, and the names it may have here.
+_SYNONYMS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("cores", "cpus", "ncores", "worker_cores"), ("cpu", "worker_cpu")),
+    **dict.fromkeys(("memory_limit", "mem"), ("memory", "worker_memory")),
+    **dict.fromkeys(("gpus", "worker_gpus"), ("gpu", "worker_gpu")),
+    **dict.fromkeys(("nthreads", "threads"), ("threads_per_worker",)),
+    "cpu": ("worker_cpu",),
+    "memory": ("worker_memory",),
+    "gpu": ("worker_gpu",),
+    "env": ("environ",),
+    "workers": ("n_workers",),
+    "idle_timeout": ("keepalive",),
+    "keepalive": ("idle_timeout",),
+}
+
+
+def unknown_option(
+    where: str, given: Iterable[str], accepted: Iterable[str]
+) -> UnknownOptionError | None:
+    """The error for the first of ``given`` not ``accepted``, to raise; None if none is.
+
+    It suggests the option the name most likely meant: the one it stands for
+    elsewhere (``cores`` for ``cpu``), else the closest spelling.
+    """
+    options = list(accepted)
+    for option in given:
+        if option in options:
+            continue
+        likely = [name for name in _SYNONYMS.get(option, ()) if name in options]
+        likely += difflib.get_close_matches(option, options, n=1)
+        return UnknownOptionError(where, option, options, likely[0] if likely else None)
+    return None
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def options_checked(
+    where: str, unlisted: tuple[str, ...] = ()
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Check a callable's keyword arguments before the call.
+
+    An unknown one is an :class:`UnknownOptionError` (see :func:`unknown_option`) that
+    lists the options but ``unlisted``, instead of Python's bare ``TypeError``.
+    """
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        parameters = inspect.signature(function).parameters
+        listed = [name for name in parameters if name not in ("self", *unlisted)]
+
+        @functools.wraps(function)
+        def checked(*args: P.args, **kwargs: P.kwargs) -> R:
+            __tracebackhide__ = True  # pytask, pytest and rich show the caller's line
+            _rich_traceback_omit = True
+            error = unknown_option(where, [key for key in kwargs if key not in parameters], listed)
+            if error is not None:
+                raise error
+            return function(*args, **kwargs)
+
+        return checked
+
+    return decorate
 
 
 def _positive_int(parameter: str, minimum: int) -> Any:
