@@ -49,10 +49,21 @@ def _entry(path: str) -> str:
 _STARTUP_PATH = frozenset(_entry(path) for path in sys.path)
 
 
+#: The last ``sys.path`` (and working directory, which relative entries name) seen and
+#: what it added: every call's pickle asks.
+_ADDED: tuple[tuple[str, ...], tuple[tuple[int, str], ...]] = ((), ())
+
+
 def _added_path() -> tuple[tuple[int, str], ...]:
     """The entries added to ``sys.path`` since start, each with its index, absolute."""
-    entries = ((index, _entry(path)) for index, path in enumerate(sys.path))
-    return tuple((index, entry) for index, entry in entries if entry not in _STARTUP_PATH)
+    global _ADDED
+    now = (os.getcwd(), *sys.path)
+    seen, added = _ADDED
+    if now != seen:
+        entries = ((index, _entry(path)) for index, path in enumerate(sys.path))
+        added = tuple((index, entry) for index, entry in entries if entry not in _STARTUP_PATH)
+        _ADDED = (now, added)
+    return added
 
 
 def _on_path(entries: tuple[tuple[int, str], ...]) -> None:
