@@ -391,3 +391,18 @@ def test_help_shows_each_options_text_whole() -> None:
         'Without it: provider = "NAME" of [tool.taskcloud] in pyproject.toml, else local.',
     ):
         assert " ".join(text.split()) in words, done.stdout
+
+
+def test_a_failed_configuration_leaves_no_file_open(tmp_path, write) -> None:
+    """An unknown backend fails pytask's configuration after pytask started capturing,
+    and pytask then skips its unconfigure: the capture's files are closed all the same."""
+    import psutil
+
+    write("task_pid.py", TASK)
+    ok = build(paths=tmp_path)  # pytask's database, open from here on
+    assert ok.exit_code == ExitCode.OK
+    before = psutil.Process().num_fds()
+    session = build(paths=tmp_path, n_workers=2, parallel_backend="lokyy")
+
+    assert session.exit_code == ExitCode.CONFIGURATION_FAILED
+    assert psutil.Process().num_fds() == before

@@ -33,7 +33,7 @@ def _errors_as_messages(command: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(command)
     def run(*args: Any, **kwargs: Any) -> Any:
         with warnings.catch_warnings():
-            warnings.showwarning = _say_warning
+            warnings.showwarning = _plain_warnings(warnings.showwarning)
             try:
                 return command(*args, **kwargs)
             except TaskcloudError as exc:
@@ -42,9 +42,18 @@ def _errors_as_messages(command: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def _say_warning(message: Warning | str, *args: Any, **kwargs: Any) -> None:
-    """A warning as one plain line on stderr, without the file and line that raised it."""
-    click.echo(f"Warning: {message}", err=True)
+def _plain_warnings(shown: Callable[..., Any]) -> Callable[..., Any]:
+    """A ``showwarning`` that says taskcloud's warnings (user warnings) as one plain
+    line on stderr, without the file and line that raised them, and hands the others,
+    such as Python's own, to ``shown``."""
+
+    def say(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(category, UserWarning):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            shown(message, category, *args, **kwargs)
+
+    return say
 
 
 @click.group()

@@ -225,6 +225,8 @@ class _Call:
         try:
             value = pickle.loads(dask_future.result())
         except BaseException as exc:
+            if self._expired:
+                return  # it timed out as it finished: the timeout, not the cancel, says so
             self._set_exception(exc)
         else:
             self._cancel_timer()

@@ -188,8 +188,12 @@ def pytask_post_parse(config: dict[str, Any]) -> None:
     execution = config["pm"].get_plugin(_EXECUTION)
     if execution is not None and not _backend_known(execution.backend):
         error = BackendNotFoundError(execution.backend, registry.names())
-        # pytask skips pytask_unconfigure after a failed configuration.
+        # pytask skips pytask_unconfigure after a failed configuration: what it would
+        # end there ends here, its capture (which its own post_parse started) too.
         _forget_registrations(config)
+        capture = config["pm"].get_plugin("capturemanager")
+        if capture is not None:
+            capture.stop_capturing()
         raise error
     if config.get("command") == "build":
         choice = _ProviderChoice(config.get("provider"), config.get("root"))
