@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 
 import dask
 import distributed  # noqa: F401 (loads its config defaults before dask.config.set)
@@ -117,3 +118,71 @@ def test_each_named_cluster_gpu_worker_gets_its_own_devices(taskcloud_home, monk
         seen = client.run(lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES", ""))
         client.close()
     assert sorted(seen.values()) == ["0", "1"]
+
+
+def _seen() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+
+
+def _seen_too() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+
+
+def test_a_gpu_freed_by_an_idle_worker_goes_to_the_next_pool() -> None:
+    """f's idle gpu=1 worker gives way to g's pool, and with it its GPU id: g's worker
+    sees exactly that id, not an empty CUDA_VISIBLE_DEVICES."""
+    capacity = HostCapacity(cores=2, gpus=("0",))
+    manager = PoolManager(capacity=capacity)
+    try:
+        with dask.config.set({"distributed.diagnostics.nvml": False}):
+            f = Function(_seen, FunctionSpec(gpu=1, memory="300 MiB", keepalive="60 s"), manager)
+            assert f() == "0"
+            # Another spec, so another pool: it waits until f's idle worker leaves.
+            spec = FunctionSpec(gpu=1, memory="310 MiB", keepalive="60 s")
+            g = Function(_seen_too, spec, manager)
+            assert g.submit().result(timeout=120) == "0"
+    finally:
+        manager.close_all()
+
+
+def test_a_cpu_only_worker_sees_no_gpu(monkeypatch) -> None:
+    """A worker of a shape without GPUs is shown none, though the host has some."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    manager = PoolManager(capacity=HostCapacity(cores=2))
+    try:
+        with dask.config.set({"distributed.diagnostics.nvml": False}):
+            remote = Function(_seen, FunctionSpec(memory="300 MiB"), manager)
+            assert remote.submit().result(timeout=120) == ""
+    finally:
+        manager.close_all()
+
+
+def test_a_named_cluster_gets_the_gpu_a_pool_gives_way(monkeypatch) -> None:
+    """A gpu=1 named cluster started while a pool here holds the only GPU says that it
+    waits; the pool's idle worker leaves at once (long before its keepalive), and the
+    cluster's worker gets the GPU id."""
+    import taskcloud
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("DASK_DISTRIBUTED__DIAGNOSTICS__NVML", "False")
+    manager = PoolManager(capacity=HostCapacity(cores=2))
+    try:
+        with dask.config.set({"distributed.diagnostics.nvml": False}):
+            spec = FunctionSpec(gpu=1, memory="300 MiB", keepalive="600 s")
+            assert Function(_seen, spec, manager)() == "0"
+            with warnings.catch_warnings(record=True) as said:
+                warnings.simplefilter("always")
+                cluster = taskcloud.Cluster(worker_gpu=1, worker_memory="300 MiB")
+            with cluster:
+                client = cluster.get_client()
+                # A lambda travels by value; the workers cannot import this test module.
+                visible = client.submit(
+                    lambda: __import__("os").environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+                )
+                assert visible.result(timeout=90) == "0"
+                client.close()
+            waits = [str(w.message) for w in said if "waits for capacity" in str(w.message)]
+            assert waits, [str(w.message) for w in said]
+            assert "1 more workers (cpu=1, memory=300 MiB, gpu=1 each)" in waits[0]
+    finally:
+        manager.close_all()

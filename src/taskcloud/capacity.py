@@ -23,7 +23,6 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -206,7 +205,11 @@ class HostCapacity:
     gpus: tuple[str, ...] = field(factory=detect_gpus)
     ledger: Ledger | None = field(factory=Ledger.for_host)
     _held: dict[object, tuple[Shape, int]] = field(factory=dict, init=False)
-    _gpu_owner: dict[str, str] = field(factory=dict, init=False)
+    #: Each GPU id held in this process: its holder (weakly) and the worker that holds
+    #: it, or None while a holder's ``scale`` has it reserved for a worker it starts.
+    _gpu_owner: dict[str, tuple[Any, str | None]] = field(factory=dict, init=False)
+    #: The holders in a ``gpus_for`` block: the workers they name are not in their plan yet.
+    _scaling: set[int] = field(factory=set, init=False)
     _released: weakref.WeakSet[Any] = field(factory=weakref.WeakSet, init=False)
     _lock: threading.RLock = field(factory=threading.RLock, init=False)
     _waits: dict[int, list[float]] = field(factory=dict, init=False)  # since, total
@@ -244,15 +247,17 @@ class HostCapacity:
 
         ``holder`` keeps at least the ``current`` workers it has until it shrinks.
         The others are this process's other holders and every other process's lease.
+        GPUs are counted by their ids: those no worker of another holder (or another
+        process) holds now, less those granted to others that have no ids yet.
         """
         with self._shared():
             if holder in self._released:
                 return 0  # a last adaptive step of a pool that is closing
-            cores, memory, gpus = self.cores, self.memory, len(self.gpus)
+            cores, memory = self.cores, self.memory
             for other_shape, count in self._others_held(holder):
                 cores -= other_shape.cpu * count
                 memory -= other_shape.memory * count
-                gpus -= other_shape.gpu * count
+            gpus = self._free_gpus(holder)
             granted = min(want, max(self._fit(shape, cores, memory, gpus), current))
             self._held[holder] = (shape, max(granted, current))
             self._note_wait(holder, waiting=granted < want)
@@ -283,25 +288,95 @@ class HostCapacity:
             self._waits.pop(id(holder), None)
             self._released.add(holder)
             self._gpu_owner = {
-                g: w for g, w in self._gpu_owner.items() if not w.startswith(f"{id(holder)}:")
+                g: owner for g, owner in self._gpu_owner.items() if owner[0]() is not holder
             }
 
-    def assign_gpus(self, holder: object, worker: str, n: int, alive: Iterable[str]) -> list[str]:
-        """Pick ``n`` free GPU ids for ``worker``; ids of workers no longer alive are free,
-        and so are those no other process's lease names."""
+    @contextlib.contextmanager
+    def gpus_for(self, holder: object, workers: int, per_worker: int) -> Iterator[int]:
+        """Reserve whole sets of ``per_worker`` free GPU ids for up to ``workers`` new
+        workers of ``holder``; yields how many sets it reserved.
+
+        Inside, :meth:`assign_gpus` hands the reserved sets to the workers ``holder``
+        names; the sets it did not hand out are free again on the way out. A holder
+        starts only as many GPU workers as this yields, so that none starts short.
+        """
         with self._shared():
-            alive_keys = {f"{id(holder)}:{name}" for name in alive}
-            prefix = f"{id(holder)}:"
-            self._gpu_owner = {
-                g: w
-                for g, w in self._gpu_owner.items()
-                if not w.startswith(prefix) or w in alive_keys
-            }
-            taken = set(self._gpu_owner) | {g for lease in self._others for g in lease["gpus"]}
-            free = [g for g in self.gpus if g not in taken][:n]
-            for gpu in free:
-                self._gpu_owner[gpu] = f"{prefix}{worker}"
-            return free
+            self._scaling.add(id(holder))
+            free = self._free_ids(None)
+            reserved = min(workers, len(free) // per_worker) if per_worker else 0
+            ref = _weak(holder)
+            for gpu in free[: reserved * per_worker]:
+                self._gpu_owner[gpu] = (ref, None)
+        try:
+            yield reserved
+        finally:
+            with self._shared():
+                self._scaling.discard(id(holder))
+                self._gpu_owner = {
+                    g: owner
+                    for g, owner in self._gpu_owner.items()
+                    if not (owner[0]() is holder and owner[1] is None)
+                }
+
+    def assign_gpus(self, holder: object, worker: str, n: int) -> list[str]:
+        """Give ``worker`` of ``holder`` ``n`` GPU ids: those reserved for ``holder`` by
+        :meth:`gpus_for`, else free ones. Fewer than ``n`` when too few are free.
+
+        An id stays the worker's while ``holder`` lives, is not released and has
+        ``worker`` in its ``plan`` (the names of the workers it means to run, as
+        dask's ``SpecCluster.plan``); then it is free, for every holder and process.
+        """
+        with self._shared():
+            owners = self._live_gpus().items()
+            reserved = [g for g, (ref, name) in owners if ref() is holder and name is None]
+            ids = [*reserved, *self._free_ids(None)][:n]
+            ref = _weak(holder)
+            for gpu in ids:
+                self._gpu_owner[gpu] = (ref, worker)
+            return sorted(ids, key=self.gpus.index)
+
+    def _live_gpus(self) -> dict[str, tuple[Any, str | None]]:
+        """Forget the ids of workers that left their holder's plan; the rest."""
+        plans: dict[int, set[str] | None] = {}
+        live = {}
+        for gpu, (ref, worker) in self._gpu_owner.items():
+            holder = ref()
+            if holder is None or holder in self._released:
+                continue
+            if worker is not None and id(holder) not in self._scaling:
+                if id(holder) not in plans:
+                    plans[id(holder)] = _plan(holder)
+                plan = plans[id(holder)]
+                if plan is not None and worker not in plan:
+                    continue
+            live[gpu] = (ref, worker)
+        self._gpu_owner = live
+        return live
+
+    def _free_ids(self, holder: object) -> list[str]:
+        """The GPU ids no other process holds and no holder here but ``holder`` (None:
+        no holder at all), in order."""
+        taken = {
+            g for g, (ref, _) in self._live_gpus().items() if holder is None or ref() is not holder
+        }
+        taken |= {g for lease in self._others for g in lease["gpus"]}
+        return [g for g in self.gpus if g not in taken]
+
+    def _free_gpus(self, holder: object) -> int:
+        """How many GPUs ``holder`` may take: free ids, less those granted to other
+        holders (here or in other processes) whose workers have no ids yet."""
+        owned: dict[int, int] = {}
+        for ref, _ in self._live_gpus().values():
+            other = ref()
+            owned[id(other)] = owned.get(id(other), 0) + 1
+        pending = 0
+        for other, (shape, count) in self._held.items():
+            if other is not holder:
+                pending += max(0, shape.gpu * count - owned.get(id(other), 0))
+        for lease in self._others:
+            asked = sum(gpu * count for _, _, gpu, count in lease["held"])
+            pending += max(0, asked - len(lease["gpus"]))
+        return max(0, len(self._free_ids(holder)) - pending)
 
     @contextlib.contextmanager
     def _shared(self) -> Iterator[None]:
@@ -342,4 +417,25 @@ class HostCapacity:
             if count
         ]
         waiting = any(wait[0] > 0 for wait in self._waits.values())
-        self.ledger.write(held, sorted(self._gpu_owner), waiting)
+        self.ledger.write(held, sorted(self._live_gpus()), waiting)
+
+
+def _weak(holder: object) -> Any:
+    """A weak reference to ``holder``, or a strong one for objects that take none."""
+    try:
+        return weakref.ref(holder)
+    except TypeError:
+        return lambda: holder
+
+
+def _plan(holder: Any) -> set[str] | None:
+    """The names of the workers ``holder`` means to run, as strings; None: unknown."""
+    for _ in range(5):
+        plan = getattr(holder, "plan", None)
+        if plan is None:
+            return None
+        try:
+            return {str(name) for name in plan}
+        except RuntimeError:  # changed as it was read, on the holder's event loop
+            continue
+    return None

@@ -290,6 +290,9 @@ class Cluster(_DaskCluster):
         if not self._owns(record):
             raise ClusterStartError(name, "another process claimed the name as it started")
         assert record is not None
+        if answer.get("waits"):
+            # Its first workers wait for what others on the host hold (a GPU, say).
+            warnings.warn(f"{answer['waits']}.", stacklevel=3)
         return record
 
     def _warn_ignored(self, record: dict[str, Any], spec: ClusterSpec, given: set[str]) -> None:

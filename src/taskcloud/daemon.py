@@ -74,6 +74,7 @@ class _Daemon:
         self.writer = ThreadPoolExecutor(1, thread_name_prefix="taskcloud-store")
         self.cluster: Any = None
         self.adaptive: Any = None  # the cluster's adaptive scaling, while it adapts
+        self.waits: str | None = None  # why the first workers wait, for the answer
         self.stopping = asyncio.Event()
 
     def take_over(self) -> None:
@@ -157,7 +158,8 @@ class _Daemon:
         if not owned:
             await cluster.close()
             raise ClusterStartError(self.name, "another process claimed the name as it started")
-        _answer({"address": cluster.scheduler_address, "pid": self.pid})
+        answer = {"address": cluster.scheduler_address, "pid": self.pid}
+        _answer({**answer, "waits": self.waits} if self.waits else answer)
 
         reason = await self.until_stopped(cluster)
         await cluster.close()
@@ -189,14 +191,29 @@ class _Daemon:
         self.stopping.set()
 
     async def scale(self, n: int) -> int:
-        """Hold ``n`` workers, or as many as the host fits; stops adaptive scaling."""
+        """Hold ``n`` workers, or as many as the empty host fits; stops adaptive scaling.
+
+        What the others (pools, clusters, other processes) hold now starts later: the
+        cluster keeps asking the capacity for the rest, says once that it waits, and
+        its wait makes their idle workers leave at once. Returns what the host fits.
+        """
         cluster = self.cluster
         if self.adaptive is not None:
             self.adaptive.stop()
             self.adaptive = None
-        granted = self.capacity.grant(cluster, self.shape, int(n), 0)
+        target = min(int(n), self.capacity.fit(self.shape))
+        granted = self.capacity.grant(cluster, self.shape, target, 0)
         cluster.scale(granted)  # asynchronous: the workers start in the background
-        return granted
+        if granted < target:
+            self.waits = (
+                f"cluster {self.name} waits for capacity: {target - granted} more workers "
+                f"({self.shape.asked('cpu', 'memory', 'gpu')} each) do not fit beside the "
+                "other pools and clusters on this host; they start as those give way"
+            )
+            # Asks again every moment, through the capacity (which records the wait),
+            # until the cluster holds ``target`` workers; it logs the wait once.
+            self.adaptive = cluster.scale_between(target, target, _KEEPALIVE)
+        return target
 
     async def adapt(self, minimum: int, maximum: int) -> int:
         """Scale between ``minimum`` and ``maximum`` from the work queued."""

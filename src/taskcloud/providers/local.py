@@ -636,17 +636,49 @@ class LocalPoolCluster(QuietStarts, InProcessScheduler, SecuredCluster):
             name = next(self._numbers)
         return {name: self.new_spec}
 
+    def scale(self, n: int = 0, memory: Any = None, cores: Any = None) -> Any:
+        """Hold ``n`` workers; of a GPU shape, only as many new ones as there are whole
+        sets of free GPU ids for (a grant and the ids agree, but another holder may
+        have taken ids since), so that no worker starts short of its GPUs."""
+        if not self._gives_gpu_ids():
+            return super().scale(n, memory, cores)
+        new = max(0, n - len(self.worker_spec))
+        with self.capacity.gpus_for(self, new, self._shape.gpu) as fit:
+            if memory is None and cores is None:
+                n = min(n, len(self.worker_spec) + fit)
+            return super().scale(n, memory, cores)
+
+    def _gives_gpu_ids(self) -> bool:
+        own = _own_process(self.new_spec["cls"])
+        return bool(self._shape.gpu and self._capacity is not None and own)
+
     def new_worker_spec(self) -> dict[int, Any]:
+        """The next worker. Its own process sees only its GPU ids in
+        ``CUDA_VISIBLE_DEVICES``: none for a shape without GPUs. Workers of a cluster
+        without a capacity (the dask backend's) and workers in this process see what
+        this process sees."""
         spec = self._named_spec()
-        if self._shape.gpu and self._capacity is not None:
-            for name, worker in spec.items():
-                if not _own_process(worker["cls"]):
-                    continue  # a worker in this process sees what this process sees
-                alive = map(str, self.worker_spec)
-                gpus = self._capacity.assign_gpus(self, str(name), self._shape.gpu, alive)
-                worker = copy.deepcopy(worker)
-                worker["options"].setdefault("env", {})["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
-                spec[name] = worker
+        if self._capacity is None:
+            return spec
+        for name, worker in spec.items():
+            if not _own_process(worker["cls"]):
+                continue  # a worker in this process sees what this process sees
+            worker = copy.deepcopy(worker)
+            env = worker["options"].setdefault("env", {})
+            if self._shape.gpu:
+                gpus = self._capacity.assign_gpus(self, str(name), self._shape.gpu)
+                if len(gpus) < self._shape.gpu:
+                    # scale() reserves the ids first; never start a worker short of them.
+                    raise RuntimeError(
+                        f"{self.label or self.name}: {len(gpus)} free GPU ids for a new "
+                        f"worker of gpu={self._shape.gpu}; it does not start"
+                    )
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
+            else:
+                # No GPU asked for: none seen, so that a cpu-only call cannot fill the
+                # memory of a GPU another worker was given. An explicit value stays.
+                env.setdefault("CUDA_VISIBLE_DEVICES", "")
+            spec[name] = worker
         return spec
 
 
