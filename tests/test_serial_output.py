@@ -105,8 +105,9 @@ def _run(project: Path, command: list[str], *args: str) -> str:
         for line in text.splitlines()
         if not line.startswith(("Plugins:", "Root:"))  # pytask's header names plugins
     ]
-    # The footer's duration is the one thing two runs never share.
-    return re.sub(r"in [\d.]+ seconds", "in N seconds", "\n".join(lines))
+    # The footer's duration is the one thing two runs never share, and its rule's
+    # length follows the duration's digits.
+    return re.sub(r"─* (\w+) in [\d.]+ seconds ─*", r"\1 in N seconds", "\n".join(lines))
 
 
 def _fresh(tmp_path: Path, files: dict[str, str]) -> Path:

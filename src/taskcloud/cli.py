@@ -456,7 +456,7 @@ def provider_check(name: str, as_json: bool) -> None:
             f"{ours['distributed']}, taskcloud {ours['taskcloud']}"
         )
         rows = [_report_row(report) for report in reports]
-        _print_table(title, _REPORT_COLUMNS, rows, compact=True, whole=("host",))
+        _print_table(title, _REPORT_COLUMNS, rows, compact=True, whole=("host", "status"))
         _print_reasons(reports)
     if not healthy:
         sys.exit(1)
