@@ -365,6 +365,8 @@ class HostCapacity:
     def _free_gpus(self, holder: object) -> int:
         """How many GPUs ``holder`` may take: free ids, less those granted to other
         holders (here or in other processes) whose workers have no ids yet."""
+        if not self.gpus:
+            return 0  # every grant asks: a host without GPUs answers at once
         owned: dict[int, int] = {}
         for ref, _ in self._live_gpus().values():
             other = ref()
