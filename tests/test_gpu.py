@@ -15,6 +15,7 @@ from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import detect_gpus
 from taskcloud.functions import Function
 from taskcloud.pools import PoolManager
+from taskcloud.providers.local import LocalProvider
 from taskcloud.pools import pools
 from taskcloud.specs import FunctionSpec
 from tests.conftest import run_cli
@@ -26,6 +27,11 @@ needs_gpu = pytest.mark.skipif(
 )
 
 
+def _manager(capacity: HostCapacity) -> PoolManager:
+    """Pools whose local provider shares out ``capacity``, a made-up host."""
+    return PoolManager(providers={"local": LocalProvider(capacity=capacity)})
+
+
 def _visible(seconds: float) -> str:
     time.sleep(seconds)
     return os.environ.get("CUDA_VISIBLE_DEVICES", "")
@@ -34,7 +40,7 @@ def _visible(seconds: float) -> str:
 def test_each_gpu_worker_gets_its_own_devices() -> None:
     """Two concurrent gpu=1 workers on a host with two GPU ids see one id each."""
     capacity = HostCapacity(cores=2, gpus=("0", "1"))
-    manager = PoolManager(capacity=capacity)
+    manager = _manager(capacity)
     # The two ids are made up: on a host with one real GPU, dask's NVML monitor
     # would refuse to start a worker that is shown the id "1".
     try:
@@ -132,7 +138,7 @@ def test_a_gpu_freed_by_an_idle_worker_goes_to_the_next_pool() -> None:
     """f's idle gpu=1 worker gives way to g's pool, and with it its GPU id: g's worker
     sees exactly that id, not an empty CUDA_VISIBLE_DEVICES."""
     capacity = HostCapacity(cores=2, gpus=("0",))
-    manager = PoolManager(capacity=capacity)
+    manager = _manager(capacity)
     try:
         with dask.config.set({"distributed.diagnostics.nvml": False}):
             f = Function(_seen, FunctionSpec(gpu=1, memory="300 MiB", keepalive="60 s"), manager)
@@ -148,7 +154,7 @@ def test_a_gpu_freed_by_an_idle_worker_goes_to_the_next_pool() -> None:
 def test_a_cpu_only_worker_sees_no_gpu(monkeypatch) -> None:
     """A worker of a shape without GPUs is shown none, though the host has some."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
-    manager = PoolManager(capacity=HostCapacity(cores=2))
+    manager = _manager(HostCapacity(cores=2))
     try:
         with dask.config.set({"distributed.diagnostics.nvml": False}):
             remote = Function(_seen, FunctionSpec(memory="300 MiB"), manager)
@@ -165,7 +171,7 @@ def test_a_named_cluster_gets_the_gpu_a_pool_gives_way(monkeypatch) -> None:
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv("DASK_DISTRIBUTED__DIAGNOSTICS__NVML", "False")
-    manager = PoolManager(capacity=HostCapacity(cores=2))
+    manager = _manager(HostCapacity(cores=2))
     try:
         with dask.config.set({"distributed.diagnostics.nvml": False}):
             spec = FunctionSpec(gpu=1, memory="300 MiB", keepalive="600 s")

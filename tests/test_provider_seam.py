@@ -48,9 +48,9 @@ class Elsewhere(LocalProvider):
         super().__init__(name, {}, capacity=HostCapacity(ledger=None))
         self.tag = options.get("tag", "")
 
-    def start_pool(self, request):
-        Elsewhere.started.append(f"{self.tag}:{request.label}")
-        return super().start_pool(request)
+    def worker(self, request):
+        Elsewhere.started.append(f"{self.tag}:{request.name}")
+        return super().worker(request)
 
 
 def _pid() -> int:
@@ -58,8 +58,8 @@ def _pid() -> int:
 
 
 def test_a_registered_provider_starts_the_pool_of_a_function_that_names_it(project):
-    """``provider=`` naming a plugin's kind reaches its ``start_pool``; the pool's label
-    says where it runs."""
+    """``provider=`` naming a plugin's kind starts the pool's workers through its
+    ``worker``; the pool's label says where it runs."""
     registry.register("elsewhere", Elsewhere)
     (project / "pyproject.toml").write_text(
         '[tool.taskcloud.providers.far]\nkind = "elsewhere"\ntag = "t1"\n', encoding="utf-8"
@@ -67,7 +67,7 @@ def test_a_registered_provider_starts_the_pool_of_a_function_that_names_it(proje
     Elsewhere.started.clear()
     remote = taskcloud.function(memory="300 MiB", provider="far")(_pid)
     assert remote() != os.getpid()
-    assert Elsewhere.started == [f"t1:{remote.pool.label}"]
+    assert Elsewhere.started == ["t1:0"]
     assert remote.pool.label.endswith("on far")
 
 

@@ -29,6 +29,7 @@ from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
 from taskcloud.providers import registry
+from taskcloud.providers.cluster import start_pool
 from taskcloud.providers.protocol import PoolRequest
 from taskcloud.providers.ssh import Host
 from taskcloud.providers.ssh import HostInfo
@@ -320,7 +321,7 @@ def test_unreachable_host_is_named_and_the_others_used(sshd, caplog) -> None:
         capacity = provider.capacity()
     assert "127.0.0.3" in capacity.unreachable
     assert any("127.0.0.3 is left out" in r.getMessage() for r in caplog.records)
-    workers = provider.start_pool(_request())
+    workers = start_pool(provider, _request())
     try:
         with Client(workers, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=60)
@@ -424,7 +425,7 @@ def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
     from distributed import Client
 
     provider = SSHProvider("lab", sshd.options())
-    workers = provider.start_pool(_request(env={"TASKCLOUD_TEST_TOKEN": "s3cret-token-value"}))
+    workers = start_pool(provider, _request(environ={"TASKCLOUD_TEST_TOKEN": "s3cret-token-value"}))
     try:
         with Client(workers, set_as_default=False) as client:
             client.wait_for_workers(2, timeout=60)
@@ -484,7 +485,7 @@ def test_a_pool_connects_ahead_of_its_workers_and_leaves_nothing_when_none_came(
     """A new pool starts an agent on each host it will use before any worker is
     asked for; closing it without a worker ever started leaves nothing there."""
     provider = SSHProvider("lab", sshd.options())
-    workers = provider.start_pool(_request(minimum=0, maximum=2))
+    workers = start_pool(provider, _request(minimum=0, maximum=2))
     try:
         wait_for(
             lambda: sum("hostside agent" in line for line in sshd.cmdlines()) == 2,
@@ -606,7 +607,7 @@ def test_a_worker_that_cannot_start_says_why(sshd, caplog) -> None:
     """A ``python`` the hosts lack fails each worker's start naming the host, the
     command's exit status and what the host's shell said."""
     provider = SSHProvider("lab", sshd.options(hosts=["127.0.0.2"], python="/nonexistent/python"))
-    workers = provider.start_pool(_request(minimum=1, maximum=1))
+    workers = start_pool(provider, _request(minimum=1, maximum=1))
     try:
         with caplog.at_level(logging.DEBUG, logger="taskcloud"):
             wait_for(

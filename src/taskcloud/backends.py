@@ -322,24 +322,19 @@ class DaskExecutor(Executor):
 
         from taskcloud.capacity import Shape
         from taskcloud.providers import local
+        from taskcloud.providers.cluster import http_config
 
         # As LocalCluster does: one thread each, the memory dask sees shared out evenly.
         shape = Shape(cpu=1, memory=system.MEMORY_LIMIT // n_workers)
         # No dashboard shows the workers' profiles; sampling them costs each worker a
         # thread's wake-up every 10 ms.
-        settings = {"distributed.worker.profile.enabled": False, **local.http_config(False)}
+        settings = {"distributed.worker.profile.enabled": False, **http_config(False)}
         with dask.config.set(settings), forking_workers():
             cluster = local.build(
                 shape,
-                1,
+                n_workers,
                 name="taskcloud-dask-backend",
-                capacity=None,
-                n_workers=n_workers,
-                scheduler_process=True,
-                worker_class="distributed.Nanny",
                 worker_options={"silence_logs": logging.WARNING},
-                silence_logs=logging.WARNING,
-                start_errors=True,
             )
         # Results too large for an event come through the scheduler: one request
         # from this process instead of two (where is it, then fetch it from there).

@@ -318,7 +318,17 @@ class HostCapacity:
                     if not (owner[0]() is holder and owner[1] is None)
                 }
 
-    def assign_gpus(self, holder: object, worker: str, n: int) -> list[str]:
+    @property
+    def host_names(self) -> list[str]:
+        return ["this host"]
+
+    def place(self, holder: object, shape: Shape, placed: Any) -> str:
+        """The host for ``holder``'s next worker: this one."""
+        return "this host"
+
+    def assign_gpus(
+        self, holder: object, worker: str, n: int, host: str | None = None
+    ) -> list[str]:
         """Give ``worker`` of ``holder`` ``n`` GPU ids: those reserved for ``holder`` by
         :meth:`gpus_for`, else free ones. Fewer than ``n`` when too few are free.
 

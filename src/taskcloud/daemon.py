@@ -40,6 +40,7 @@ from taskcloud.capacity import Shape
 from taskcloud.errors import ClusterStartError
 from taskcloud.providers import registry
 from taskcloud.providers import start_forkserver
+from taskcloud.providers.cluster import start_cluster
 from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.specs import ClusterSpec
 from taskcloud.store import Store
@@ -100,7 +101,8 @@ class _Daemon:
         # scheduler does (a worker whose scheduler is gone takes seconds to give up).
         options.pop("idle_timeout", None)
         # Asynchronous: its close() is awaitable, which its annotations do not say.
-        cluster: Any = await self.provider.start_cluster(
+        cluster: Any = await start_cluster(
+            self.provider,
             ClusterRequest(
                 shape=self.shape,
                 threads_per_worker=self.spec.worker_options.get("nthreads", self.spec.worker_cpu),
@@ -110,7 +112,7 @@ class _Daemon:
                 worker_options=self.spec.worker_options,
                 scheduler_options=options,
                 dashboard=with_dashboard,
-            )
+            ),
         )
         self.cluster = cluster
         cluster.serve(

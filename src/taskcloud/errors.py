@@ -253,6 +253,23 @@ class WorkerLostError(TaskcloudError, RuntimeError):
         return f"The worker running {self.name!r} died in each of {runs}{last}."
 
 
+class WorkerStartError(TaskcloudError, RuntimeError):
+    """No worker of a pool could start: several starts in a row failed, none running."""
+
+    def __init__(self, pool: str, attempts: int, error: str) -> None:
+        super().__init__(pool, attempts, error)
+        self.pool = pool
+        self.attempts = attempts
+        self.error = error
+
+    def __str__(self) -> str:
+        return (
+            f"No worker of {self.pool} could start: {self.attempts} starts in a row "
+            f"failed, the last with {self.error}. Fix what it names (the provider's "
+            "options, the software environment), then call again."
+        )
+
+
 class MemoryLimitError(WorkerLostError, MemoryError):
     """A call used more memory than its workers may have, so its worker was replaced."""
 

@@ -26,7 +26,6 @@ from typing import Any
 from attrs import define
 from attrs import field
 
-from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
 from taskcloud.errors import MemoryLimitError
 from taskcloud.errors import TaskTimeoutError
@@ -250,7 +249,7 @@ class _Call:
             self.start()
         else:
             # A provider may say more than the address: the Slurm job it ran in, say.
-            described = getattr(self.pool.cluster, "describe_worker", str)(worker)
+            described = self.pool.cluster.describe_worker(worker)
             self._set_exception(WorkerLostError(self.name, self.attempts, described))
 
     def fail(self, exc: BaseException) -> None:
@@ -379,7 +378,7 @@ class Pool:
         described = spec.describe()
         if spec.memory is None:
             described += f" (memory={format_bytes(shape.memory)})"
-        if provider.kind != "local":
+        if provider.name != "local":
             described += f" on {provider.name}"
         number = _LABEL_NUMBERS.take()
         try:
@@ -401,6 +400,7 @@ class Pool:
     ) -> Pool:
         from distributed import Client
 
+        from taskcloud.providers.cluster import start_pool
         from taskcloud.providers.starts import CallStarts
 
         low, high = scaling
@@ -414,11 +414,11 @@ class Pool:
             maximum=high,
             keepalive=spec.keepalive,
             python=python,
-            env=dict(spec.environ),
+            environ=dict(spec.environ),
             dashboard=spec.dashboard,
         )
         stats = PoolStats()
-        workers = provider.start_pool(request)
+        workers = start_pool(provider, request)
         try:
             watch = workers.watch(stats)
             client = Client(workers, set_as_default=False)
@@ -427,11 +427,9 @@ class Pool:
             workers.close()
             raise
         pool = cls(spec, shape, workers, client, watch, stats, label, number=number)
-        # A provider whose workers can fail to arrive (a batch job that pends past its
-        # limit, or dies before its worker connects) fails the waiting calls through it.
-        on_failure = getattr(workers, "on_failure", None)
-        if on_failure is not None:
-            on_failure(pool.fail_waiting)
+        # Workers that cannot arrive (starts that keep failing, a batch job that pends
+        # past its limit or dies before its worker connects) fail the waiting calls.
+        workers.on_failure(pool.fail_waiting)
         return pool
 
     def submit(
@@ -605,24 +603,21 @@ class Pool:
 class PoolManager:
     """One pool per spec and provider, all closed on exit.
 
-    Pools on the local provider share out this host within ``capacity``.
+    ``providers`` stand in for the registry's under their names (a test's local
+    provider with a capacity of its own, say).
     """
 
-    capacity: HostCapacity = field(factory=HostCapacity)
+    providers: dict[str, Provider] = field(factory=dict)
     _pools: dict[Any, Pool] = field(factory=dict, init=False)
     _lock: threading.Lock = field(factory=threading.Lock, init=False)
     _exit_hook: bool = field(default=False, init=False)
-    _local: Any = field(default=None, init=False)
 
     def provider(self, name: str | None) -> tuple[Any, Provider]:
         """The provider ``name`` means here (None: the default), and a key for it."""
         resolved = registry.resolve(name)
-        if resolved.kind == "local" and not resolved.options:
-            if self._local is None:
-                from taskcloud.providers.local import LocalProvider
-
-                self._local = LocalProvider(capacity=self.capacity)
-            return ("local",), self._local
+        given = self.providers.get(resolved.name)
+        if given is not None and not resolved.options:
+            return (resolved.name,), given
         return resolved.key, registry.get(resolved)
 
     def get(self, spec: PoolSpec) -> Pool:

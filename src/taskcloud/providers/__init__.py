@@ -14,6 +14,7 @@ __all__ = [
     "CALL_STARTED",
     "DONE",
     "TIMED",
+    "WORKER_EXIT",
     "forking_workers",
     "main_module_hidden",
     "start_forkserver",
@@ -28,6 +29,9 @@ TIMED = "-timed"
 
 #: The event a worker logs, through :class:`CallStarts`, when a timed call starts.
 CALL_STARTED = "taskcloud-call-started"
+
+#: The event a pool's nanny logs when its worker process exits, with its exit code.
+WORKER_EXIT = "taskcloud-worker-exit"
 
 #: How often :func:`until_done` looks at a future's status when it cannot wait on it.
 _POLL = 0.005

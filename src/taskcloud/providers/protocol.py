@@ -1,31 +1,30 @@
-"""The one small protocol every provider answers: what pools, clusters and the daemon use.
+"""The provider seam: what pools, named clusters and the daemon ask of a provider.
 
-A provider (``local``, ``ssh``, later ``slurm`` and ``gateway``) is built from its
-options by :mod:`taskcloud.providers.registry` and answers four questions:
+A provider takes one of two forms (its ``form`` attribute says which):
 
-* **capacity**: what a worker shape may be, and how many fit (:class:`Capacity`);
-* **start a pool**: workers of one shape, adaptive between ``[minimum, maximum]``
-  with a keepalive (:meth:`Provider.start_pool`);
-* **start a named cluster's workers**: the same workers, driven by the cluster's
-  daemon instead of by adaptive scaling (:meth:`Provider.start_cluster`);
-* **close**, leaving nothing behind on any host (:meth:`Provider.close`).
+* **workers** (:class:`Provider`): the provider says what its hosts hold
+  (:meth:`~Provider.capacity`, a :class:`taskcloud.capacity.Capacity` over
+  :class:`taskcloud.capacity.Host` records) and how to start one worker of a shape on
+  one of them (:meth:`~Provider.worker`: a distributed ``ProcessInterface`` spec, as
+  dask-jobqueue's ``Job`` and distributed's ``SSHCluster`` use). taskcloud runs the
+  scheduler and everything else, once, in :mod:`taskcloud.providers.cluster`. The
+  local and SSH providers take this form.
+* **clusters** (:class:`ClusterProvider`): the provider's service hands out whole
+  clusters that scale themselves (:meth:`~ClusterProvider.start_pool`,
+  :meth:`~ClusterProvider.start_cluster` return :class:`Workers`). The Slurm
+  provider takes this form, on dask-jobqueue's ``SLURMCluster``.
 
-What a provider starts is a :class:`Workers`: a dask cluster object (a
-``SpecCluster`` subclass, say) whose scheduler a client reaches at its
-``scheduler_address`` with its ``security``. Pools never touch its scheduler
-directly; they ask the :class:`Workers` instead, so that a provider whose scheduler
-runs elsewhere fits behind the same seam.
-
-A provider's methods may be called from any thread: a remote provider keeps its
-connections on an event loop of its own. ``start_cluster`` runs in the daemon's loop.
+Both answer :meth:`~Provider.check` and :meth:`~Provider.close`. ``docs/providers.md``
+says how to write one. Pools, named clusters and the daemon use only what is declared
+here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from typing import Literal
 from typing import Protocol
-from typing import runtime_checkable
 
 from attrs import field
 from attrs import frozen
@@ -33,18 +32,27 @@ from attrs import frozen
 from taskcloud.capacity import Shape
 
 __all__ = [
+    "THIS_HOST",
     "Capacity",
+    "ClusterProvider",
     "ClusterRequest",
     "HostReport",
     "PoolRequest",
     "Provider",
     "Watch",
+    "WorkerRequest",
     "Workers",
 ]
 
+#: The name of the host this process runs on, in placements and summaries.
+THIS_HOST = "this host"
+
 
 class Capacity(Protocol):
-    """What a provider's workers may be, and how they share out its hosts."""
+    """What a provider's workers may be, and how they share out its hosts.
+
+    :class:`taskcloud.capacity.Capacity` answers all of it for any list of hosts.
+    """
 
     def describe(self) -> str:
         """The whole capacity in words: ``127.0.0.1 (2 cores, 23 GiB), ...``."""
@@ -68,6 +76,9 @@ class Capacity(Protocol):
     def waited(self, holder: object) -> float:
         """Seconds ``holder`` has waited for room, all waits together."""
 
+    def others_waiting(self, holder: object) -> bool:
+        """Whether any other holder (in any process) waits for room now."""
+
     def release(self, holder: object) -> None:
         """Forget what ``holder`` held."""
 
@@ -85,9 +96,9 @@ class Watch(Protocol):
         """The RSS at which ``worker`` was killed for memory, if it was."""
 
 
-@runtime_checkable
 class Workers(Protocol):
-    """Workers a provider started, for a pool or a named cluster."""
+    """The workers a provider started, for a pool or a named cluster: a dask
+    ``Cluster`` (a client connects to it) that also answers these."""
 
     #: What the workers are called in messages (``pool 1: cpu=2 ...``).
     label: str
@@ -97,6 +108,10 @@ class Workers(Protocol):
         """Where a client reaches the scheduler (``tls://127.0.0.1:...``)."""
 
     @property
+    def dashboard_link(self) -> str:
+        """The dashboard's address, as dask's clusters give it."""
+
+    @property
     def where(self) -> str:
         """Where the workers run, for summaries: ``this host``, ``lab: 127.0.0.1, ...``."""
 
@@ -104,19 +119,29 @@ class Workers(Protocol):
     def n_workers(self) -> int:
         """How many workers are connected now."""
 
-    def watch(self, stats: Any) -> Watch:
-        """Start watching the workers' tasks; ``stats`` counts workers as they come."""
-
     @property
     def capacity(self) -> Capacity:
         """The capacity the workers grow within."""
 
+    def watch(self, stats: Any) -> Watch:
+        """Start watching the workers' tasks; ``stats`` counts workers as they come."""
+
     def running_on(self, key: str) -> str | None:
         """The address of the worker that runs the task ``key``, if one does."""
+
+    def describe_worker(self, address: str) -> str:
+        """The worker at ``address`` as errors name it (its host, its batch job)."""
+
+    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
+        """Call ``callback(error)`` when no worker can come (a job refused, say): the
+        pool fails its waiting calls with ``error``."""
 
     def replace_worker(self, address: str) -> None:
         """Let the worker at ``address`` go at once and kill it; another takes its
         place. What else it ran runs again elsewhere."""
+
+    def scale(self, n: int) -> Any:
+        """Hold ``n`` workers (a named cluster's fixed size)."""
 
     def scale_between(self, minimum: int, maximum: int, keepalive: float) -> Any:
         """Scale from the queue between ``minimum`` and ``maximum`` workers, within the
@@ -127,11 +152,6 @@ class Workers(Protocol):
 
     def close(self) -> Any:
         """Stop the workers and the scheduler; nothing is left on any host."""
-
-    # Two optional methods, looked up by pools where a provider has them:
-    # ``describe_worker(address) -> str`` names a worker in errors (a Slurm job, say),
-    # and ``on_failure(fail_waiting)`` hands the provider the pool's way to fail its
-    # waiting calls (a job that can never start, say).
 
     # -- what a named cluster's daemon asks of the workers it started ----------------------
 
@@ -156,6 +176,32 @@ class Workers(Protocol):
 
 
 @frozen(kw_only=True)
+class WorkerRequest:
+    """One worker that a cluster asks a provider of the workers form to start."""
+
+    #: The worker's name; the worker must report it to the scheduler as given.
+    name: int
+    #: The host the capacity placed it on: the ``name`` of one of its hosts.
+    host: str
+    shape: Shape
+    #: Threads in the worker.
+    threads: int
+    #: The cluster's TLS credentials (a distributed ``Security``): the worker listens
+    #: and connects with ``tls_ca_file``, ``tls_worker_cert`` and ``tls_worker_key``.
+    security: Any
+    #: Set in the worker's process as it starts, and nowhere else (never on a command
+    #: line): the pool's ``environ``, and ``CUDA_VISIBLE_DEVICES``.
+    environ: dict[str, str] = field(factory=dict)
+    #: The interpreter the worker runs with: a software environment's, or None for the
+    #: provider's own.
+    python: str | None = None
+    #: A named cluster's ``worker_class`` (dotted path), "" for the provider's default.
+    worker_class: str = ""
+    #: A named cluster's ``worker_options``, passed to the worker class.
+    worker_options: dict[str, Any] = field(factory=dict)
+
+
+@frozen(kw_only=True)
 class PoolRequest:
     """What a pool asks of a provider: workers of one shape, scaled from the queue."""
 
@@ -172,7 +218,7 @@ class PoolRequest:
     #: provider's own (this interpreter, or the ``python`` option of the provider).
     python: str | None = None
     #: Set in each worker's process as it starts, and nowhere else.
-    env: dict[str, str] = field(factory=dict)
+    environ: dict[str, str] = field(factory=dict)
     dashboard: bool = False
 
 
@@ -185,10 +231,10 @@ class ClusterRequest:
     name: str
     #: The cluster's own credentials (its scheduler and workers speak TLS with them).
     security: Any
-    worker_class: str = "distributed.Nanny"
+    #: The workers' class (dotted path); "" for the provider's own.
+    worker_class: str = ""
     worker_options: dict[str, Any] = field(factory=dict)
     scheduler_options: dict[str, Any] = field(factory=dict)
-    python: str | None = None
     dashboard: bool = False
 
 
@@ -224,25 +270,56 @@ class HostReport:
 
 
 class Provider(Protocol):
-    """A kind of place workers run, built from a profile's options."""
+    """The workers form: a kind of place where single workers start."""
 
+    #: Which form this provider takes.
+    form: Literal["workers"]
     #: The kind, as registered: ``local``, ``ssh``.
     kind: str
     #: The profile's name, or the kind when no profile was used.
     name: str
 
     def capacity(self) -> Capacity:
-        """The provider's capacity, read once and cached for its life."""
+        """What the hosts hold (read once, cached for the provider's life): a
+        :class:`taskcloud.capacity.Capacity` over their :class:`~taskcloud.capacity.Host`
+        records."""
 
-    def start_pool(self, request: PoolRequest) -> Workers:
-        """Start an empty pool that adapts between the request's bounds."""
-
-    async def start_cluster(self, request: ClusterRequest) -> Workers:
-        """Start a named cluster's scheduler, in this process's event loop, without
-        workers; the daemon scales it (``scale``, ``adapt``) and closes it."""
+    def worker(self, request: WorkerRequest) -> dict[str, Any]:
+        """One worker of ``request.shape`` on ``request.host``: ``{"cls": ..., "options":
+        {...}}``, where ``cls`` is a ``distributed.deploy.spec.ProcessInterface``
+        subclass, called as ``cls(scheduler_address, name=request.name, **options)``.
+        Its ``start`` returns once the worker process runs (or raises why it did not);
+        its ``close`` ends it; its ``kill_worker(for_good=False)`` ends the worker
+        process at once (``for_good``: nothing may start it again)."""
 
     def check(self) -> list[HostReport]:
         """Connect to every host and report what it offers."""
 
     def close(self) -> None:
         """Close what the provider holds (connections); nothing is left on any host."""
+
+
+class ClusterProvider(Protocol):
+    """The clusters form: a service that hands out whole clusters, which scale
+    themselves."""
+
+    #: Which form this provider takes.
+    form: Literal["clusters"]
+    kind: str
+    name: str
+
+    def capacity(self) -> Capacity:
+        """The largest shapes the service allows, and how many fit."""
+
+    def start_pool(self, request: PoolRequest) -> Workers:
+        """Start an empty pool that adapts between the request's bounds."""
+
+    async def start_cluster(self, request: ClusterRequest) -> Workers:
+        """Start a named cluster, in this process's event loop, without workers; the
+        daemon scales it (``scale``, ``scale_between``) and closes it."""
+
+    def check(self) -> list[HostReport]:
+        """Connect to the service and report what it offers."""
+
+    def close(self) -> None:
+        """Close what the provider holds; nothing of it is left running."""

@@ -56,10 +56,10 @@ from taskcloud.errors import JobFailedError
 from taskcloud.errors import JobPendingError
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import SlurmUnreachableError
-from taskcloud.providers.local import InProcessScheduler
-from taskcloud.providers.local import PoolAdaptive
-from taskcloud.providers.local import adapt
-from taskcloud.providers.local import http_config
+from taskcloud.providers.cluster import InProcessScheduler
+from taskcloud.providers.cluster import PoolAdaptive
+from taskcloud.providers.cluster import adapt
+from taskcloud.providers.cluster import http_config
 from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import PoolRequest
@@ -624,7 +624,7 @@ class SlurmPoolCluster(InProcessScheduler, SLURMCluster):
     def scale_between(self, minimum: int, maximum: int, keepalive: float) -> Any:
         return adapt(
             self,
-            self._capacity,  # type: ignore[arg-type]  # a Capacity, as adapt uses it
+            self._capacity,
             self._shape,
             minimum,
             maximum,
@@ -757,6 +757,7 @@ def _stderr(handle: Any, lines: int = 30) -> str:
 class SlurmProvider:
     """The ``slurm`` provider: workers of a pool's shape as Slurm batch jobs."""
 
+    form = "clusters"
     kind = "slurm"
 
     def __init__(self, name: str = "slurm", options: dict[str, Any] | None = None) -> None:
@@ -786,7 +787,7 @@ class SlurmProvider:
                 request.threads_per_worker,
                 name=request.name,
                 python=request.python,
-                env=dict(request.env),
+                env=dict(request.environ),
                 dashboard=request.dashboard,
             )
         cluster.label = request.label
@@ -799,7 +800,7 @@ class SlurmProvider:
             request.shape,
             request.threads_per_worker,
             name=request.name,
-            python=request.python,
+            python=None,
             env={},
             dashboard=request.dashboard,
             security=request.security,

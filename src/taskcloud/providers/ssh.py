@@ -49,20 +49,16 @@ from pathlib import Path
 from typing import Any
 from typing import TypeVar
 
-import dask
 from attrs import frozen
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
-from distributed.diagnostics.plugin import SchedulerPlugin
 
 from taskcloud.capacity import Shape
 from taskcloud.errors import HostUnreachableError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
-from taskcloud.providers import local
-from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import HostReport
-from taskcloud.providers.protocol import PoolRequest
+from taskcloud.providers.protocol import WorkerRequest
 from taskcloud.specs import format_bytes
 
 __all__ = [
@@ -70,7 +66,6 @@ __all__ = [
     "HostInfo",
     "SSHCapacity",
     "SSHOptions",
-    "SSHPoolCluster",
     "SSHProvider",
     "SSHWorker",
 ]
@@ -531,20 +526,20 @@ class SSHWorker(ProcessInterface):
         name: Any = None,
         *,
         host: Host,
-        links: Links,
+        provider: SSHProvider,
         python: str,
         nthreads: int,
         memory_limit: int,
         resources: dict[str, Any],
         env: dict[str, str] | None = None,
         security: Any = None,
-        cluster: Any = None,
+        options: dict[str, Any] | None = None,
         **ignored: Any,
     ) -> None:
         super().__init__(scheduler, name)
         self.name = name
         self.host = host
-        self.links = links
+        self.links = provider.links(int(scheduler.rsplit(":", 1)[1]))
         self.python = python
         self.settings = {
             "name": name,
@@ -552,9 +547,9 @@ class SSHWorker(ProcessInterface):
             "memory_limit": memory_limit,
             "resources": resources,
             "env": dict(env or {}),
+            "options": dict(options or {}),
         }
         self.security = security
-        self.cluster = cluster
         self.agent: HostAgent | None = None
         self.ident: str | None = None
         self._link: _Link | None = None
@@ -584,7 +579,6 @@ class SSHWorker(ProcessInterface):
         except BaseException:
             self.status = Status.failed
             await self._let_go()
-            self._forget()
             raise
         self.address = answer
         self._tasks.add(asyncio.ensure_future(self._follow()))
@@ -601,7 +595,7 @@ class SSHWorker(ProcessInterface):
 
     async def _follow(self) -> None:
         """When the worker ends without a close (the connection dropped, its process on
-        the host died), the cluster forgets it, so that scaling replaces it."""
+        the host died), it is finished: the cluster forgets it, and scaling replaces it."""
         assert self.agent is not None
         assert self.ident is not None
         with contextlib.suppress(Exception):
@@ -610,14 +604,8 @@ class SSHWorker(ProcessInterface):
             logger.debug(
                 "the worker %s on %s ended: %s", self.name, self.host, list(self.agent.errors)[-3:]
             )
-            self._forget()
             await self._let_go()
-
-    def _forget(self) -> None:
-        cluster = self.cluster() if isinstance(self.cluster, weakref.ref) else self.cluster
-        if cluster is not None and cluster.status == Status.running:
-            cluster.worker_spec.pop(self.name, None)
-            cluster.loop.add_callback(cluster._correct_state)
+            await ProcessInterface.close(self)
 
     async def _let_go(self) -> None:
         link, self._link = self._link, None
@@ -628,15 +616,14 @@ class SSHWorker(ProcessInterface):
         if self.agent is not None and self.ident is not None:
             self.agent.stop(self.ident)
 
-    def kill(self) -> None:
-        """Kill the worker process at once; its nanny starts another."""
-        if self.agent is not None and self.ident is not None:
+    def kill_worker(self, for_good: bool = False) -> None:
+        """Kill the worker process at once; its nanny starts another, unless
+        ``for_good``: then the nanny ends too."""
+        if for_good:
+            self._closing = True
+            self._stop()
+        elif self.agent is not None and self.ident is not None:
             self.agent.kill(self.ident)
-
-    def abort(self) -> None:
-        """End the worker and its nanny on the host at once."""
-        self._closing = True
-        self._stop()
 
     async def close(self) -> None:
         self._closing = True
@@ -701,6 +688,7 @@ class SSHCapacity:
         self.provider = provider
         self.hosts = hosts
         self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._released: weakref.WeakSet[Any] = weakref.WeakSet()
         self._shapes: dict[int, Shape] = {}
         self._waits: dict[int, list[float]] = {}
         self._lock = threading.RLock()
@@ -738,17 +726,39 @@ class SSHCapacity:
         return sum(info.fit(shape) for info in self.reachable)
 
     def attach(self, holder: Any, shape: Shape) -> None:
-        """Count ``holder``'s workers from now on."""
+        """Count ``holder``'s workers from now on, unless it was released."""
         with self._lock:
-            self._holders.add(holder)
-            self._shapes[id(holder)] = shape
+            if holder not in self._released:
+                self._holders.add(holder)
+                self._shapes[id(holder)] = shape
+
+    @property
+    def host_names(self) -> list[str]:
+        return [str(info.host) for info in self.reachable]
+
+    def place(self, holder: Any, shape: Shape, placed: Any) -> str:
+        """The host for ``holder``'s next worker: of those with room, the one with the
+        fewest of its workers."""
+        self.attach(holder, shape)
+        hosts = self.reachable
+        roomy = [info for info in hosts if self.room(info, shape) > 0] or hosts
+        return str(min(roomy, key=lambda info: placed.get(str(info.host), 0)).host)
+
+    @contextlib.contextmanager
+    def gpus_for(self, holder: object, workers: int, per_worker: int) -> Any:
+        yield workers
+
+    def assign_gpus(
+        self, holder: object, worker: str, n: int, host: str | None = None
+    ) -> list[str]:
+        return [str(i) for i in range(n)]
 
     def taken(self, host: Host, but: Any = None) -> list[tuple[Shape, int]]:
         """What the holders (but ``but``) have on ``host``."""
         found = []
         for holder in list(self._holders):
             if holder is not but:
-                found.append((self._shapes[id(holder)], holder.host_counts().get(host, 0)))
+                found.append((self._shapes[id(holder)], holder.host_counts().get(str(host), 0)))
         return found
 
     def room(self, host: HostInfo, shape: Shape) -> int:
@@ -756,6 +766,7 @@ class SSHCapacity:
         return host.fit(shape, self.taken(host.host))
 
     def grant(self, holder: object, shape: Shape, want: int, current: int) -> int:
+        self.attach(holder, shape)
         with self._lock:
             if holder not in self._holders:
                 return 0  # released: a closing pool's last step
@@ -789,138 +800,9 @@ class SSHCapacity:
 
     def release(self, holder: object) -> None:
         with self._lock:
+            self._released.add(holder)
             self._holders.discard(holder)
             self._waits.pop(id(holder), None)
-
-
-# --------------------------------------------------------------------------- cluster
-
-
-class _LinksClose(SchedulerPlugin):
-    """Closes a pool's connections as its scheduler closes: those opened ahead of
-    workers that never came are closed by no worker."""
-
-    name = "taskcloud-ssh-links"
-
-    def __init__(self, links: Links) -> None:
-        self.links = links
-
-    async def close(self) -> None:
-        self.links.close_all()
-
-
-class SSHPoolCluster(local.QuietStarts, local.InProcessScheduler, local.SecuredCluster):
-    """A pool's (or a named cluster's) workers on the provider's hosts."""
-
-    def __init__(
-        self, *, provider: SSHProvider, capacity: SSHCapacity, shape: Shape, **kwargs: Any
-    ) -> None:
-        self.provider = provider
-        self._capacity = capacity
-        self._shape = shape
-        self._numbers = itertools.count()
-        self.label = str(kwargs.get("name") or "")
-        self.links: Links | None = None
-        super().__init__(**kwargs)
-        capacity.attach(self, shape)
-
-    @property
-    def capacity(self) -> SSHCapacity:
-        return self._capacity
-
-    def host_counts(self) -> collections.Counter[Host]:
-        """How many workers this cluster has (or starts) on each host."""
-        return collections.Counter(spec["options"]["host"] for spec in self.worker_spec.values())
-
-    def _pick_host(self) -> Host:
-        counts = self.host_counts()
-        hosts = self._capacity.reachable
-        roomy = [info for info in hosts if self._capacity.room(info, self._shape) > 0] or hosts
-        return min(roomy, key=lambda info: counts.get(info.host, 0)).host
-
-    def _pool_links(self) -> Links:
-        """The pool's connections; its scheduler's close closes what is left of them."""
-        if self.links is None:  # the scheduler listens by now
-            port = int(self.scheduler.address.rsplit(":", 1)[1])
-            self.links = Links(self.provider.options, port)
-            self.scheduler.add_plugin(_LinksClose(self.links))
-        return self.links
-
-    def new_worker_spec(self) -> dict[str, Any]:
-        links = self._pool_links()
-        name = str(next(self._numbers))
-        while name in self.worker_spec:
-            name = str(next(self._numbers))
-        options = {**self.new_spec["options"], "host": self._pick_host(), "links": links}
-        return {name: {"cls": SSHWorker, "options": {**options, "cluster": weakref.ref(self)}}}
-
-    # ------------------------------------------------------------ protocol.Workers
-
-    @property
-    def where(self) -> str:
-        hosts = sorted({str(spec["options"]["host"]) for spec in self.worker_spec.values()})
-        hosts = hosts or [str(info.host) for info in self._capacity.reachable]
-        return f"{self.provider.name}: {', '.join(hosts)}"
-
-    def _worker_at(self, address: str) -> SSHWorker | None:
-        for worker in list(self.workers.values()):
-            if getattr(worker, "address", None) == address:
-                return worker
-        return None
-
-    def replace_worker(self, address: str) -> None:
-        self.sync(self._replace, address)
-
-    async def _replace(self, address: str) -> None:
-        await self.scheduler.remove_worker(
-            address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
-        )
-        worker = self._worker_at(address)
-        if worker is not None:
-            worker.kill()
-
-    def stop_running(self, key: str) -> None:
-        address = self.running_on(key)
-        if address is not None:
-            self.replace_worker(address)
-
-    def scale_between(
-        self, minimum: int, maximum: int, keepalive: float, adaptive: Any = None
-    ) -> Any:
-        """Scale from the queue between ``minimum`` and ``maximum`` workers, within the
-        hosts' capacity; an idle worker goes after ``keepalive`` seconds."""
-        loop = self.loop
-        assert loop is not None  # the cluster runs
-        loop.add_callback(self._warm, maximum)
-        return local.adapt(
-            self,
-            self._capacity,  # type: ignore[arg-type]  # it answers what scaling asks
-            self._shape,
-            minimum,
-            maximum,
-            keepalive,
-            adaptive=adaptive or local.CapacityAdaptive,
-        )
-
-    async def _warm(self, maximum: int) -> None:
-        """Connect to the hosts the first workers go to, and start their agents, while
-        scaling decides to start them."""
-        capacity, links = self._capacity, self._pool_links()
-        hosts = [info.host for info in capacity.reachable if capacity.room(info, self._shape)]
-        python = self.new_spec["options"]["python"]
-        await asyncio.gather(*(links.warm(host, python) for host in hosts[:maximum]))
-
-    def kill(self) -> None:
-        self.sync(self._kill)
-
-    async def _kill(self) -> None:
-        for worker in list(self.workers.values()):
-            if isinstance(worker, SSHWorker):
-                worker.abort()
-
-    def close(self, timeout: float | None = None) -> Any:
-        self._capacity.release(self)
-        return super().close(timeout)
 
 
 # -------------------------------------------------------------------------- provider
@@ -936,16 +818,21 @@ def _in_thread(make: Callable[[], Awaitable[_T]]) -> _T:
         return executor.submit(asyncio.run, run()).result()
 
 
+#: The worker classes the hosts' agents start.
+_NANNIES = ("", "distributed.Nanny", "taskcloud.providers.local.PoolNanny")
+
+
 class SSHProvider:
     """Workers on hosts reached over SSH (see the module's docstring)."""
 
+    form = "workers"
     kind = "ssh"
 
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         self.name = name
         self.options = parse_options(dict(options))
         self._capacity: SSHCapacity | None = None
-        self._clusters: weakref.WeakSet[SSHPoolCluster] = weakref.WeakSet()
+        self._links: dict[int, Links] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -982,79 +869,37 @@ class SSHProvider:
             logger.warning("%s: host %s is left out: %s", self.name, host, reason)
         return capacity
 
-    def _cluster(
-        self, shape: Shape, name: str, worker: dict[str, Any], **kwargs: Any
-    ) -> SSHPoolCluster:
-        cluster = SSHPoolCluster(
-            provider=self,
-            capacity=self.capacity(),
-            shape=shape,
-            workers={},
-            worker={"cls": SSHWorker, "options": worker},
-            name=name,
-            silence_logs=local.quiet_logs(),
-            **kwargs,
-        )
-        self._clusters.add(cluster)
-        return cluster
+    def links(self, scheduler_port: int) -> Links:
+        """The connections of the cluster whose scheduler listens on ``scheduler_port``
+        here: one per host, each with its tunnel to that port."""
+        with self._lock:
+            links = self._links.get(scheduler_port)
+            if links is None or links.closed:
+                links = self._links[scheduler_port] = Links(self.options, scheduler_port)
+            return links
 
-    def _worker_options(
-        self, shape: Shape, threads: int, python: str | None, env: dict[str, str]
-    ) -> dict[str, Any]:
-        return {
-            "python": python or self.options.python,
-            "nthreads": threads,
+    def worker(self, request: WorkerRequest) -> dict[str, Any]:
+        """A nanny and its worker on ``request.host``, a child of the host's agent."""
+        if request.worker_class not in _NANNIES:
+            raise InvalidOptionError(
+                "worker_class",
+                request.worker_class,
+                "'distributed.Nanny' on the ssh provider: its hosts' agents start nannies",
+            )
+        hosts = {str(info.host): info.host for info in self.capacity().reachable}
+        shape = request.shape
+        options = {
+            "host": hosts[request.host],
+            "provider": self,
+            "python": request.python or self.options.python,
+            "nthreads": request.threads,
             "memory_limit": shape.memory,
             "resources": {"cpu": shape.cpu, "memory": shape.memory, "gpu": shape.gpu},
-            "env": dict(env),
+            "env": dict(request.environ),
+            "security": request.security,
+            "options": dict(request.worker_options),
         }
-
-    def start_pool(self, request: PoolRequest) -> SSHPoolCluster:
-        """An empty pool on the hosts that adapts between the request's bounds."""
-        capacity = self.capacity()
-        capacity.check(request.shape)
-        if capacity.unreachable and capacity.fit(request.shape) < request.minimum:
-            raise HostUnreachableError(capacity.unreachable, self.name)
-        settings = {
-            "distributed.scheduler.allowed-failures": 0,
-            **local.http_config(request.dashboard),
-        }
-        with dask.config.set(settings):
-            cluster = self._cluster(
-                request.shape,
-                request.name,
-                self._worker_options(
-                    request.shape, request.threads_per_worker, request.python, request.env
-                ),
-                scheduler=local.scheduler_spec(dashboard=request.dashboard),
-                asynchronous=False,
-            )
-        cluster.label = request.label
-        cluster.scale_between(
-            request.minimum, request.maximum, request.keepalive, adaptive=local.PoolAdaptive
-        )
-        return cluster
-
-    async def start_cluster(self, request: ClusterRequest) -> SSHPoolCluster:
-        """A named cluster's scheduler here, its workers on the hosts as it scales."""
-        loop = asyncio.get_running_loop()
-        capacity = await loop.run_in_executor(None, self.capacity)
-        capacity.check(request.shape)
-        options = self._worker_options(
-            request.shape, request.threads_per_worker, request.python, {}
-        )
-        cluster = self._cluster(
-            request.shape,
-            request.name,
-            {**options, **request.worker_options},
-            scheduler=local.scheduler_spec(
-                dashboard=request.dashboard, options=request.scheduler_options
-            ),
-            security=request.security,
-            asynchronous=True,
-        )
-        await cluster
-        return cluster
+        return {"cls": SSHWorker, "options": options}
 
     async def _report(self, host: Host) -> HostReport:
         from importlib.metadata import version
@@ -1084,8 +929,8 @@ class SSHProvider:
         return _in_thread(reports)
 
     def close(self) -> None:
-        """Close every pool this provider started that is still open."""
-        for cluster in list(self._clusters):
-            with contextlib.suppress(Exception):
-                if cluster.status == Status.running:
-                    cluster.close()
+        """Close every connection this provider opened; their workers end with them."""
+        with self._lock:
+            links, self._links = list(self._links.values()), {}
+        for each in links:
+            each.close_all()
