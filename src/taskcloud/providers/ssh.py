@@ -490,9 +490,14 @@ class Links:
         except Exception as exc:
             logger.debug("the connection to %s did not open ahead of its workers: %s", host, exc)
 
+    async def warm_all(self, hosts: list[Host], python: str) -> None:
+        """:meth:`warm` each of ``hosts`` at once."""
+        await asyncio.gather(*(self.warm(host, python) for host in hosts))
+
     async def release(self, host: Host, link: _Link) -> None:
         """One worker fewer on ``host``; the last one closes its connection, and its
-        agents end with it."""
+        agents end with it. The pool's last worker closes every connection, those
+        opened ahead of workers that never came too."""
         async with self._locks[host]:
             link.users -= 1
             if link.users <= 0 and self._links.get(host) is link:
@@ -500,6 +505,8 @@ class Links:
                 link.connection.close()
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(link.connection.wait_closed(), 5)
+        if not any(other.users for other in self._links.values()):
+            self.close_all()
 
     def close_all(self) -> None:
         """Close every connection at once (their workers end with them), and open no
@@ -539,8 +546,13 @@ class SSHWorker(ProcessInterface):
         super().__init__(scheduler, name)
         self.name = name
         self.host = host
-        self.links = provider.links(int(scheduler.rsplit(":", 1)[1]))
+        self.links, new = provider.links(int(scheduler.rsplit(":", 1)[1]))
         self.python = python
+        if new:
+            # A pool that asks for one worker soon asks for more: connect to the other
+            # hosts and start their agents meanwhile.
+            others = [info.host for info in provider.capacity().reachable if info.host != host]
+            self._warming = asyncio.ensure_future(self.links.warm_all(others, python))
         self.settings = {
             "name": name,
             "nthreads": nthreads,
@@ -869,14 +881,16 @@ class SSHProvider:
             logger.warning("%s: host %s is left out: %s", self.name, host, reason)
         return capacity
 
-    def links(self, scheduler_port: int) -> Links:
+    def links(self, scheduler_port: int) -> tuple[Links, bool]:
         """The connections of the cluster whose scheduler listens on ``scheduler_port``
-        here: one per host, each with its tunnel to that port."""
+        here (one per host, each with its tunnel to that port), and whether they are
+        new."""
         with self._lock:
             links = self._links.get(scheduler_port)
             if links is None or links.closed:
                 links = self._links[scheduler_port] = Links(self.options, scheduler_port)
-            return links
+                return links, True
+            return links, False
 
     def worker(self, request: WorkerRequest) -> dict[str, Any]:
         """A nanny and its worker on ``request.host``, a child of the host's agent."""
