@@ -30,7 +30,6 @@ import dask
 from distributed import Nanny
 from distributed import Scheduler
 from distributed import SpecCluster
-from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive
 from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -44,6 +43,8 @@ from taskcloud.processes import end
 from taskcloud.processes import kill
 from taskcloud.providers import CALL_STARTED
 from taskcloud.providers import main_module_hidden
+from taskcloud.providers.nanny import WORKER_EXIT
+from taskcloud.providers.nanny import PoolNanny
 from taskcloud.providers.owned import PRELOAD
 from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import HostReport
@@ -84,10 +85,6 @@ TARGET_DURATION = 1.0
 
 #: After this many failed worker starts in a row, a pool logs an error.
 FAILED_STARTS = 3
-
-#: The event a :class:`PoolNanny` logs when its worker process exits.
-WORKER_EXIT = "taskcloud-worker-exit"
-
 
 #: What the HTTP server of a scheduler or worker without a dashboard serves. dask
 #: starts one in any case; its other pages (logs, call stacks) are any local user's.
@@ -193,39 +190,6 @@ async def replace_worker(scheduler: Any, address: str) -> None:
         address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
     )
     kill(pid)
-
-
-#: A nanny in these states starts its worker anew when the worker dies.
-_NANNY_UP = (Status.init, Status.starting, Status.running)
-
-
-class PoolNanny(Nanny):
-    """A pool's nanny: its worker starts without ``__main__``, and it reports exits.
-
-    * The worker process starts inside
-      :func:`~taskcloud.providers.main_module_hidden`, whenever the nanny starts
-      or replaces it, so a script without a main guard is not run again in it.
-    * When the worker process exits, the nanny logs a :data:`WORKER_EXIT` event
-      with its exit code, so that :class:`PoolWatch` need not wait to learn
-      whether the nanny killed it for memory.
-    * A worker that dies while it starts (a call that kills its process can run
-      before the nanny hears from it) is replaced once, as the nanny replaces a
-      worker that dies later, rather than failing the nanny's start.
-    """
-
-    async def instantiate(self) -> Status:
-        with main_module_hidden():
-            status = await super().instantiate()
-        if status == Status.stopped and self.status in _NANNY_UP:
-            with main_module_hidden():
-                status = await super().instantiate()
-        return status
-
-    async def _on_worker_exit(self, exitcode: int) -> None:
-        if self.status in _NANNY_UP:
-            event = {"nanny": self.address, "worker": self.worker_address, "exitcode": exitcode}
-            self.log_event(WORKER_EXIT, event)
-        await super()._on_worker_exit(exitcode)
 
 
 class EnvironmentWorker(ProcessInterface):
