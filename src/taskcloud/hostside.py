@@ -37,6 +37,8 @@ import subprocess
 import sys
 from typing import Any
 
+from taskcloud.processes import kill
+
 __all__ = ["Agent", "main", "read_request", "read_spec", "report"]
 
 #: The keys a spec must have.
@@ -124,16 +126,13 @@ def _security(spec: dict[str, Any]) -> Any:
 
 
 def _kill_worker(nanny: Any) -> None:
-    pid = getattr(nanny, "pid", None)
-    if pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill(getattr(nanny, "pid", None))
 
 
 async def _start(spec: dict[str, Any]) -> Any:
     import dask
 
-    from taskcloud.providers.local import PoolNanny
+    from taskcloud.providers.nanny import PoolNanny
 
     settings = {
         # Forked from this process, the worker starts with dask imported already.
@@ -167,8 +166,7 @@ def _end_children() -> None:
     import psutil
 
     for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            child.kill()
+        kill(child.pid)
 
 
 def _control_lines(fd: int) -> asyncio.Queue[str | None]:

@@ -63,7 +63,7 @@ from taskcloud.providers import local
 from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import PoolRequest
-from taskcloud.specs import format_bytes
+from taskcloud.units import format_bytes
 
 __all__ = [
     "Host",
@@ -878,11 +878,6 @@ class SSHPoolCluster(local.QuietStarts, local.InProcessScheduler, local.SecuredC
         worker = self._worker_at(address)
         if worker is not None:
             worker.kill()
-
-    def stop_running(self, key: str) -> None:
-        address = self.running_on(key)
-        if address is not None:
-            self.replace_worker(address)
 
     def scale_between(
         self, minimum: int, maximum: int, keepalive: float, adaptive: Any = None
