@@ -117,9 +117,9 @@ def main() -> None:
             total, to_zero, hosts = _burst("bench")
             pools.close_all()
         finally:
-            from taskcloud.providers import registry
+            from taskcloud.providers import kinds
 
-            registry.close_all()
+            kinds.close_all()
             sshd.stop()
     rows = [
         (

@@ -15,8 +15,8 @@ from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import detect_gpus
 from taskcloud.functions import Function
 from taskcloud.pools import PoolManager
-from taskcloud.providers.local import LocalProvider
 from taskcloud.pools import pools
+from taskcloud.providers.local import LocalProvider
 from taskcloud.specs import FunctionSpec
 from tests.conftest import run_cli
 

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import taskcloud
 from taskcloud.cli import main
-from taskcloud.providers import registry
+from taskcloud.providers import kinds
 from taskcloud.providers.protocol import HostReport
 
 PROJECT = """
@@ -82,10 +82,10 @@ class Hosts:
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch) -> CliRunner:
-    """A runner in tmp_path, the project directory, with a registry of its own."""
+    """A runner in tmp_path, the project directory, with provider kinds of its own."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(registry, "_registered", {})
-    registry.register("hosts", Hosts)
+    monkeypatch.setattr(kinds, "_registered", {})
+    kinds.register("hosts", Hosts)
     return CliRunner()
 
 
@@ -216,7 +216,7 @@ def test_check_at_80_columns_wraps_and_prints_the_fix_whole(cli, write) -> None:
 def test_check_json(hosts, status, cli) -> None:
     """--json gives each host's report, our versions and whether all is well; a kind
     takes no profile."""
-    registry.register("fixed", type("Fixed", (Hosts,), {"__init__": _fixed(hosts)}))
+    kinds.register("fixed", type("Fixed", (Hosts,), {"__init__": _fixed(hosts)}))
     result = invoke(cli, "check", "fixed", "--json")
 
     assert result.exit_code == status, result.output
@@ -275,6 +275,6 @@ def test_check_local(cli) -> None:
 
 def _kinds(*extra: str) -> str:
     """The registered kinds as the messages list them."""
-    from taskcloud.providers import registry as _registry
+    from taskcloud.providers import kinds as provider_kinds
 
-    return ", ".join(repr(kind) for kind in sorted({*_registry.kinds(), *extra}))
+    return ", ".join(repr(kind) for kind in sorted({*provider_kinds.kinds(), *extra}))

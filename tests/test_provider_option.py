@@ -139,6 +139,6 @@ def test_provider_with_parallel_tasks(project, runner) -> None:
 
 def _kinds(*extra: str) -> str:
     """The registered kinds as the messages list them."""
-    from taskcloud.providers import registry as _registry
+    from taskcloud.providers import kinds as provider_kinds
 
-    return ", ".join(repr(kind) for kind in sorted({*_registry.kinds(), *extra}))
+    return ", ".join(repr(kind) for kind in sorted({*provider_kinds.kinds(), *extra}))

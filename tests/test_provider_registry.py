@@ -1,4 +1,4 @@
-"""The provider registry: kinds, profiles resolved to kinds, and entry-point providers."""
+"""Provider kinds (taskcloud.providers.kinds): built-in, profiles resolved to kinds, and entry-point providers."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ProviderLoadError
 from taskcloud.errors import ProviderNotFoundError
-from taskcloud.providers import registry
-from taskcloud.providers.registry import Resolved
+from taskcloud.providers import kinds
+from taskcloud.providers.kinds import Resolved
 
 PROJECT = """
 [tool.taskcloud]
@@ -45,8 +45,8 @@ class Recorder:
 @pytest.fixture(autouse=True)
 def _own_registrations(monkeypatch):
     """What a test registers or builds is forgotten after it."""
-    monkeypatch.setattr(registry, "_registered", {})
-    monkeypatch.setattr(registry, "_built", {})
+    monkeypatch.setattr(kinds, "_registered", {})
+    monkeypatch.setattr(kinds, "_built", {})
 
 
 @pytest.fixture
@@ -85,13 +85,13 @@ class MineProvider:
 
 def test_kinds_are_built_in(tmp_path) -> None:
     """local and ssh are registered without any plugin."""
-    assert {"local", "ssh"} <= set(registry.kinds())
+    assert {"local", "ssh"} <= set(kinds.kinds())
 
 
 def test_a_kind_resolves_to_itself(tmp_path) -> None:
     """A registered kind with no profile of its name is that kind with the options given."""
-    assert registry.resolve("local", start=tmp_path) == Resolved("local", "local", {})
-    assert registry.resolve("ssh", {"hosts": ["a"]}, start=tmp_path) == Resolved(
+    assert kinds.resolve("local", start=tmp_path) == Resolved("local", "local", {})
+    assert kinds.resolve("ssh", {"hosts": ["a"]}, start=tmp_path) == Resolved(
         "ssh", "ssh", {"hosts": ["a"]}
     )
 
@@ -100,7 +100,7 @@ def test_a_profile_resolves_to_its_kind_and_options(tmp_path, write) -> None:
     """A profile's name gives its kind and options."""
     write("pyproject.toml", PROJECT)
 
-    assert registry.resolve("lab", start=tmp_path) == Resolved(
+    assert kinds.resolve("lab", start=tmp_path) == Resolved(
         "lab", "ssh", {"hosts": ["node1", "node2"], "python": "/opt/venv/bin/python"}
     )
 
@@ -108,7 +108,7 @@ def test_a_profile_resolves_to_its_kind_and_options(tmp_path, write) -> None:
 def test_options_are_laid_over_the_profile(tmp_path, write) -> None:
     """Options given with the name replace the profile's of the same key only."""
     write("pyproject.toml", PROJECT)
-    resolved = registry.resolve("lab", {"hosts": ["node3"], "user": "me"}, start=tmp_path)
+    resolved = kinds.resolve("lab", {"hosts": ["node3"], "user": "me"}, start=tmp_path)
 
     assert resolved.options == {
         "hosts": ["node3"],
@@ -119,23 +119,23 @@ def test_options_are_laid_over_the_profile(tmp_path, write) -> None:
 
 def test_none_is_the_default_provider(tmp_path, write) -> None:
     """No name is the project's provider =, else local."""
-    assert registry.resolve(None, start=tmp_path).kind == "local"
+    assert kinds.resolve(None, start=tmp_path).kind == "local"
     write("pyproject.toml", PROJECT)
-    assert registry.resolve(None, start=tmp_path).name == "lab"
+    assert kinds.resolve(None, start=tmp_path).name == "lab"
 
 
 def test_a_profile_named_like_a_kind_wins(tmp_path, write) -> None:
     """A profile called local is the profile, not the bare kind."""
     write("pyproject.toml", "[tool.taskcloud.providers.local]\nkind = 'ssh'\nhosts = ['a']\n")
 
-    assert registry.resolve("local", start=tmp_path) == Resolved("local", "ssh", {"hosts": ["a"]})
+    assert kinds.resolve("local", start=tmp_path) == Resolved("local", "ssh", {"hosts": ["a"]})
 
 
 def test_the_user_profile_resolves(tmp_path, taskcloud_home) -> None:
     """A profile of $TASKCLOUD_HOME/providers.toml resolves like the project's."""
     (taskcloud_home / "providers.toml").write_text("[providers.box]\nkind = 'local'\n")
 
-    assert registry.resolve("box", start=tmp_path) == Resolved("box", "local", {})
+    assert kinds.resolve("box", start=tmp_path) == Resolved("box", "local", {})
 
 
 @pytest.mark.parametrize("name", ["nope", "", 3])
@@ -144,7 +144,7 @@ def test_unknown_name_lists_kinds_and_profiles(name, tmp_path, write) -> None:
     write("pyproject.toml", PROJECT)
 
     with pytest.raises(ProviderNotFoundError) as caught:
-        registry.resolve(name, start=tmp_path)
+        kinds.resolve(name, start=tmp_path)
     assert str(caught.value) == (
         f"provider={name!r} is invalid. Expected a provider kind ({_kinds()}) or a "
         "profile ('here', 'lab') of [tool.taskcloud.providers] in pyproject.toml or "
@@ -157,7 +157,7 @@ def test_unknown_name_lists_kinds_and_profiles(name, tmp_path, write) -> None:
 def test_unknown_name_without_profiles_says_so(tmp_path) -> None:
     """With no profile anywhere, the message says none are defined."""
     with pytest.raises(ProviderNotFoundError, match=r"or a profile \(none defined\) of "):
-        registry.resolve("lba", start=tmp_path)
+        kinds.resolve("lba", start=tmp_path)
 
 
 def test_unknown_name_error_survives_pickling(tmp_path) -> None:
@@ -173,7 +173,7 @@ def test_profile_with_an_unknown_kind(tmp_path, write) -> None:
     project = write("pyproject.toml", "[tool.taskcloud.providers.hpc]\nkind = 'slurmm'\n")
 
     with pytest.raises(InvalidOptionError) as caught:
-        registry.resolve("hpc", start=tmp_path)
+        kinds.resolve("hpc", start=tmp_path)
     assert str(caught.value) == (
         "tool.taskcloud.providers.hpc.kind='slurmm' is invalid. Expected a registered "
         f"provider kind ({_kinds()}) in {project}."
@@ -189,9 +189,9 @@ def test_entry_point_adds_a_kind(metadata, tmp_path, write, plugin_dist) -> None
     plugin_dist("mine = myproviders:MineProvider\n", PLUGIN)
     write("pyproject.toml", "[tool.taskcloud.providers.batch]\nkind = 'mine'\nqueue = 'short'\n")
 
-    assert registry.describe(registry.kinds()["mine"]) == "myproviders:MineProvider"
-    resolved = registry.resolve("batch", start=tmp_path)
-    provider = registry.get(resolved)
+    assert kinds.describe(kinds.kinds()["mine"]) == "myproviders:MineProvider"
+    resolved = kinds.resolve("batch", start=tmp_path)
+    provider = kinds.get(resolved)
     assert type(provider).__name__ == "MineProvider"
     assert (provider.name, provider.options) == ("batch", {"queue": "short"})
 
@@ -199,10 +199,10 @@ def test_entry_point_adds_a_kind(metadata, tmp_path, write, plugin_dist) -> None
 def test_entry_point_that_fails_to_import(tmp_path, plugin_dist) -> None:
     """A kind whose module does not import is one error naming the kind and its target."""
     plugin_dist("broken = myproviders:MineProvider\n", "import not_a_module_anywhere\n")
-    resolved = registry.resolve("broken", start=tmp_path)
+    resolved = kinds.resolve("broken", start=tmp_path)
 
     with pytest.raises(ProviderLoadError) as caught:
-        registry.get(resolved)
+        kinds.get(resolved)
     assert str(caught.value) == (
         "Provider kind 'broken' (myproviders:MineProvider) could not be loaded: "
         "ModuleNotFoundError: No module named 'not_a_module_anywhere'"
@@ -215,13 +215,13 @@ def test_entry_point_naming_a_missing_class(tmp_path, plugin_dist) -> None:
     plugin_dist("typo = myproviders:MineProvidr\n", PLUGIN)
 
     with pytest.raises(ProviderLoadError, match=re.escape("'typo' (myproviders:MineProvidr)")):
-        registry.get(registry.resolve("typo", start=tmp_path))
+        kinds.get(kinds.resolve("typo", start=tmp_path))
 
 
 def test_register_a_class(tmp_path) -> None:
     """register() adds a kind that resolves and builds with the name and options."""
-    registry.register("recorder", Recorder)
-    provider = registry.get(registry.resolve("recorder", {"x": 1}, start=tmp_path))
+    kinds.register("recorder", Recorder)
+    provider = kinds.get(kinds.resolve("recorder", {"x": 1}, start=tmp_path))
 
     assert isinstance(provider, Recorder)
     assert (provider.name, provider.options) == ("recorder", {"x": 1})
@@ -229,16 +229,16 @@ def test_register_a_class(tmp_path) -> None:
 
 def test_register_an_import_path(tmp_path) -> None:
     """register() takes a 'module:Class' path, imported when the kind is first built."""
-    registry.register("recorder", f"{__name__}:Recorder")
+    kinds.register("recorder", f"{__name__}:Recorder")
 
-    assert isinstance(registry.build(registry.resolve("recorder", start=tmp_path)), Recorder)
+    assert isinstance(kinds.build(kinds.resolve("recorder", start=tmp_path)), Recorder)
 
 
 def test_register_wins_over_built_in(tmp_path) -> None:
     """A kind registered at run time replaces one of the same name."""
-    registry.register("local", Recorder)
+    kinds.register("local", Recorder)
 
-    assert isinstance(registry.build(registry.resolve("local", start=tmp_path)), Recorder)
+    assert isinstance(kinds.build(kinds.resolve("local", start=tmp_path)), Recorder)
 
 
 @pytest.mark.parametrize(
@@ -257,31 +257,31 @@ def test_register_wins_over_built_in(tmp_path) -> None:
 def test_register_checks_its_arguments(kind, provider, message) -> None:
     """A kind that is not a name, or a provider that is neither a class nor a path, is refused."""
     with pytest.raises(InvalidOptionError, match=re.escape(message)):
-        registry.register(kind, provider)
+        kinds.register(kind, provider)
 
 
 def test_get_builds_once_per_name_and_options(tmp_path) -> None:
     """The same name and options give the same provider; other options another."""
-    registry.register("recorder", Recorder)
-    first = registry.get(registry.resolve("recorder", {"a": 1}, start=tmp_path))
+    kinds.register("recorder", Recorder)
+    first = kinds.get(kinds.resolve("recorder", {"a": 1}, start=tmp_path))
 
-    assert registry.get(registry.resolve("recorder", {"a": 1}, start=tmp_path)) is first
-    assert registry.get(registry.resolve("recorder", {"a": 2}, start=tmp_path)) is not first
+    assert kinds.get(kinds.resolve("recorder", {"a": 1}, start=tmp_path)) is first
+    assert kinds.get(kinds.resolve("recorder", {"a": 2}, start=tmp_path)) is not first
 
 
 def test_close_all_closes_and_forgets(tmp_path) -> None:
     """close_all() closes every built provider; the next get() builds a new one."""
-    registry.register("recorder", Recorder)
-    resolved = registry.resolve("recorder", start=tmp_path)
-    first = registry.get(resolved)
-    registry.close_all()
+    kinds.register("recorder", Recorder)
+    resolved = kinds.resolve("recorder", start=tmp_path)
+    first = kinds.get(resolved)
+    kinds.close_all()
 
     assert first.closed
-    assert registry.get(resolved) is not first
+    assert kinds.get(resolved) is not first
 
 
 def _kinds(*extra: str) -> str:
     """The registered kinds as the messages list them."""
-    from taskcloud.providers import registry as _registry
+    from taskcloud.providers import kinds as provider_kinds
 
-    return ", ".join(repr(kind) for kind in sorted({*_registry.kinds(), *extra}))
+    return ", ".join(repr(kind) for kind in sorted({*provider_kinds.kinds(), *extra}))

@@ -12,7 +12,7 @@ import taskcloud
 from taskcloud.capacity import HostCapacity
 from taskcloud.errors import InvalidOptionError
 from taskcloud.pools import pools
-from taskcloud.providers import registry
+from taskcloud.providers import kinds
 from taskcloud.providers.local import LocalProvider
 from tests.test_clusters import _stop_leftover_clusters  # noqa: F401  (autouse)
 
@@ -60,7 +60,7 @@ def _pid() -> int:
 def test_a_registered_provider_starts_the_pool_of_a_function_that_names_it(project):
     """``provider=`` naming a plugin's kind starts the pool's workers through its
     ``worker``; the pool's label says where it runs."""
-    registry.register("elsewhere", Elsewhere)
+    kinds.register("elsewhere", Elsewhere)
     (project / "pyproject.toml").write_text(
         '[tool.taskcloud.providers.far]\nkind = "elsewhere"\ntag = "t1"\n', encoding="utf-8"
     )
@@ -74,7 +74,7 @@ def test_a_registered_provider_starts_the_pool_of_a_function_that_names_it(proje
 def test_the_projects_default_provider_holds_for_functions_that_name_none(project):
     """``provider = "NAME"`` in [tool.taskcloud] is the provider of every decorated
     function without ``provider=``; a bad option of the profile is an error at the call."""
-    registry.register("elsewhere", Elsewhere)
+    kinds.register("elsewhere", Elsewhere)
     (project / "pyproject.toml").write_text(
         '[tool.taskcloud]\nprovider = "far"\n\n'
         '[tool.taskcloud.providers.far]\nkind = "elsewhere"\ncolour = "red"\n',

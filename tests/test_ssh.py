@@ -28,7 +28,7 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
-from taskcloud.providers import registry
+from taskcloud.providers import kinds
 from taskcloud.providers.cluster import start_pool
 from taskcloud.providers.protocol import PoolRequest
 from taskcloud.providers.ssh import Host
@@ -68,7 +68,7 @@ def lab(sshd, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     yield sshd
     pools.pools.close_all()
-    registry.close_all()
+    kinds.close_all()
 
 
 def _request(**over) -> PoolRequest:
@@ -240,7 +240,7 @@ def test_pytask_runs_decorated_tasks_on_the_hosts(sshd, tmp_path, write, monkeyp
         session = build(paths=tmp_path, n_workers=2)
     finally:
         pools.pools.close_all()
-        registry.close_all()
+        kinds.close_all()
     assert session.exit_code == ExitCode.OK
     assert _host((tmp_path / "remote.txt").read_text()) in sshd.hosts
     assert (tmp_path / "plain.txt").read_text() == "local"

@@ -468,7 +468,7 @@ def parse_parallel_options(n_workers: Any, parallel_backend: Any) -> tuple[int, 
     A backend that is given, ``none`` included, is kept. Without one, ``-n`` above one
     or ``-n auto`` (even where that is one worker) means loky, else ``none``.
     """
-    count = parse_n_workers(1 if n_workers is None else n_workers)
+    count = workers_for_n(1 if n_workers is None else n_workers)
     if parallel_backend is not None and parallel_backend != "":
         return count, backend_name(parallel_backend)
     if count > 1 or is_auto(n_workers):
@@ -481,7 +481,7 @@ def is_auto(value: Any) -> bool:
     return isinstance(value, str) and value.strip() == "auto"
 
 
-def parse_n_workers(value: Any) -> int:
+def workers_for_n(value: Any) -> int:
     """Turn ``-n`` into a number of workers: an integer >= 1, or 'auto'."""
     if is_auto(value):
         return default_n_workers()

@@ -32,8 +32,9 @@ from attrs import define
 from attrs import field
 from attrs import frozen
 
+from taskcloud import processes
 from taskcloud.errors import ResourceUnavailableError
-from taskcloud.specs import format_bytes
+from taskcloud.units import format_bytes
 
 __all__ = ["HostCapacity", "Ledger", "Shape", "detect_gpus"]
 
@@ -93,17 +94,6 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _process_alive(pid: int, started: float) -> bool:
-    """Whether ``pid`` runs and is the process that started at ``started``."""
-    try:
-        process = psutil.Process(pid)
-        if abs(process.create_time() - started) > 1:
-            return False  # the pid was reused
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
 class Ledger:
     """The leases of every taskcloud process on this host: files in one directory.
 
@@ -153,7 +143,7 @@ class Ledger:
                 continue
             try:
                 lease = json.loads(path.read_text())
-                alive = _process_alive(int(lease["pid"]), float(lease["started"]))
+                alive = processes.alive(int(lease["pid"]), float(lease["started"]))
             except (OSError, ValueError, KeyError, TypeError):
                 alive = False  # half-written leases are never read: writes replace
             if alive:

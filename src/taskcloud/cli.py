@@ -24,7 +24,7 @@ from taskcloud.configurations import create_cluster_configuration
 from taskcloud.configurations import delete_cluster_configuration
 from taskcloud.configurations import list_cluster_configurations
 from taskcloud.errors import TaskcloudError
-from taskcloud.specs import format_bytes
+from taskcloud.units import format_bytes
 
 __all__ = ["main"]
 
@@ -376,21 +376,21 @@ def provider_list(as_json: bool) -> None:
     """List the profiles of this project and of $TASKCLOUD_HOME, the registered kinds
     and the default provider (secrets shown as ***)."""
     from taskcloud import profiles
-    from taskcloud.providers import registry
+    from taskcloud.providers import kinds
 
     found = profiles.load()
     default, default_source = profiles.default_choice()
-    kinds = {kind: registry.describe(target) for kind, target in registry.kinds().items()}
+    described = {kind: kinds.describe(target) for kind, target in kinds.kinds().items()}
     if as_json:
         listing = {
             "default": {"name": default, "source": default_source},
             "profiles": {name: _profile_json(profile) for name, profile in found.profiles.items()},
-            "kinds": kinds,
+            "kinds": described,
         }
         click.echo(json.dumps(listing, indent=2))
         return
     _print_profiles(found.profiles, default)
-    rows = [[kind, target, "yes" if kind == default else ""] for kind, target in kinds.items()]
+    rows = [[kind, target, "yes" if kind == default else ""] for kind, target in described.items()]
     _print_table("Provider kinds", ("kind", "class", "default"), rows)
     click.echo(f"Default provider: {default} (set in {default_source}).")
 
@@ -433,13 +433,13 @@ def provider_check(name: str, as_json: bool) -> None:
 
     import taskcloud
     from taskcloud.errors import ProviderNotFoundError
-    from taskcloud.providers import registry
+    from taskcloud.providers import kinds
 
     try:
-        resolved = registry.resolve(name)
+        resolved = kinds.resolve(name)
     except ProviderNotFoundError as exc:
         raise _UnknownName(str(exc)) from None
-    built = registry.build(resolved)
+    built = kinds.build(resolved)
     try:
         reports = built.check()
     finally:

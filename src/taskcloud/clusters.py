@@ -44,16 +44,17 @@ from taskcloud.errors import ClusterNotFoundError
 from taskcloud.errors import ClusterStartError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import StoreError
+from taskcloud.processes import alive
 from taskcloud.processes import kill
-from taskcloud.providers import registry
+from taskcloud.providers import kinds
 from taskcloud.specs import ClusterSpec
 from taskcloud.specs import check_name
+from taskcloud.specs import environ_hidden
 from taskcloud.specs import options_checked
-from taskcloud.specs import parse_memory
 from taskcloud.specs import parse_n_workers
-from taskcloud.specs import redacted
 from taskcloud.store import Store
 from taskcloud.store import home
+from taskcloud.units import parse_memory
 
 __all__ = ["Cluster", "delete_cluster", "list_clusters"]
 
@@ -80,16 +81,7 @@ _DASHBOARD_HINT = (
 
 def _alive(record: dict[str, Any]) -> bool:
     """Whether the process recorded for a cluster still runs (and is that process)."""
-    pid, started = record.get("pid"), record.get("started")
-    if not isinstance(pid, int):
-        return False
-    try:
-        process = psutil.Process(pid)
-        if started is not None and abs(process.create_time() - float(started)) > 1:
-            return False
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    return alive(record.get("pid"), record.get("started"))
 
 
 def _directory(name: str) -> Path:
@@ -151,7 +143,7 @@ class Cluster(_DaskCluster):
             options["idle_timeout"] = scheduler_idle
         spec = ClusterSpec(**options)
         # A profile is read here, in the project: the cluster's process gets its options.
-        resolved = registry.resolve(spec.provider, spec.provider_options)
+        resolved = kinds.resolve(spec.provider, spec.provider_options)
         spec = attrs.evolve(spec, provider=resolved.name, provider_options=resolved.options)
         self._provider = resolved
         # The event loop's thread is this object's own: dask's Cluster runs on a loop
@@ -235,7 +227,7 @@ class Cluster(_DaskCluster):
 
     def _python(self, spec: ClusterSpec) -> str:
         """The interpreter a new cluster runs in, once its shape is known to fit."""
-        capacity = registry.get(self._provider).capacity()
+        capacity = kinds.get(self._provider).capacity()
         capacity.check(
             Shape.of(capacity, cpu=spec.worker_cpu, memory=spec.worker_memory, gpu=spec.worker_gpu)
         )
@@ -393,7 +385,7 @@ class Cluster(_DaskCluster):
         """The capacity of the cluster's provider."""
         kind = self.record.get("provider_kind") or "local"
         name = self.spec.provider or kind
-        return registry.get(registry.Resolved(name, kind, self.spec.provider_options)).capacity()
+        return kinds.get(kinds.Resolved(name, kind, self.spec.provider_options)).capacity()
 
     def _ask(self, operation: str, **arguments: Any) -> Any:
         """Call a handler of the cluster's process; a cluster that is gone says so."""
@@ -579,7 +571,7 @@ def _shown(spec: dict[str, Any]) -> dict[str, Any]:
     env = (spec.get("worker_options") or {}).get("env")
     if not isinstance(env, dict):
         return spec
-    return {**spec, "worker_options": {**spec["worker_options"], "env": redacted(env)}}
+    return {**spec, "worker_options": {**spec["worker_options"], "env": environ_hidden(env)}}
 
 
 def list_clusters(store: Store | None = None) -> dict[str, dict[str, Any]]:
@@ -624,8 +616,7 @@ def delete_cluster(name: str, store: Store | None = None, timeout: float = STOP_
     if record is None or record.get("status") == "stopped" or not _alive(record):
         raise ClusterNotFoundError(name, list_clusters(store))
     pid = int(record["pid"])
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
+    kill(pid, sig=signal.SIGTERM)
     _wait_stopped(pid, timeout)
     store.update(
         TABLE,

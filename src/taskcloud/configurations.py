@@ -12,10 +12,11 @@ from taskcloud.environments import list_software_environments
 from taskcloud.errors import ConfigurationNotFoundError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import SoftwareEnvironmentNotFoundError
+from taskcloud.providers import kinds
 from taskcloud.specs import FunctionSpec
 from taskcloud.specs import check_name
+from taskcloud.specs import environ_hidden
 from taskcloud.specs import options_checked
-from taskcloud.specs import redacted
 from taskcloud.store import Store
 
 __all__ = [
@@ -93,6 +94,8 @@ def _normalise(options: dict[str, Any]) -> dict[str, Any]:
     arguments = {_TO_FUNCTION[key]: value for key, value in options.items()}
     try:
         spec = FunctionSpec(**arguments)
+        if spec.provider is not None:  # an unknown one is refused when saved
+            kinds.resolve(spec.provider)
     except InvalidOptionError as exc:
         raise InvalidOptionError(
             _FROM_FUNCTION.get(exc.parameter, exc.parameter), exc.value, exc.accepted
@@ -111,7 +114,7 @@ def list_cluster_configurations(store: Store | None = None) -> dict[str, dict[st
     saved = (store or Store()).all(_TABLE)
     for options in saved.values():
         if "environ" in options:
-            options["environ"] = redacted(options["environ"])
+            options["environ"] = environ_hidden(options["environ"])
     return saved
 
 

@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from taskcloud.processes import alive
+
 if TYPE_CHECKING:
     from distributed.security import Security
 
@@ -75,18 +77,8 @@ def _reap_orphans() -> None:
         except OSError:
             continue
         mine = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
-        if mine and pid.isdigit() and not _alive(int(pid)):
+        if mine and pid.isdigit() and not alive(int(pid)):
             discard(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process has that number now
-        return False
-    return True
 
 
 def create(directory: Path, name: str) -> Security:

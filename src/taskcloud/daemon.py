@@ -38,7 +38,7 @@ import psutil
 from taskcloud import credentials
 from taskcloud.capacity import Shape
 from taskcloud.errors import ClusterStartError
-from taskcloud.providers import registry
+from taskcloud.providers import kinds
 from taskcloud.providers import start_forkserver
 from taskcloud.providers.cluster import start_cluster
 from taskcloud.providers.protocol import ClusterRequest
@@ -62,8 +62,8 @@ class _Daemon:
         self.spec = spec
         self.directory = directory
         self.store = Store()
-        self.provider = registry.build(
-            registry.Resolved(spec.provider or kind, kind, dict(spec.provider_options))
+        self.provider = kinds.build(
+            kinds.Resolved(spec.provider or kind, kind, dict(spec.provider_options))
         )
         self.capacity = self.provider.capacity()
         self.shape = Shape.of(

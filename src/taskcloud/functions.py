@@ -23,6 +23,7 @@ from taskcloud.frames import hide_internals
 from taskcloud.pools import Pool
 from taskcloud.pools import PoolManager
 from taskcloud.pools import pools
+from taskcloud.providers import kinds
 from taskcloud.specs import FunctionSpec
 from taskcloud.specs import unknown_option
 
@@ -254,6 +255,8 @@ def function(fn: Callable[..., Any] | None = None, /, **options: Any) -> Any:
 
             options = {**function_defaults(configuration), **options}
         spec = FunctionSpec(**options)
+        if spec.provider is not None:  # an unknown one fails here, not at the first call
+            kinds.resolve(spec.provider)
     except TaskcloudError as error:
         hide_internals(error)
         raise error

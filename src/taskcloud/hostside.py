@@ -37,6 +37,8 @@ import subprocess
 import sys
 from typing import Any
 
+from taskcloud.processes import kill
+
 __all__ = ["Agent", "main", "read_request", "read_spec", "report"]
 
 #: The keys a spec must have.
@@ -124,40 +126,39 @@ def _security(spec: dict[str, Any]) -> Any:
 
 
 def _kill_worker(nanny: Any) -> None:
-    pid = getattr(nanny, "pid", None)
-    if pid:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+    kill(getattr(nanny, "pid", None))
 
 
 async def _start(spec: dict[str, Any]) -> Any:
     import dask
 
-    from taskcloud.providers.local import PoolNanny
+    from taskcloud.providers.nanny import PoolNanny
 
-    settings = {
+    config = {
         # Forked from this process, the worker starts with dask imported already.
         "distributed.worker.multiprocessing-method": "fork",
         "distributed.scheduler.allowed-failures": 0,
         "distributed.worker.http.routes": ["distributed.http.health"],
     }
-    with dask.config.set(settings):
-        nanny = PoolNanny(
-            spec["scheduler"],
-            name=spec["name"],
-            nthreads=int(spec["nthreads"]),
-            memory_limit=spec["memory_limit"],
-            resources=spec["resources"],
-            env=dict(spec["env"]),  # the worker's process alone gets these
-            security=_security(spec),
-            host=spec["listen"],
-            protocol="tls",
-            dashboard=False,
-            dashboard_address=f"{spec['listen']}:0",
-            silence_logs=int(os.environ.get("TASKCLOUD_HOSTSIDE_LOGS", "50")),
+    with dask.config.set(config):
+        settings: dict[str, Any] = {
+            "name": spec["name"],
+            "nthreads": int(spec["nthreads"]),
+            "memory_limit": spec["memory_limit"],
+            "resources": spec["resources"],
+            "dashboard": False,
+            "dashboard_address": f"{spec['listen']}:0",
+            "silence_logs": int(os.environ.get("TASKCLOUD_HOSTSIDE_LOGS", "50")),
             # A worker whose scheduler is gone (its tunnel closed) stops trying.
-            death_timeout=float(spec.get("timeout", 60)),
-        )
+            "death_timeout": float(spec.get("timeout", 60)),
+            # A named cluster's worker_options.
+            **spec.get("options", {}),
+            "env": dict(spec["env"]),  # the worker's process alone gets these
+            "security": _security(spec),
+            "host": spec["listen"],
+            "protocol": "tls",
+        }
+        nanny = PoolNanny(spec["scheduler"], **settings)
         await nanny
     return nanny
 
@@ -167,8 +168,7 @@ def _end_children() -> None:
     import psutil
 
     for child in psutil.Process().children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            child.kill()
+        kill(child.pid)
 
 
 def _control_lines(fd: int) -> asyncio.Queue[str | None]:

@@ -35,12 +35,12 @@ from taskcloud.pickling import dumps_arguments
 from taskcloud.pickling import dumps_function
 from taskcloud.providers import DONE
 from taskcloud.providers import TIMED
-from taskcloud.providers import registry
+from taskcloud.providers import kinds
 from taskcloud.providers import until_done
 from taskcloud.providers.protocol import PoolRequest
 from taskcloud.providers.protocol import Provider
 from taskcloud.specs import PoolSpec
-from taskcloud.specs import format_bytes
+from taskcloud.units import format_bytes
 
 __all__ = ["Pool", "PoolManager", "PoolStats", "pools"]
 
@@ -614,11 +614,11 @@ class PoolManager:
 
     def provider(self, name: str | None) -> tuple[Any, Provider]:
         """The provider ``name`` means here (None: the default), and a key for it."""
-        resolved = registry.resolve(name)
+        resolved = kinds.resolve(name)
         given = self.providers.get(resolved.name)
         if given is not None and not resolved.options:
             return (resolved.name,), given
-        return resolved.key, registry.get(resolved)
+        return resolved.key, kinds.get(resolved)
 
     def get(self, spec: PoolSpec) -> Pool:
         """The pool for ``spec``, started on first use."""

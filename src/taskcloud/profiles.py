@@ -39,7 +39,7 @@ __all__ = [
     "is_secret",
     "load",
     "overriding",
-    "redacted",
+    "secrets_hidden",
 ]
 
 #: The user's own profiles, under ``$TASKCLOUD_HOME``.
@@ -65,7 +65,7 @@ class Profile:
 
     def public_options(self) -> dict[str, Any]:
         """The options with every secret's value shown as ``***``."""
-        return redacted(self.options)
+        return secrets_hidden(self.options)
 
 
 @frozen
@@ -88,14 +88,14 @@ def is_secret(option: str) -> bool:
     return "key" in name and "identity" not in name
 
 
-def redacted(options: dict[str, Any]) -> dict[str, Any]:
+def secrets_hidden(options: dict[str, Any]) -> dict[str, Any]:
     """``options`` with the values of secrets as ``***``, in nested tables too."""
     shown: dict[str, Any] = {}
     for option, value in options.items():
         if is_secret(str(option)):
             shown[option] = "***"
         elif isinstance(value, dict):
-            shown[option] = redacted(value)
+            shown[option] = secrets_hidden(value)
         else:
             shown[option] = value
     return shown

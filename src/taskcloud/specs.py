@@ -10,7 +10,6 @@ import difflib
 import functools
 import inspect
 import json
-import math
 import re
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -25,77 +24,21 @@ from attrs import frozen
 
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import UnknownOptionError
+from taskcloud.units import format_bytes
+from taskcloud.units import parse_duration
+from taskcloud.units import parse_memory
 
 __all__ = [
     "ClusterSpec",
     "FunctionSpec",
     "PoolSpec",
     "check_name",
+    "environ_hidden",
+    # Re-exported for the modules that still import it from here (pools, providers/local).
     "format_bytes",
     "options_checked",
-    "parse_duration",
-    "parse_memory",
-    "redacted",
     "unknown_option",
 ]
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 10**3,
-    "mb": 10**6,
-    "gb": 10**9,
-    "tb": 10**12,
-    "kib": 2**10,
-    "mib": 2**20,
-    "gib": 2**30,
-    "tib": 2**40,
-}
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b|b)?\s*$", re.I)
-#: Less than this is never a worker's memory; a float of bytes like 1.5 is a slip.
-MIN_MEMORY = 2**20
-_MEMORY_FORM = "bytes as an int >= 1048576 (1 MiB), or a string like '512 MiB', '8 GiB' or '16GB'"
-
-_SECONDS = {
-    "ms": 1e-3,
-    **dict.fromkeys(("", "s", "sec", "second", "seconds"), 1.0),
-    **dict.fromkeys(("m", "min", "minute", "minutes"), 60.0),
-    **dict.fromkeys(("h", "hour", "hours"), 3600.0),
-}
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
-_DURATION_FORM = "seconds as a number >= 0, or a string like '30 s', '500 ms' or '2 minutes'"
-
-
-def parse_memory(value: Any, parameter: str = "memory") -> int:
-    """Turn ``"8 GiB"``, ``"16GB"`` or a number of bytes into bytes."""
-    if isinstance(value, bool):
-        raise InvalidOptionError(parameter, value, _MEMORY_FORM)
-    if isinstance(value, int | float):
-        whole = isinstance(value, int) or (math.isfinite(value) and value.is_integer())
-        if whole and value >= MIN_MEMORY:
-            return int(value)
-        raise InvalidOptionError(parameter, value, _MEMORY_FORM)
-    match = _MEMORY.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise InvalidOptionError(parameter, value, _MEMORY_FORM)
-    number, unit = float(match.group(1)), (match.group(2) or "").lower()
-    size = int(number * _UNITS[unit])
-    if size < MIN_MEMORY:
-        raise InvalidOptionError(parameter, value, _MEMORY_FORM)
-    return size
-
-
-def parse_duration(value: Any, parameter: str) -> float:
-    """Turn ``"30 s"``, ``"2 minutes"`` or a number of seconds into seconds."""
-    if isinstance(value, bool):
-        raise InvalidOptionError(parameter, value, _DURATION_FORM)
-    if isinstance(value, int | float) and value >= 0 and math.isfinite(value):
-        return float(value)
-    match = _DURATION.match(value) if isinstance(value, str) else None
-    if match is None or match.group(2) not in _SECONDS:
-        raise InvalidOptionError(parameter, value, _DURATION_FORM)
-    return float(match.group(1)) * _SECONDS[match.group(2)]
-
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 
@@ -113,15 +56,6 @@ def check_name(name: Any) -> str:
             "starting with a letter or digit",
         )
     return name
-
-
-def format_bytes(n: int) -> str:
-    """Render bytes the way the options accept them: ``1.5 GiB``."""
-    for unit in ("TiB", "GiB", "MiB", "KiB"):
-        size = _UNITS[unit.lower()]
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n} B"
 
 
 #: What other libraries (dask, Coiled) call an option, and the names it may have here.
@@ -263,7 +197,7 @@ def _environ_problem(key: str, value: str) -> str:
     return ""
 
 
-def redacted(environ: Mapping[str, Any] | tuple[tuple[str, str], ...]) -> dict[str, str]:
+def environ_hidden(environ: Mapping[str, Any] | tuple[tuple[str, str], ...]) -> dict[str, str]:
     """Environment variables with their values hidden, for listings, reprs and messages."""
     return {key: "***" for key in dict(environ)}
 
@@ -299,15 +233,6 @@ def _flag(parameter: str) -> Any:
             raise InvalidOptionError(parameter, value, "True or False")
 
     return check
-
-
-def _provider(instance: Any, attribute: Any, value: Any) -> None:
-    """A provider kind or profile that exists here; None is the project's default."""
-    if value is None:
-        return
-    from taskcloud.providers import registry
-
-    registry.resolve(value)
 
 
 @frozen(kw_only=True)
@@ -365,7 +290,9 @@ class FunctionSpec:
     threads_per_worker: int = field(default=1, validator=_positive_int("threads_per_worker", 1))
     retries: int = field(default=1, validator=_positive_int("retries", 0))
     timeout: float | None = field(default=None, converter=_timeout)
-    provider: str | None = field(default=None, validator=_provider)
+    #: A kind or profile: its form is checked here, whether it exists where the
+    #: decorator is applied (``taskcloud.function``) and where its pool starts.
+    provider: str | None = field(default=None, validator=_optional_name("provider"))
     configuration: str | None = field(default=None, validator=_optional_name("configuration"))
     dashboard: bool = field(default=False, validator=_flag("dashboard"))
     cluster: str | None = field(default=None, validator=_optional_name("cluster"))

@@ -34,16 +34,16 @@ from taskcloud.backends import ParallelBackend
 from taskcloud.backends import backend_kind
 from taskcloud.backends import backend_name
 from taskcloud.backends import is_auto
-from taskcloud.backends import parse_n_workers
 from taskcloud.backends import parse_parallel_options
 from taskcloud.backends import registry
+from taskcloud.backends import workers_for_n
 from taskcloud.errors import BackendNotFoundError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.extensions import load_extensions
 from taskcloud.plugin import early
 from taskcloud.plugin.execution import ParallelExecution
 from taskcloud.plugin.serial import SerialExecution
-from taskcloud.providers import registry as providers
+from taskcloud.providers import kinds as providers
 
 _EXECUTION = "taskcloud-parallel"
 _SCOPE = "taskcloud-registry-scope"
@@ -56,7 +56,7 @@ class _NWorkers(click.ParamType):
     def convert(self, value: Any, param: Any, ctx: Any) -> int | str:
         """An integer >= 1, or ``"auto"`` as given: auto turns parallel execution on."""
         try:
-            count = parse_n_workers(value)
+            count = workers_for_n(value)
         except InvalidOptionError as exc:
             self.fail(str(exc), param, ctx)
         return "auto" if is_auto(value) else count

@@ -49,7 +49,7 @@ from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import PoolRequest
 from taskcloud.providers.protocol import WorkerRequest
 from taskcloud.providers.protocol import Workers
-from taskcloud.specs import format_bytes
+from taskcloud.units import format_bytes
 
 __all__ = [
     "CapacityAdaptive",

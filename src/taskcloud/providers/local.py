@@ -22,7 +22,6 @@ import dask
 import psutil
 from distributed import Nanny
 from distributed import Scheduler
-from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
 from distributed.utils import import_term
 
@@ -31,7 +30,6 @@ from taskcloud.capacity import Shape
 from taskcloud.errors import InvalidOptionError
 from taskcloud.processes import end
 from taskcloud.processes import kill
-from taskcloud.providers import WORKER_EXIT
 from taskcloud.providers import main_module_hidden
 from taskcloud.providers.cluster import HEALTH_ONLY
 from taskcloud.providers.cluster import ProviderCluster
@@ -45,7 +43,6 @@ from taskcloud.providers.protocol import WorkerRequest
 __all__ = [
     "EnvironmentWorker",
     "LocalProvider",
-    "PoolNanny",
     "SchedulerProcess",
     "build",
 ]
@@ -53,47 +50,7 @@ __all__ = [
 logger = logging.getLogger("taskcloud")
 
 #: The worker class of a pool's workers here.
-POOL_NANNY = f"{__name__}.PoolNanny"
-
-
-#: A nanny in these states starts its worker anew when the worker dies.
-_NANNY_UP = (Status.init, Status.starting, Status.running)
-
-
-class PoolNanny(Nanny):
-    """A pool's nanny: its worker starts without ``__main__``, and it reports exits.
-
-    * The worker process starts inside
-      :func:`~taskcloud.providers.main_module_hidden`, whenever the nanny starts
-      or replaces it, so a script without a main guard is not run again in it.
-    * When the worker process exits, the nanny logs a :data:`WORKER_EXIT` event
-      with its exit code, so that :class:`PoolWatch` need not wait to learn
-      whether the nanny killed it for memory.
-    * A worker that dies while it starts (a call that kills its process can run
-      before the nanny hears from it) is replaced once, as the nanny replaces a
-      worker that dies later, rather than failing the nanny's start.
-    """
-
-    async def instantiate(self) -> Status:
-        with main_module_hidden():
-            status = await super().instantiate()
-        if status == Status.stopped and self.status in _NANNY_UP:
-            with main_module_hidden():
-                status = await super().instantiate()
-        return status
-
-    def kill_worker(self, for_good: bool = False) -> None:
-        """Kill the worker process at once; the nanny starts another, unless
-        ``for_good``."""
-        if for_good:
-            self.close_gracefully(reason="taskcloud-killed")
-        kill(self.pid)
-
-    async def _on_worker_exit(self, exitcode: int) -> None:
-        if self.status in _NANNY_UP:
-            event = {"nanny": self.address, "worker": self.worker_address, "exitcode": exitcode}
-            self.log_event(WORKER_EXIT, event)
-        await super()._on_worker_exit(exitcode)
+POOL_NANNY = "taskcloud.providers.nanny.PoolNanny"
 
 
 class EnvironmentWorker(ProcessInterface):

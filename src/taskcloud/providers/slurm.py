@@ -32,6 +32,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -56,6 +57,8 @@ from taskcloud.errors import JobFailedError
 from taskcloud.errors import JobPendingError
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import SlurmUnreachableError
+from taskcloud.processes import end
+from taskcloud.processes import kill
 from taskcloud.providers.cluster import InProcessScheduler
 from taskcloud.providers.cluster import PoolAdaptive
 from taskcloud.providers.cluster import adapt
@@ -63,8 +66,8 @@ from taskcloud.providers.cluster import http_config
 from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import PoolRequest
-from taskcloud.specs import format_bytes
-from taskcloud.specs import parse_duration
+from taskcloud.units import format_bytes
+from taskcloud.units import parse_duration
 
 __all__ = ["JobMonitor", "SlurmCapacity", "SlurmOptions", "SlurmPoolCluster", "SlurmProvider"]
 
@@ -245,8 +248,7 @@ async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -
     try:
         out, _ = await asyncio.wait_for(process.communicate(), timeout)
     except asyncio.TimeoutError:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
+        kill(process.pid)
         await process.wait()
         return None
     return out.decode() if process.returncode == 0 else None
@@ -316,10 +318,9 @@ class SlurmCapacity:
             raise ResourceUnavailableError(shape_text(shape), self.describe(), self.provider)
 
     def fit(self, shape: Shape) -> int:
-        held = sum(node.holds(shape) for node in self.nodes)
         if self.options.max_jobs is not None:
             return self.options.max_jobs * self.options.processes
-        return max(held, 1)
+        return max(sum(node.holds(shape) for node in self.nodes), 1)
 
     def grant(self, holder: object, shape: Shape, want: int, current: int) -> int:
         if self.options.max_jobs is None:
@@ -440,7 +441,6 @@ class StepWorker(ProcessInterface):
     ) -> None:
         super().__init__(scheduler, name)
         self.name = name
-        self.job_id = f"{job} (step)"
         self.step = [
             "srun",
             f"--jobid={job}",
@@ -473,15 +473,8 @@ class StepWorker(ProcessInterface):
         await super().start()
 
     async def close(self) -> None:
-        process = self.process
-        if process is not None and process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                process.terminate()  # srun passes it on to the step
-            try:
-                await asyncio.wait_for(process.wait(), 10)
-            except asyncio.TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
+        if self.process is not None:
+            await end(self.process, 10)  # srun passes SIGTERM on to the step
         await super().close()
 
 
@@ -965,11 +958,12 @@ class SlurmProvider:
             try:
                 out, err = process.communicate(timeout=REPORT_TIMEOUT)
             except subprocess.TimeoutExpired:
-                process.terminate()  # srun cancels its step, and the job it asked for
+                # srun cancels its step, and the job it asked for
+                kill(process.pid, sig=signal.SIGTERM)
                 try:
                     process.communicate(timeout=COMMAND_TIMEOUT)
                 except subprocess.TimeoutExpired:
-                    process.kill()
+                    kill(process.pid)
                 return {}, f"{shown} did not answer within {REPORT_TIMEOUT:g} s"
         with contextlib.suppress(ValueError, IndexError):
             found = json.loads(out.strip().splitlines()[-1])

@@ -59,7 +59,7 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import WorkerRequest
-from taskcloud.specs import format_bytes
+from taskcloud.units import format_bytes
 
 __all__ = [
     "Host",
@@ -831,7 +831,7 @@ def _in_thread(make: Callable[[], Awaitable[_T]]) -> _T:
 
 
 #: The worker classes the hosts' agents start.
-_NANNIES = ("", "distributed.Nanny", "taskcloud.providers.local.PoolNanny")
+_NANNIES = ("", "distributed.Nanny", "taskcloud.providers.nanny.PoolNanny")
 
 
 class SSHProvider:
