@@ -192,3 +192,127 @@ def test_a_named_cluster_gets_the_gpu_a_pool_gives_way(monkeypatch) -> None:
             assert "1 more workers (cpu=1, memory=300 MiB, gpu=1 each)" in waits[0]
     finally:
         manager.close_all()
+
+
+# ------------------------------------------------------------- one capacity, many hosts
+
+
+class _Holder:
+    """A pool as a capacity sees it: the names of the workers it means to run, and
+    how many of them are on each host."""
+
+    def __init__(self) -> None:
+        self.plan: set[str] = set()
+        self.placed: dict[str, int] = {}
+
+    def host_counts(self) -> dict[str, int]:
+        return dict(self.placed)
+
+
+def test_gpu_ids_are_per_host_and_placement_spreads_fewest_first() -> None:
+    """On two hosts with GPUs, a worker gets ids of its own host only; ``place`` puts
+    each next worker on the host with the fewest of its pool's that has room; a host
+    whose ids are all given out takes no other pool's GPU worker."""
+    from taskcloud.capacity import Capacity
+    from taskcloud.capacity import Host
+    from taskcloud.capacity import Shape
+
+    a = Host("a", cores=4, memory=8 * 2**30, gpus=("0", "1"))
+    b = Host("b", cores=4, memory=8 * 2**30, gpus=("GPU-b0",))
+    capacity = Capacity("lab", [a, b], ledger=None)
+    shape = Shape(cpu=1, memory=2**30, gpu=1)
+    pool, other = _Holder(), _Holder()
+    assert capacity.grant(pool, shape, 5, 0) == 3  # three GPU ids in all
+    assert capacity.waiting(pool)
+    given: dict[str, list[str]] = {}
+    placed = pool.placed
+    with capacity.gpus_for(pool, 3, 1) as sets:
+        assert sets == 3
+        for worker in ("w0", "w1", "w2"):
+            host = capacity.place(pool, shape, placed)
+            placed[host] = placed.get(host, 0) + 1
+            pool.plan.add(worker)
+            given[worker] = capacity.assign_gpus(pool, worker, 1, host=host)
+            given[worker].insert(0, host)
+    assert [host for host, _ in given.values()] == ["a", "b", "a"]
+    assert sorted(tuple(ids) for ids in given.values()) == [
+        ("a", "0"),
+        ("a", "1"),
+        ("b", "GPU-b0"),
+    ]
+    assert capacity.grant(other, shape, 1, 0) == 0
+    assert capacity.assign_gpus(other, "x", 1, host="b") == []
+    # w1 leaves its pool's plan: its id on b is free again, and b has room again.
+    pool.plan.discard("w1")
+    placed["b"] -= 1
+    assert capacity.grant(pool, shape, 2, 2) == 2
+    assert capacity.room("b", shape) == 1
+    assert capacity.grant(other, shape, 1, 0) == 1
+    assert capacity.place(other, shape, {}) == "b"
+    assert capacity.assign_gpus(other, "x", 1, host="b") == ["GPU-b0"]
+    capacity.release(pool)
+    capacity.release(other)
+
+
+HOLDS_A_HOST = """
+import sys
+from taskcloud.capacity import Capacity, Host, Shape
+
+class Pool:
+    plan = set()
+
+capacity = Capacity("lab", [Host("shared", cores=4, memory=8 * 2**30)])
+pool = Pool()
+granted = capacity.grant(pool, Shape(cpu=1, memory=2**30), 3, 0)
+print("holding", granted, flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_two_processes_share_a_remote_host_through_the_ledger(taskcloud_home, tmp_path) -> None:
+    """Another process's pool holds three of a host's four cores in the host's
+    ledger: a pool here is granted only the one left, another capacity over that host
+    and a spare one places its workers on the spare, and the first pool gets the
+    whole host once that process is gone."""
+    import subprocess
+    import sys
+
+    from taskcloud.capacity import Capacity
+    from taskcloud.capacity import Host
+    from taskcloud.capacity import Shape
+    from tests.conftest import wait_for
+
+    script = tmp_path / "holder.py"
+    script.write_text(HOLDS_A_HOST)
+    holder = subprocess.Popen(
+        [sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().split() == ["holding", "3"]
+        assert list((taskcloud_home / "capacity" / "host-shared").glob("*.lease"))
+        shape = Shape(cpu=1, memory=2**30)
+        shared = Capacity("lab", [Host("shared", cores=4, memory=8 * 2**30)])
+        pool = _Holder()
+        assert shared.grant(pool, shape, 4, 0) == 1
+        assert shared.waiting(pool)
+        both = Capacity(
+            "lab", [Host("shared", 4, 8 * 2**30), Host("spare", 2, 8 * 2**30)], max_workers=None
+        )
+        other = _Holder()
+        # Another capacity (a lease of its own): the pool here holds shared's last core.
+        assert both.grant(other, shape, 8, 0) == 2  # spare's two
+        assert both.place(other, shape, {}) == "spare"
+        assert both.place(other, shape, {"spare": 1}) == "spare"
+        # No host has room: the one with the fewest of its workers.
+        assert both.place(other, shape, {"spare": 2}) == "shared"
+        both.release(other)
+        holder.kill()  # SIGKILL: it cannot give its lease back
+        holder.wait()
+        wait_for(lambda: shared.grant(pool, shape, 4, 0) == 4, 30, "the whole host granted")
+        assert not shared.waiting(pool)
+        assert shared.waited(pool) > 0
+        shared.release(pool)
+    finally:
+        holder.kill()
+        holder.wait()

@@ -186,6 +186,34 @@ def test_a_shape_without_memory_names_its_memory_as_the_default() -> None:
         capacity.check(Shape.of(capacity, cpu=8, memory=2**30))
 
 
+def test_slurm_capacity_queues_rather_than_holds() -> None:
+    """Slurm's queue does the waiting: a grant is capped only at max_jobs jobs of
+    ``processes`` workers, nothing waits or is held, and fit is that cap (else what
+    the nodes hold, at least one)."""
+    from taskcloud.capacity import Shape
+    from taskcloud.providers.slurm import Node
+    from taskcloud.providers.slurm import SlurmCapacity
+    from taskcloud.providers.slurm import SlurmOptions
+
+    nodes = [Node("n1", 2, 4 * 2**30), Node("n2", 4, 8 * 2**30, gpus=("0",))]
+    shape = Shape(cpu=2, memory=2**30)
+    capped = SlurmCapacity("hpc", "partition 'debug'", nodes, SlurmOptions(max_jobs=2, processes=3))
+    pool = object()
+    assert capped.grant(pool, shape, 10, 0) == 6
+    assert capped.grant(pool, shape, 4, 0) == 4
+    assert not capped.waiting(pool)
+    assert not capped.others_waiting(pool)
+    assert capped.waited(pool) == 0.0
+    assert capped.fit(shape) == 6
+    capped.release(pool)
+    free = SlurmCapacity("hpc", "partition 'debug'", nodes, SlurmOptions())
+    assert free.grant(pool, shape, 100, 0) == 100
+    assert free.fit(shape) == 3
+    assert free.fit(Shape(cpu=4, memory=2**30, gpu=1)) == 1
+    assert free.default_memory(2) == 4 * 2**30  # the smallest share among nodes of 2 cores
+    assert "whose largest node is n2 (4 cores, 8 GiB, 1 GPUs)" in free.describe()
+
+
 def test_provider_check_reports_the_versions_of_the_nodes_python(slurm, profile) -> None:
     """``taskcloud provider check`` on a healthy Slurm: each node of the partition with
     the Python, distributed and taskcloud versions that the profile's python reports in

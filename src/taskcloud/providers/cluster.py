@@ -399,7 +399,7 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
         """Where the workers run: ``this host``, or the provider and its hosts."""
         hosts = sorted({self._host_of[n] for n in self.worker_spec if n in self._host_of})
         if not hosts and self._capacity is not None:
-            hosts = list(self._capacity.host_names)
+            hosts = [host.name for host in self._capacity.hosts]
         if not hosts or hosts == [THIS_HOST]:
             return THIS_HOST
         return f"{self.provider.name}: {', '.join(hosts)}"

@@ -29,6 +29,7 @@ from typing import Protocol
 from attrs import field
 from attrs import frozen
 
+from taskcloud.capacity import THIS_HOST
 from taskcloud.capacity import Shape
 
 __all__ = [
@@ -43,9 +44,6 @@ __all__ = [
     "WorkerRequest",
     "Workers",
 ]
-
-#: The name of the host this process runs on, in placements and summaries.
-THIS_HOST = "this host"
 
 
 class Capacity(Protocol):

@@ -51,6 +51,8 @@ from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from taskcloud import credentials
+from taskcloud.capacity import Capacity
+from taskcloud.capacity import Host
 from taskcloud.capacity import Shape
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import JobFailedError
@@ -254,90 +256,54 @@ async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -
     return out.decode() if process.returncode == 0 else None
 
 
-def _gpus(gres: str) -> int:
-    """The GPUs of a ``sinfo`` GRES field: ``gpu:2``, ``gpu:a100:4(S:0-1)``, ``(null)``."""
+def _gpus(gres: str) -> tuple[str, ...]:
+    """The GPU ids of a ``sinfo`` GRES field: ``gpu:2``, ``gpu:a100:4(S:0-1)``,
+    ``(null)``; Slurm gives each job its own, so they are counted: ``"0"``, ``"1"``, ..."""
     total = 0
     for item in gres.split(","):
         parts = item.split("(")[0].split(":")
         if parts[0] == "gpu" and parts[-1].isdigit():
             total += int(parts[-1])
-    return total
+    return tuple(str(i) for i in range(total))
 
 
 # -- capacity ---------------------------------------------------------------------------
 
 
-@frozen
-class Node:
-    """One node of the partition, as ``sinfo`` or the allocation gives it."""
-
-    name: str
-    cpus: int
-    memory: int
-    gpus: int = 0
-
-    def holds(self, shape: Shape) -> int:
-        """How many workers of ``shape`` fit on the empty node."""
-        fits = [self.cpus // max(shape.cpu, 1), self.memory // max(shape.memory, 1)]
-        if shape.gpu:
-            fits.append(self.gpus // shape.gpu)
-        return max(0, min(fits))
-
-    def describe(self) -> str:
-        gpus = f", {self.gpus} GPUs" if self.gpus else ", no GPUs"
-        return f"{self.name} ({self.cpus} cores, {format_bytes(self.memory)}{gpus})"
+#: A node of the partition (or the allocation's share), as a capacity counts it.
+Node = Host
 
 
-class SlurmCapacity:
+class SlurmCapacity(Capacity):
     """What the partition's nodes hold; Slurm queues what does not fit now.
 
-    ``check`` refuses a shape no node can hold (Slurm would pend it forever);
-    ``grant`` caps a pool at ``max_jobs`` jobs; nothing waits for room here, since
-    Slurm's queue does the waiting.
+    ``check`` refuses a shape no node can hold (Slurm would pend it forever) and
+    names the largest node; ``grant`` caps a pool at ``max_jobs`` jobs; nothing waits
+    for room here, and nothing is held, since Slurm's queue does the waiting.
     """
 
-    def __init__(self, provider: str, where: str, nodes: list[Node], options: SlurmOptions):
-        self.provider = provider
+    def __init__(self, provider: str, where: str, nodes: list[Host], options: SlurmOptions):
+        cap = None if options.max_jobs is None else options.max_jobs * options.processes
+        super().__init__(provider, nodes, queued=True, max_workers=cap)
         self.where = where
-        self.nodes = nodes
         self.options = options
 
     @property
-    def largest(self) -> Node:
-        return max(self.nodes, key=lambda node: (node.cpus, node.memory, node.gpus))
+    def nodes(self) -> tuple[Host, ...]:
+        return self.hosts
+
+    @property
+    def largest(self) -> Host:
+        return max(self.nodes, key=lambda node: (node.cores, node.memory, len(node.gpus)))
 
     def describe(self) -> str:
-        return f"{self.where}, whose largest node is {self.largest.describe()}"
-
-    def default_memory(self, cpu: int) -> int:
         node = self.largest
-        return max(1, node.memory * cpu // max(node.cpus, 1))
+        gpus = f", {len(node.gpus)} GPUs" if node.gpus else ", no GPUs"
+        largest = f"{node.name} ({node.cores} cores, {format_bytes(node.memory)}{gpus})"
+        return f"{self.where}, whose largest node is {largest}"
 
-    def check(self, shape: Shape) -> None:
-        if not any(node.holds(shape) for node in self.nodes):
-            raise ResourceUnavailableError(shape_text(shape), self.describe(), self.provider)
-
-    def fit(self, shape: Shape) -> int:
-        if self.options.max_jobs is not None:
-            return self.options.max_jobs * self.options.processes
-        return max(sum(node.holds(shape) for node in self.nodes), 1)
-
-    def grant(self, holder: object, shape: Shape, want: int, current: int) -> int:
-        if self.options.max_jobs is None:
-            return want
-        return min(want, self.options.max_jobs * self.options.processes)
-
-    def waiting(self, holder: object) -> bool:
-        return False
-
-    def others_waiting(self, holder: object) -> bool:
-        return False
-
-    def waited(self, holder: object) -> float:
-        return 0.0
-
-    def release(self, holder: object) -> None:
-        """Nothing to release: Slurm keeps the books."""
+    def _refusal(self, shape: Shape, lacking: str) -> ResourceUnavailableError:
+        return ResourceUnavailableError(shape_text(shape), self.describe(), self.provider)
 
 
 def shape_text(shape: Shape) -> str:
@@ -368,7 +334,7 @@ def allocation_nodes(provider: str, job: str) -> tuple[str, list[Node]]:
     shown = slurm_command(provider, "scontrol", "show", "job", "-o", job)
     tres = dict(item.split("=", 1) for item in _field(shown, "TRES").split(",") if "=" in item)
     memory = _mebibytes(tres.get("mem", "0")) * 2**20
-    gpus = int(tres.get("gres/gpu", "0") or 0)
+    gpus = tuple(str(i) for i in range(int(tres.get("gres/gpu", "0") or 0)))
     node = Node(_field(shown, "NodeList"), int(tres.get("cpu", "1")), memory, gpus)
     return f"allocation {job}", [node]
 
@@ -921,9 +887,9 @@ class SlurmProvider:
                 reachable=True,
                 reason=reason,
                 versions_match=(versions["distributed"], versions["taskcloud"]) == ours,
-                cores=node.cpus,
+                cores=node.cores,
                 memory=node.memory,
-                gpus=node.gpus,
+                gpus=len(node.gpus),
                 **versions,
             )
             for node in capacity.nodes

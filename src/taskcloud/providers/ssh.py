@@ -40,8 +40,6 @@ import re
 import shlex
 import sys
 import threading
-import time
-import weakref
 from collections.abc import Awaitable
 from collections.abc import Callable
 from collections.abc import Iterable
@@ -49,17 +47,19 @@ from pathlib import Path
 from typing import Any
 from typing import TypeVar
 
+from attrs import field
 from attrs import frozen
 from distributed.core import Status
 from distributed.deploy.spec import ProcessInterface
 
+from taskcloud.capacity import _DEFAULT
+from taskcloud.capacity import Capacity
+from taskcloud.capacity import Host as Hardware
 from taskcloud.capacity import Shape
 from taskcloud.errors import HostUnreachableError
 from taskcloud.errors import InvalidOptionError
-from taskcloud.errors import ResourceUnavailableError
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import WorkerRequest
-from taskcloud.units import format_bytes
 
 __all__ = [
     "Host",
@@ -650,6 +650,10 @@ class SSHWorker(ProcessInterface):
 # -------------------------------------------------------------------------- capacity
 
 
+def _gpu_ids(gpus: int | Iterable[str]) -> tuple[str, ...]:
+    return tuple(str(i) for i in range(gpus)) if isinstance(gpus, int) else tuple(gpus)
+
+
 @frozen
 class HostInfo:
     """What one host has, read once; ``reason`` says why a host could not be read."""
@@ -657,164 +661,53 @@ class HostInfo:
     host: Host
     cores: int = 0
     memory: int = 0
-    gpus: int = 0
+    #: The host's GPU ids (a count stands for ids ``"0"``, ``"1"``, ...).
+    gpus: tuple[str, ...] = field(default=(), converter=_gpu_ids)
     reason: str = ""
 
-    def describe(self) -> str:
-        gpus = f", {self.gpus} GPUs" if self.gpus else ""
-        return f"{self.host} ({self.cores} cores, {format_bytes(self.memory)}{gpus})"
-
-    def fit(self, shape: Shape, taken: Iterable[tuple[Shape, int]] = ()) -> int:
-        """How many workers of ``shape`` fit beside those ``taken`` (shape, count)."""
-        cores, memory, gpus, count = self.cores, self.memory, self.gpus, 0
-        for other, n in taken:
-            cores -= other.cpu * n
-            memory -= other.memory * n
-            gpus -= other.gpu * n
-            count += n
-        fits = [cores // shape.cpu, memory // shape.memory]
-        if shape.gpu:
-            fits.append(gpus // shape.gpu)
-        if self.host.max_workers is not None:
-            fits.append(self.host.max_workers - count)
-        return max(min(fits), 0)
+    @property
+    def hardware(self) -> Hardware:
+        """The host as a capacity counts it, by its address."""
+        return Hardware(str(self.host), self.cores, self.memory, self.gpus)
 
 
-def parse_hardware(text: str) -> tuple[int, int, int]:
-    """Cores, bytes of memory and GPUs from the output of :data:`_HARDWARE`."""
+def parse_hardware(text: str) -> tuple[int, int, tuple[str, ...]]:
+    """Cores, bytes of memory and GPU ids (``nvidia-smi -L``'s indices) from the
+    output of :data:`_HARDWARE`."""
     lines = text.splitlines()
     cores = int(lines[0].strip())
     memory = next(int(line.split()[1]) * 1024 for line in lines if line.startswith("MemTotal:"))
-    gpus = sum(1 for line in lines if line.startswith("GPU "))
+    gpus = tuple(m.group(1) for line in lines if (m := re.match(r"GPU (\d+):", line)))
     return cores, memory, gpus
 
 
-class SSHCapacity:
-    """The hosts' cores, memory and GPUs, shared out between this process's pools.
+class SSHCapacity(Capacity):
+    """The reachable hosts' capacity, shared with every taskcloud process through the
+    hosts' ledger; beside it, the hosts that could not be read and why."""
 
-    Each pool (a holder) says how many workers it has on each host
-    (``holder.host_counts()``); what is free on a host is what the others leave.
-    """
-
-    def __init__(self, provider: str, hosts: list[HostInfo]) -> None:
-        self.provider = provider
-        self.hosts = hosts
-        self._holders: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._released: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._shapes: dict[int, Shape] = {}
-        self._waits: dict[int, list[float]] = {}
-        self._lock = threading.RLock()
+    def __init__(self, provider: str, hosts: list[HostInfo], ledger: Any = _DEFAULT) -> None:
+        self.infos = list(hosts)
+        reachable = self.reachable
+        if not reachable:
+            raise HostUnreachableError(self.unreachable, provider)
+        super().__init__(
+            provider,
+            [info.hardware for info in reachable],
+            ledger=ledger,
+            max_workers={str(info.host): info.host.max_workers for info in reachable},
+        )
 
     @property
     def reachable(self) -> list[HostInfo]:
-        return [info for info in self.hosts if not info.reason]
+        return [info for info in self.infos if not info.reason]
 
     @property
     def unreachable(self) -> dict[str, str]:
-        return {str(info.host): info.reason for info in self.hosts if info.reason}
+        return {str(info.host): info.reason for info in self.infos if info.reason}
 
-    def describe(self) -> str:
-        return ", ".join(info.describe() for info in self.reachable)
-
-    def default_memory(self, cpu: int) -> int:
-        """As on this host (an even share per core), on the smallest host."""
-        return min(i.memory * min(cpu, i.cores) // i.cores for i in self.reachable)
-
-    def check(self, shape: Shape) -> None:
-        if any(info.fit(shape) for info in self.reachable):
-            return
-        reachable = self.reachable
-        if not any(i.cores >= shape.cpu for i in reachable):
-            request = f"cpu={shape.cpu}"
-        elif not any(i.memory >= shape.memory for i in reachable):
-            request = shape.asked("memory")
-        elif not any(i.gpus >= shape.gpu for i in reachable):
-            request = f"gpu={shape.gpu}"
-        else:
-            request = shape.asked("cpu", "memory", "gpu")
-        raise ResourceUnavailableError(request, self.describe(), self.provider, where=self.provider)
-
-    def fit(self, shape: Shape) -> int:
-        return sum(info.fit(shape) for info in self.reachable)
-
-    def attach(self, holder: Any, shape: Shape) -> None:
-        """Count ``holder``'s workers from now on, unless it was released."""
-        with self._lock:
-            if holder not in self._released:
-                self._holders.add(holder)
-                self._shapes[id(holder)] = shape
-
-    @property
-    def host_names(self) -> list[str]:
-        return [str(info.host) for info in self.reachable]
-
-    def place(self, holder: Any, shape: Shape, placed: Any) -> str:
-        """The host for ``holder``'s next worker: of those with room, the one with the
-        fewest of its workers."""
-        self.attach(holder, shape)
-        hosts = self.reachable
-        roomy = [info for info in hosts if self.room(info, shape) > 0] or hosts
-        return str(min(roomy, key=lambda info: placed.get(str(info.host), 0)).host)
-
-    @contextlib.contextmanager
-    def gpus_for(self, holder: object, workers: int, per_worker: int) -> Any:
-        yield workers
-
-    def assign_gpus(
-        self, holder: object, worker: str, n: int, host: str | None = None
-    ) -> list[str]:
-        return [str(i) for i in range(n)]
-
-    def taken(self, host: Host, but: Any = None) -> list[tuple[Shape, int]]:
-        """What the holders (but ``but``) have on ``host``."""
-        found = []
-        for holder in list(self._holders):
-            if holder is not but:
-                found.append((self._shapes[id(holder)], holder.host_counts().get(str(host), 0)))
-        return found
-
-    def room(self, host: HostInfo, shape: Shape) -> int:
+    def room(self, host: HostInfo | str, shape: Shape) -> int:
         """How many more workers of ``shape`` fit on ``host`` beside every holder's."""
-        return host.fit(shape, self.taken(host.host))
-
-    def grant(self, holder: object, shape: Shape, want: int, current: int) -> int:
-        self.attach(holder, shape)
-        with self._lock:
-            if holder not in self._holders:
-                return 0  # released: a closing pool's last step
-            room = sum(
-                info.fit(shape, self.taken(info.host, but=holder)) for info in self.reachable
-            )
-            granted = min(want, max(room, current))
-            self._note_wait(holder, granted < want)
-            return granted
-
-    def _note_wait(self, holder: object, waiting: bool) -> None:
-        since, total = self._waits.setdefault(id(holder), [0.0, 0.0])
-        if waiting and not since:
-            self._waits[id(holder)][0] = time.monotonic()
-        elif not waiting and since:
-            self._waits[id(holder)] = [0.0, total + time.monotonic() - since]
-
-    def waiting(self, holder: object) -> bool:
-        with self._lock:
-            wait = self._waits.get(id(holder))
-            return wait is not None and wait[0] > 0
-
-    def waited(self, holder: object) -> float:
-        with self._lock:
-            since, total = self._waits.get(id(holder), (0.0, 0.0))
-            return total + (time.monotonic() - since if since else 0.0)
-
-    def others_waiting(self, holder: object) -> bool:
-        with self._lock:
-            return any(w[0] > 0 for key, w in self._waits.items() if key != id(holder))
-
-    def release(self, holder: object) -> None:
-        with self._lock:
-            self._released.add(holder)
-            self._holders.discard(holder)
-            self._waits.pop(id(holder), None)
+        return super().room(str(host.host) if isinstance(host, HostInfo) else host, shape)
 
 
 # -------------------------------------------------------------------------- provider
@@ -875,8 +768,6 @@ class SSHProvider:
             return list(await asyncio.gather(*(self._hardware(h) for h in self.options.hosts)))
 
         capacity = SSHCapacity(self.name, _in_thread(read))
-        if not capacity.reachable:
-            raise HostUnreachableError(capacity.unreachable, self.name)
         for host, reason in capacity.unreachable.items():
             logger.warning("%s: host %s is left out: %s", self.name, host, reason)
         return capacity
