@@ -22,7 +22,7 @@ from taskcloud.providers.protocol import WorkerRequest
 TEMPLATE = (
     "{python} -m distributed.cli.dask_worker {scheduler} --nanny --name {name} "
     "--nthreads {threads} --memory-limit {memory} --host 127.0.0.1 --no-dashboard "
-    "--tls-ca-file {ca} --tls-cert {cert} --tls-key {key}"
+    "--death-timeout 10 --tls-ca-file {ca} --tls-cert {cert} --tls-key {key}"
 )
 
 

@@ -44,7 +44,7 @@ from taskcloud import processes
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.units import format_bytes
 
-__all__ = ["Capacity", "Host", "HostCapacity", "Ledger", "Shape", "detect_gpus"]
+__all__ = ["THIS_HOST", "Capacity", "Host", "HostCapacity", "Ledger", "Shape", "detect_gpus"]
 
 #: The name of the host this process runs on, in placements and summaries.
 THIS_HOST = "this host"
