@@ -26,7 +26,7 @@ def test_a_dask_future_can_be_awaited_through_its_state():
 
 
 def test_spec_cluster_correct_state_is_what_scaling_awaits():
-    """``SpecCluster._correct_state`` (LocalPoolCluster quiets failed starts through it)."""
+    """``SpecCluster._correct_state`` (the cluster base quiets failed starts through it)."""
     from distributed import SpecCluster
 
     assert callable(SpecCluster._correct_state)
