@@ -138,7 +138,7 @@ def test_new_cluster_ends_when_its_owner_is_killed(tmp_path) -> None:
 
 def test_scheduler_process_that_fails_says_why() -> None:
     """A scheduler that cannot start reports the error from its process."""
-    from taskcloud.providers.local import SchedulerProcess
+    from taskcloud.providers.scheduler import SchedulerProcess
 
     async def start() -> None:
         await SchedulerProcess(no_such_option=1)
