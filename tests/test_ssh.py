@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -26,7 +23,6 @@ from taskcloud.capacity import Shape
 from taskcloud.errors import HostUnreachableError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
-from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
 from taskcloud.providers import registry
 from taskcloud.providers.protocol import PoolRequest
@@ -35,6 +31,8 @@ from taskcloud.providers.ssh import HostInfo
 from taskcloud.providers.ssh import SSHCapacity
 from taskcloud.providers.ssh import SSHProvider
 from taskcloud.providers.ssh import parse_options
+from tests.helpers import gone
+from tests.helpers import profile_toml
 
 # The hosts' workers cannot import this module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -44,19 +42,9 @@ def _host(address: str) -> str:
     return address.split("://")[-1].rsplit(":", 1)[0]
 
 
-def _toml(value: object) -> str:
-    return (
-        json.dumps(value)
-        if not isinstance(value, list)
-        else "[" + ", ".join(map(_toml, value)) + "]"
-    )
-
-
 def _pyproject(path: Path, profile: dict, default: bool = False) -> None:
-    lines = ["[tool.taskcloud]", 'provider = "lab"' if default else "", ""]
-    lines.append("[tool.taskcloud.providers.lab]")
-    lines += [f"{key} = {_toml(value)}" for key, value in profile.items()]
-    (path / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    header = '[tool.taskcloud]\nprovider = "lab"\n\n' if default else ""
+    (path / "pyproject.toml").write_text(header + profile_toml("lab", profile))
 
 
 @pytest.fixture
@@ -345,25 +333,6 @@ def test_a_shape_no_host_holds_names_every_host(sshd) -> None:
 
 
 @pytest.mark.ssh
-@pytest.mark.slow
-def test_a_killed_remote_worker_reruns_then_names_the_host(lab, tmp_path) -> None:
-    """A call that kills its worker runs again, then fails naming the worker's host."""
-    attempts = tmp_path / "attempts.txt"
-
-    @taskcloud.function(provider="lab", n_workers=[0, 2], retries=1)
-    def die(path: str) -> None:
-        with open(path, "a") as file:
-            file.write("attempt\n")
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    with pytest.raises(
-        WorkerLostError, match=r"'die'.* 2 attempts \(last on tls://127\.0\.0\.[12]:"
-    ):
-        die(str(attempts))
-    assert attempts.read_text().count("attempt") == 2
-
-
-@pytest.mark.ssh
 def test_check_prints_the_host_key_fix_whole_at_80_columns(sshd, tmp_path, monkeypatch) -> None:
     """``provider check`` at 80 columns wraps the reason in its table and prints the
     ``ssh-keyscan`` command that adds the host key whole, on a line of its own."""
@@ -446,40 +415,6 @@ def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
 
 @pytest.mark.ssh
 @pytest.mark.slow
-def test_sigkilled_owner_leaves_nothing_on_the_hosts(sshd, tmp_path) -> None:
-    """A script that started a pool and is SIGKILLed leaves no process on the hosts."""
-    _pyproject(tmp_path, sshd.profile())
-    script = tmp_path / "owner.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import sys, time
-            import taskcloud
-
-            @taskcloud.function(provider="lab", n_workers=[2, 2])
-            def square(x):
-                return x * x
-
-            print(square(3), flush=True)
-            time.sleep(300)
-            """
-        )
-    )
-    owner = subprocess.Popen(
-        [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert owner.stdout is not None
-        assert owner.stdout.readline().strip() == "9"
-        wait_for(lambda: len(sshd.processes()) >= 2, 30, "the pool's workers starting")
-    finally:
-        owner.kill()
-        owner.wait()
-    _no_processes_left(sshd, timeout=30)
-
-
-@pytest.mark.ssh
-@pytest.mark.slow
 def test_a_pool_connects_ahead_of_its_workers_and_leaves_nothing_when_none_came(sshd) -> None:
     """A new pool starts an agent on each host it will use before any worker is
     asked for; closing it without a worker ever started leaves nothing there."""
@@ -512,43 +447,6 @@ def test_check_reports_each_host(sshd) -> None:
         assert report.memory > 0
     assert not reports["127.0.0.3"].reachable
     assert "refused" in reports["127.0.0.3"].reason
-
-
-@pytest.mark.ssh
-@pytest.mark.slow
-def test_a_call_past_its_timeout_frees_its_remote_worker(lab) -> None:
-    """A timed-out call on a host fails with its timeout; its worker is replaced."""
-
-    @taskcloud.function(provider="lab", n_workers=[1, 1], timeout=1)
-    def nap(seconds: float) -> str:
-        import distributed
-
-        time.sleep(seconds)
-        return distributed.get_worker().address
-
-    with pytest.raises(TaskTimeoutError, match="nap"):
-        nap(60)
-    assert _host(nap(0)) in lab.hosts
-
-
-@pytest.mark.ssh
-@pytest.mark.slow
-def test_a_remote_call_beyond_its_memory_loses_its_worker(lab) -> None:
-    """The nanny that the host's agent forks still enforces memory=: a call beyond it
-    fails with its limit, and a replacement worker takes the next call."""
-    from taskcloud import MemoryLimitError
-
-    @taskcloud.function(provider="lab", memory="300 MiB", n_workers=[0, 1], retries=0)
-    def allocate(megabytes: int, hold: float) -> int:
-        block = bytearray(megabytes * 2**20)
-        for i in range(0, len(block), 4096):
-            block[i] = 1
-        time.sleep(hold)
-        return len(block)
-
-    with pytest.raises(MemoryLimitError, match=r"exceeded its memory limit of 300 MiB"):
-        allocate(600, 30)
-    assert allocate(1, 0) == 2**20
 
 
 @pytest.mark.ssh
@@ -675,16 +573,6 @@ def agent():
         credentials.discard(directory)
 
 
-def _gone(pids: list[int]) -> bool:
-    import psutil
-
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-    return True
-
-
 def test_hostside_agent_ends_its_workers_with_its_input_even_while_they_start(agent) -> None:
     """The agent and every process it forked end when its input does, even while
     their nannies still look for a scheduler that is not there."""
@@ -692,7 +580,7 @@ def test_hostside_agent_ends_its_workers_with_its_input_even_while_they_start(ag
     process.stdin.close()
     # Well within the 60 s a start may take: they end because the input did.
     assert process.wait(20) == 0
-    wait_for(lambda: _gone(pids), 20, f"the agent's children {pids} ending")
+    wait_for(lambda: gone(*pids), 20, f"the agent's children {pids} ending")
 
 
 def test_a_sigkilled_agents_workers_end_too(agent) -> None:
@@ -701,7 +589,7 @@ def test_a_sigkilled_agents_workers_end_too(agent) -> None:
     process, pids = agent
     process.kill()
     process.wait()
-    wait_for(lambda: _gone(pids), 20, f"the agent's children {pids} ending")
+    wait_for(lambda: gone(*pids), 20, f"the agent's children {pids} ending")
 
 
 def test_the_agent_answers_each_request_by_its_worker_id(agent) -> None:
