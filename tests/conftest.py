@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import re
 import signal
@@ -145,6 +146,28 @@ def taskcloud_home(tmp_path_factory, monkeypatch) -> Path:
     home = tmp_path_factory.mktemp("taskcloud-home")
     monkeypatch.setenv("TASKCLOUD_HOME", str(home))
     return home
+
+
+@pytest.fixture
+def close_pools():
+    """Close every pool of this process after the test (``usefixtures`` it)."""
+    yield
+    from taskcloud.pools import pools
+
+    pools.close_all()
+
+
+@pytest.fixture
+def stop_leftover_clusters(taskcloud_home):
+    """Every named cluster a test starts runs detached; none may outlive the test."""
+    from taskcloud.store import Store
+
+    yield
+    for record in Store().all("clusters").values():
+        pid = record.get("pid")
+        if isinstance(pid, int) and pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
 
 
 @pytest.fixture(scope="session")

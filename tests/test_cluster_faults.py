@@ -15,11 +15,10 @@ from taskcloud.errors import ClusterNotFoundError
 from taskcloud.errors import ClusterStartError
 from taskcloud.store import Store
 from tests.conftest import wait_for
-from tests.test_clusters import _gone
-from tests.test_clusters import _script
-from tests.test_clusters import _stop_leftover_clusters  # noqa: F401  (autouse)
+from tests.helpers import gone
+from tests.helpers import run_script
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stop_leftover_clusters")]
 
 
 def _daemon_of(pid: int) -> psutil.Process | None:
@@ -41,7 +40,7 @@ def test_a_cluster_whose_creator_is_killed_as_it_starts_finishes_and_is_listed(
     tmp_path, taskcloud_home
 ):
     """The half-started cluster lives on, listed, and the next request attaches to it."""
-    creator = _script(
+    creator = run_script(
         tmp_path,
         """
         import taskcloud
@@ -63,12 +62,12 @@ def test_a_cluster_whose_creator_is_killed_as_it_starts_finishes_and_is_listed(
         assert client.submit(lambda: "attached").result(timeout=60) == "attached"
         client.close()
     taskcloud.delete_cluster("halfway")
-    assert _gone(daemon.pid)
+    assert gone(daemon.pid)
 
 
 def test_a_daemon_whose_claim_was_dropped_exits_and_the_name_starts_anew(tmp_path):
     """A daemon that lost its claim to its dead creator's successor does not run hidden."""
-    creator = _script(
+    creator = run_script(
         tmp_path,
         """
         import taskcloud
@@ -85,7 +84,7 @@ def test_a_daemon_whose_claim_was_dropped_exits_and_the_name_starts_anew(tmp_pat
     with taskcloud.Cluster(name="reclaimed", n_workers=1) as cluster:
         assert cluster.created
         daemon.resume()
-        wait_for(lambda: _gone(daemon.pid), 60, "the displaced daemon exiting")
+        wait_for(lambda: gone(daemon.pid), 60, "the displaced daemon exiting")
         assert taskcloud.list_clusters()["reclaimed"]["pid"] == cluster.pid
         client = cluster.get_client()
         assert client.submit(lambda: 7).result(timeout=60) == 7
@@ -98,7 +97,7 @@ def test_a_client_whose_cluster_was_killed_fails_at_once_and_a_new_cluster_serve
     client = cluster.get_client()
     assert client.submit(lambda: 1).result(timeout=60) == 1
     os.kill(cluster.pid, signal.SIGKILL)
-    wait_for(lambda: _gone(cluster.pid), 30, "the cluster's process dying")
+    wait_for(lambda: gone(cluster.pid), 30, "the cluster's process dying")
 
     with pytest.raises(ClusterNotFoundError, match="No running cluster named 'killed'"):
         client.submit(lambda: 2)
@@ -138,7 +137,7 @@ def test_the_dask_backend_does_not_take_a_default_client_whose_cluster_is_gone(t
     cluster = taskcloud.Cluster(name="gone", n_workers=1)
     client = cluster.get_client()
     os.kill(cluster.pid, signal.SIGKILL)
-    wait_for(lambda: _gone(cluster.pid), 30, "the cluster's process dying")
+    wait_for(lambda: gone(cluster.pid), 30, "the cluster's process dying")
     (tmp_path / "task_one.py").write_text("def task_one():\n    pass\n")
     try:
         session = build(paths=tmp_path, n_workers=2, parallel_backend="dask")

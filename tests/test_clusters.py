@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -13,7 +12,6 @@ import textwrap
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
 from distributed import Client
 from distributed.security import Security
@@ -24,38 +22,10 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.store import Store
 from tests.conftest import wait_for
+from tests.helpers import gone
+from tests.helpers import run_script
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _stop_leftover_clusters(taskcloud_home):
-    """Every cluster a test starts runs detached; none may outlive the test."""
-    yield
-    for record in Store().all("clusters").values():
-        pid = record.get("pid")
-        if isinstance(pid, int) and pid != os.getpid():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-
-
-def _script(tmp_path: Path, source: str) -> subprocess.Popen:
-    path = tmp_path / "script.py"
-    path.write_text(textwrap.dedent(source))
-    return subprocess.Popen(
-        [sys.executable, str(path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stop_leftover_clusters")]
 
 
 def test_cluster_runs_work_scales_and_closes():
@@ -69,7 +39,7 @@ def test_cluster_runs_work_scales_and_closes():
         assert all(w["host"] == "127.0.0.1" for w in workers)
         pid = cluster.pid
         client.close()
-    assert _gone(pid)
+    assert gone(pid)
     assert taskcloud.list_clusters() == {}
     assert Store().get("clusters", cluster.name)["status"] == "stopped"
 
@@ -105,7 +75,7 @@ def test_scale_and_adapt_honour_memory_and_cores_and_refuse_unknown_options():
 
 
 def test_named_cluster_outlives_its_process_and_others_attach(tmp_path):
-    creator = _script(
+    creator = run_script(
         tmp_path,
         """
         import json, taskcloud
@@ -135,7 +105,7 @@ def test_named_cluster_outlives_its_process_and_others_attach(tmp_path):
     pid = listing["shared"]["pid"]
 
     taskcloud.delete_cluster("shared")
-    assert _gone(pid)
+    assert gone(pid)
     assert "shared" not in taskcloud.list_clusters()
     with pytest.raises(ClusterNotFoundError, match="shared"):
         taskcloud.delete_cluster("shared")
@@ -147,11 +117,11 @@ def test_attaching_with_other_options_warns_which_are_ignored():
             other = taskcloud.Cluster(name="warned", n_workers=3)
         assert other.scheduler_address == cluster.scheduler_address
         other.close()
-        assert not _gone(cluster.pid)
+        assert not gone(cluster.pid)
 
 
 def test_idle_timeout_stops_a_cluster_whose_creator_was_killed(tmp_path):
-    creator = _script(
+    creator = run_script(
         tmp_path,
         """
         import sys, taskcloud, threading
@@ -163,8 +133,8 @@ def test_idle_timeout_stops_a_cluster_whose_creator_was_killed(tmp_path):
     pid = int(creator.stdout.readline())
     creator.send_signal(signal.SIGKILL)
     creator.wait(timeout=30)
-    assert not _gone(pid)
-    wait_for(lambda: _gone(pid), 60, "the orphaned cluster stopping itself")
+    assert not gone(pid)
+    wait_for(lambda: gone(pid), 60, "the orphaned cluster stopping itself")
     record = Store().get("clusters", "orphan")
     assert record["status"] == "stopped"
     assert record["reason"] == "idle"
@@ -173,7 +143,7 @@ def test_idle_timeout_stops_a_cluster_whose_creator_was_killed(tmp_path):
 def test_list_drops_clusters_whose_process_died():
     cluster = taskcloud.Cluster(name="crashing", n_workers=0)
     os.killpg(cluster.pid, signal.SIGKILL)
-    wait_for(lambda: _gone(cluster.pid), 30, "the cluster process dying")
+    wait_for(lambda: gone(cluster.pid), 30, "the cluster process dying")
     assert "crashing" not in taskcloud.list_clusters()
     assert Store().get("clusters", "crashing") is None
     with pytest.raises(ClusterNotFoundError, match="No running cluster named 'crashing'"):
@@ -229,8 +199,8 @@ def test_two_processes_asking_for_one_name_share_one_cluster(tmp_path):
         cluster = taskcloud.Cluster(name="race", n_workers=0)
         print(cluster.scheduler_address, cluster.pid, flush=True)
         """
-    first = _script(tmp_path, source)
-    second = _script(tmp_path, source)
+    first = run_script(tmp_path, source)
+    second = run_script(tmp_path, source)
     outs = [p.communicate(timeout=120) for p in (first, second)]
     assert first.returncode == second.returncode == 0, outs
     assert outs[0][0] == outs[1][0]

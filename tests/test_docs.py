@@ -13,6 +13,7 @@ from pytask import ExitCode
 from pytask import build
 
 from taskcloud.pools import pools
+from tests.helpers import profile_toml
 
 DOCS_SRC = Path(__file__).parents[1] / "docs_src"
 
@@ -122,11 +123,10 @@ def test_ssh_example_runs_on_the_hosts(sshd, tmp_path) -> None:
     simulations run on both hosts' workers, the summary here, from one `pytask -n 2`."""
     project = tmp_path / "ssh"
     shutil.copytree(DOCS_SRC / "ssh", project)
-    profile = "\n".join(f"{key} = {_toml(value)}" for key, value in sshd.profile().items())
     text = (project / "pyproject.toml").read_text()
     start = text.index("[tool.taskcloud.providers.lab]")
     end = text.index("[tool.pytask.ini_options]")
-    text = f"{text[:start]}[tool.taskcloud.providers.lab]\n{profile}\n\n{text[end:]}"
+    text = f"{text[:start]}{profile_toml('lab', sshd.profile())}\n{text[end:]}"
     (project / "pyproject.toml").write_text(text)
     result = subprocess.run(
         [sys.executable, "-m", "pytask", "-n", "2"],
@@ -144,13 +144,3 @@ def test_ssh_example_runs_on_the_hosts(sshd, tmp_path) -> None:
     assert "simulated on 127.0.0." in summary
     assert "on lab" in result.stdout
     assert "lab: 127.0.0." in result.stdout  # the summary says where the pool ran
-
-
-def _toml(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(item) for item in value) + "]"
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

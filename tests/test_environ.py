@@ -12,17 +12,10 @@ from pytask import ExitCode
 
 import taskcloud
 from taskcloud.environments import create_software_environment
-from taskcloud.pools import pools
 from tests.conftest import run_cli
 from tests.test_environments import make_wheel
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _close_pools():
-    yield
-    pools.close_all()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_pools")]
 
 
 def _wait_for_file(path: Path, timeout: float = 60.0) -> None:

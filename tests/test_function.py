@@ -18,17 +18,10 @@ import taskcloud
 from taskcloud import InvalidOptionError
 from taskcloud import ResourceUnavailableError
 from taskcloud import SerializationError
-from taskcloud.pools import pools
 from tests.conftest import INTERNALS
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _close_pools():
-    yield
-    pools.close_all()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_pools")]
 
 
 @taskcloud.function(n_workers=[0, 2], keepalive="5 s")

@@ -10,15 +10,8 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import TaskTimeoutError
 from taskcloud.pools import pools
 from tests.conftest import run_cli
-from tests.test_clusters import _stop_leftover_clusters  # noqa: F401  (autouse)
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _close_pools():
-    yield
-    pools.close_all()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_pools", "stop_leftover_clusters")]
 
 
 def where() -> str:

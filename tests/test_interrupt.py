@@ -10,6 +10,7 @@ import pytest
 
 from tests.conftest import run_subprocess
 from tests.conftest import wait_for
+from tests.helpers import gone
 
 TASKS = """
 import time
@@ -27,13 +28,6 @@ for i in range(4):
         time.sleep(120)
         path.write_text("never")
 """
-
-
-def _gone(process: psutil.Process) -> bool:
-    try:
-        return process.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 @pytest.mark.parametrize(
@@ -63,6 +57,6 @@ def test_ctrl_c_stops_workers_and_keeps_results(backend, tmp_path, write) -> Non
     assert "Traceback" not in output, output
     assert "WARNING" not in output, output
     assert "ERROR" not in output, output
-    wait_for(lambda: all(_gone(w) for w in workers), 10, "every worker process exiting")
+    wait_for(lambda: gone(*(w.pid for w in workers)), 10, "every worker process exiting")
     assert (tmp_path / "quick.txt").read_text() == "done"
     assert not list(tmp_path.glob("long-*.txt"))

@@ -22,7 +22,7 @@ from tests.conftest import run_subprocess
 from tests.conftest import shows_frame
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_pools")]
 
 TASKS = """
 import os
@@ -59,12 +59,6 @@ def task_heavy_above(path: Annotated[Path, Product] = Path("above.txt")) -> None
 def task_light(path: Annotated[Path, Product] = Path("light.txt")) -> None:
     path.write_text(where())
 """
-
-
-@pytest.fixture(autouse=True)
-def _close_pools():
-    yield
-    pools.close_all()
 
 
 def test_decorated_tasks_run_on_their_pool(tmp_path, write, runner) -> None:

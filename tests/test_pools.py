@@ -17,32 +17,21 @@ import pytest
 from rich.console import Console
 
 import taskcloud
-from taskcloud import MemoryLimitError
-from taskcloud import TaskTimeoutError
 from taskcloud import WorkerLostError
 from taskcloud.capacity import HostCapacity
 from taskcloud.plugin.summary import where_table
 from taskcloud.pools import pools
+from tests import helpers
 from tests.conftest import listening_sockets
 from tests.conftest import wait_for
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _close_pools():
-    yield
-    pools.close_all()
-
-
-def _pid() -> int:
-    return os.getpid()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_pools")]
 
 
 def test_workers_have_the_requested_shape() -> None:
     """threads_per_worker, memory and resource tags reach the dask workers."""
     shaped = taskcloud.function(cpu=1, memory="700 MiB", threads_per_worker=2, keepalive="5 s")(
-        _pid
+        helpers.pid
     )
     assert shaped() != os.getpid()
     (worker,) = shaped.client.scheduler_info()["workers"].values()
@@ -63,9 +52,9 @@ def test_workers_leave_ctrl_c_to_this_process() -> None:
 
 def test_same_spec_shares_a_pool_and_others_get_their_own() -> None:
     """Equal specs share workers; a different shape gets a pool of its own."""
-    one = taskcloud.function(memory="600 MiB", keepalive="5 s")(_pid)
-    two = taskcloud.function(memory="600 MiB", keepalive="5 s")(_pid)
-    other = taskcloud.function(memory="800 MiB", keepalive="5 s")(_pid)
+    one = taskcloud.function(memory="600 MiB", keepalive="5 s")(helpers.pid)
+    two = taskcloud.function(memory="600 MiB", keepalive="5 s")(helpers.pid)
+    other = taskcloud.function(memory="800 MiB", keepalive="5 s")(helpers.pid)
     assert one() == two()
     assert one.pool is two.pool
     assert other.pool is not one.pool
@@ -74,7 +63,7 @@ def test_same_spec_shares_a_pool_and_others_get_their_own() -> None:
 
 def test_pool_scales_to_zero_and_back() -> None:
     """Idle workers leave after keepalive; the next call brings one back."""
-    quick = taskcloud.function(n_workers=[0, 1], keepalive="1 s")(_pid)
+    quick = taskcloud.function(n_workers=[0, 1], keepalive="1 s")(helpers.pid)
     first = quick()
     assert quick.pool.n_workers == 1
     wait_for(lambda: quick.pool.n_workers == 0, 15, "the pool scaling to zero")
@@ -123,8 +112,8 @@ def test_idle_worker_makes_room_at_once_for_a_waiting_pool(caplog) -> None:
     that worker's keepalive, says that it waits, and the summary says for how long."""
     host = _host()
     # Together they need more cores than the host has, on any host.
-    whole = taskcloud.function(cpu=host.cores, memory="400 MiB", keepalive="120 s")(_pid)
-    single = taskcloud.function(cpu=1, memory="401 MiB", keepalive="5 s")(_pid)
+    whole = taskcloud.function(cpu=host.cores, memory="400 MiB", keepalive="120 s")(helpers.pid)
+    single = taskcloud.function(cpu=1, memory="401 MiB", keepalive="5 s")(helpers.pid)
     assert whole() != os.getpid()
     with caplog.at_level(logging.WARNING, logger="taskcloud"):
         # Well within the idle worker's 120 s keepalive.
@@ -164,7 +153,7 @@ def test_pools_of_two_processes_share_the_host(tmp_path: Path) -> None:
     try:
         assert holder.stdout is not None
         assert holder.stdout.readline().strip() == "holding"
-        mine = taskcloud.function(cpu=1, memory=memory + 1, keepalive="5 s")(_pid)
+        mine = taskcloud.function(cpu=1, memory=memory + 1, keepalive="5 s")(helpers.pid)
         future = mine.submit()
         wait_for(lambda: mine.pool.waiting_for_capacity, 60, "the pool waiting for capacity")
         assert not future.done()
@@ -179,43 +168,11 @@ def test_pools_of_two_processes_share_the_host(tmp_path: Path) -> None:
 def test_pools_listen_on_loopback_only() -> None:
     """The scheduler, nannies and workers of a pool only listen on 127.0.0.1."""
     before = listening_sockets()
-    remote = taskcloud.function(n_workers=[1, 1], keepalive="5 s")(_pid)
+    remote = taskcloud.function(n_workers=[1, 1], keepalive="5 s")(helpers.pid)
     assert remote() != os.getpid()
     listening = listening_sockets() - before
     assert len(listening) >= 3
     assert {address.ip for address in listening} == {"127.0.0.1"}
-
-
-def _sleep_and_record(path: str, seconds: float) -> int:
-    Path(path).write_text(str(os.getpid()))
-    time.sleep(seconds)
-    return os.getpid()
-
-
-def test_killed_worker_reruns_then_fails_with_worker_lost(tmp_path: Path) -> None:
-    """A SIGKILLed worker's call reruns up to retries, then raises WorkerLostError."""
-    marker = tmp_path / "pid"
-    fragile = taskcloud.function(retries=1, keepalive="5 s")(_sleep_and_record)
-    done = fragile.submit(str(tmp_path / "other"), 0)
-    assert done.result(timeout=60)
-    future = fragile.submit(str(marker), 60)
-    for _ in range(2):
-        pid = int(wait_for(lambda: marker.exists() and marker.read_text(), 60, "the call starting"))
-        marker.unlink()
-        os.kill(pid, signal.SIGKILL)
-    with pytest.raises(WorkerLostError, match=r"'_sleep_and_record' died in each of 2 attempts"):
-        future.result(timeout=60)
-    assert done.result() > 0  # what finished before stays finished
-
-
-def test_killed_worker_once_is_retried(tmp_path: Path) -> None:
-    """With retries=1, one lost worker costs a rerun, not the result."""
-    marker = tmp_path / "pid"
-    fragile = taskcloud.function(retries=1, keepalive="5 s")(_sleep_and_record)
-    future = fragile.submit(str(marker), 3)
-    pid = int(wait_for(lambda: marker.exists() and marker.read_text(), 60, "the call starting"))
-    os.kill(pid, signal.SIGKILL)
-    assert future.result(timeout=60) != pid
 
 
 def _kill_own_worker() -> None:
@@ -225,7 +182,7 @@ def _kill_own_worker() -> None:
 def test_lost_worker_is_known_at_once_not_after_a_wait_for_memory() -> None:
     """The nanny reports how its worker ended, so a lost worker fails its call
     without waiting out the notice of a memory kill that never comes."""
-    warm = taskcloud.function(retries=0, keepalive="5 s")(_pid)
+    warm = taskcloud.function(retries=0, keepalive="5 s")(helpers.pid)
     fatal = taskcloud.function(retries=0, keepalive="5 s")(_kill_own_worker)
     warm()
     with pytest.raises(WorkerLostError, match=r"'_kill_own_worker' died in each of 1 attempt"):
@@ -234,44 +191,9 @@ def test_lost_worker_is_known_at_once_not_after_a_wait_for_memory() -> None:
     assert list(exit_codes.values()) == [-signal.SIGKILL]
 
 
-def _allocate(megabytes: int, hold: float) -> int:
-    block = bytearray(megabytes * 2**20)
-    for i in range(0, len(block), 4096):
-        block[i] = 1
-    time.sleep(hold)
-    return len(block)
-
-
-def test_memory_limit_exceeded_is_reported() -> None:
-    """A call beyond memory= loses its worker and says it exceeded its limit."""
-    small = taskcloud.function(memory="300 MiB", retries=0, keepalive="5 s")(_allocate)
-    with pytest.raises(MemoryLimitError, match=r"exceeded its memory limit of 300 MiB"):
-        small(600, 30)
-    assert small(1, 0) == 2**20  # the replacement worker takes the next call
-
-
 def _nap(seconds: float) -> str:
     time.sleep(seconds)
     return "rested"
-
-
-def _stamp_and_nap(path: str, seconds: float) -> str:
-    Path(path).write_text(repr(time.time()))
-    time.sleep(seconds)
-    return "rested"
-
-
-def test_timeout_raises_on_time_and_frees_the_worker(tmp_path: Path) -> None:
-    """timeout= raises within 0.5 s of the limit after the call starts; the pool goes on."""
-    limited = taskcloud.function(timeout=1, n_workers=[0, 1], keepalive="10 s")(_stamp_and_nap)
-    stamp = tmp_path / "started"
-    with pytest.raises(
-        TaskTimeoutError, match=r"'_stamp_and_nap' did not finish within its timeout of 1 s"
-    ):
-        limited(str(stamp), 60)
-    raised = time.time()
-    assert raised - float(stamp.read_text()) <= 1 + 0.5
-    assert limited(str(tmp_path / "next"), 0) == "rested"
 
 
 def test_timeout_counts_from_when_the_call_starts() -> None:

@@ -11,18 +11,11 @@ import pytest
 import taskcloud
 from taskcloud.capacity import HostCapacity
 from taskcloud.errors import InvalidOptionError
-from taskcloud.pools import pools
 from taskcloud.providers import kinds
 from taskcloud.providers.local import LocalProvider
-from tests.test_clusters import _stop_leftover_clusters  # noqa: F401  (autouse)
+from tests import helpers
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _close_pools():
-    yield
-    pools.close_all()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_pools", "stop_leftover_clusters")]
 
 
 @pytest.fixture
@@ -53,10 +46,6 @@ class Elsewhere(LocalProvider):
         return super().worker(request)
 
 
-def _pid() -> int:
-    return os.getpid()
-
-
 def test_a_registered_provider_starts_the_pool_of_a_function_that_names_it(project):
     """``provider=`` naming a plugin's kind starts the pool's workers through its
     ``worker``; the pool's label says where it runs."""
@@ -65,7 +54,7 @@ def test_a_registered_provider_starts_the_pool_of_a_function_that_names_it(proje
         '[tool.taskcloud.providers.far]\nkind = "elsewhere"\ntag = "t1"\n', encoding="utf-8"
     )
     Elsewhere.started.clear()
-    remote = taskcloud.function(memory="300 MiB", provider="far")(_pid)
+    remote = taskcloud.function(memory="300 MiB", provider="far")(helpers.pid)
     assert remote() != os.getpid()
     assert Elsewhere.started == ["t1:0"]
     assert remote.pool.label.endswith("on far")
@@ -80,7 +69,7 @@ def test_the_projects_default_provider_holds_for_functions_that_name_none(projec
         '[tool.taskcloud.providers.far]\nkind = "elsewhere"\ncolour = "red"\n',
         encoding="utf-8",
     )
-    remote = taskcloud.function(memory="300 MiB")(_pid)
+    remote = taskcloud.function(memory="300 MiB")(helpers.pid)
     with pytest.raises(InvalidOptionError, match=r"provider_options=.*colour.*only 'tag'"):
         remote()
 
@@ -91,7 +80,7 @@ def test_a_saved_configuration_names_its_provider(project):
     taskcloud.create_cluster_configuration("cfg", worker_cpu=1, provider="here")
     with pytest.raises(InvalidOptionError, match="provider='moon'"):
         taskcloud.create_cluster_configuration("bad", provider="moon")
-    remote = taskcloud.function(configuration="cfg", memory="300 MiB")(_pid)
+    remote = taskcloud.function(configuration="cfg", memory="300 MiB")(helpers.pid)
     assert remote.spec.provider == "here"
     assert remote() != os.getpid()
     cluster = taskcloud.Cluster(name="seam", configuration="cfg", n_workers=1)

@@ -25,18 +25,13 @@ from taskcloud.configurations import function_defaults
 from taskcloud.errors import InvalidOptionError
 from taskcloud.pools import pools
 from taskcloud.specs import FunctionSpec
+from tests import helpers
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("close_pools")]
 
 #: How long a refused client may try before it gives up.
 CONNECT_TIMEOUT = 3
-
-
-@pytest.fixture(autouse=True)
-def _close_pools():
-    yield
-    pools.close_all()
 
 
 @pytest.fixture
@@ -52,10 +47,6 @@ def executor():
     started = build_dask_executor(1)
     yield started
     started.shutdown()
-
-
-def _pid() -> int:
-    return os.getpid()
 
 
 def _touch(path: str) -> None:
@@ -113,7 +104,7 @@ def _assert_refuses_strangers(client, security, foreign, marker: Path) -> None:
 def test_pool_refuses_plain_and_foreign_clients(tmp_path, foreign) -> None:
     """A pool's scheduler, workers and nannies speak TLS with the pool's credentials
     alone: a plain client and one with another cluster's certificate are refused."""
-    remote = taskcloud.function(n_workers=[1, 1], keepalive="5 s")(_pid)
+    remote = taskcloud.function(n_workers=[1, 1], keepalive="5 s")(helpers.pid)
     assert remote() != os.getpid()
     security = remote.cluster.security
     _assert_refuses_strangers(remote.client, security, foreign, tmp_path / "ran")
@@ -130,8 +121,8 @@ def test_dask_backend_refuses_plain_and_foreign_clients(tmp_path, foreign, execu
 
 def test_pool_credentials_are_private_and_go_with_the_pool() -> None:
     """A pool's key and certificate are 0600 in a 0700 directory, removed when it closes."""
-    remote = taskcloud.function(n_workers=[0, 1], keepalive="5 s")(_pid)
-    other = taskcloud.function(n_workers=[0, 1], keepalive="5 s", memory="300 MiB")(_pid)
+    remote = taskcloud.function(n_workers=[0, 1], keepalive="5 s")(helpers.pid)
+    other = taskcloud.function(n_workers=[0, 1], keepalive="5 s", memory="300 MiB")(helpers.pid)
     remote(), other()
     directory = remote.cluster.credentials
     assert directory != other.cluster.credentials
@@ -168,7 +159,7 @@ def test_credentials_of_a_killed_process_go_with_the_next_pool(tmp_path) -> None
     left = Path(owner.stdout.strip())
     assert left.is_dir()
     assert left.parent == Path(tempfile.gettempdir())
-    taskcloud.function(n_workers=[0, 1], keepalive="5 s")(_pid)()
+    taskcloud.function(n_workers=[0, 1], keepalive="5 s")(helpers.pid)()
     assert not left.exists()
 
 
@@ -215,7 +206,7 @@ def _assert_health_only(client) -> None:
 
 def test_pool_without_dashboard_serves_health_alone() -> None:
     """By default a pool has no dashboard: no link, and no page beyond /health."""
-    remote = taskcloud.function(n_workers=[1, 1], keepalive="5 s")(_pid)
+    remote = taskcloud.function(n_workers=[1, 1], keepalive="5 s")(helpers.pid)
     remote()
     assert remote.pool.dashboard_link == ""
     _assert_health_only(remote.client)
@@ -230,8 +221,8 @@ def test_dask_backend_serves_health_alone(executor) -> None:
 def test_pool_with_dashboard_serves_it() -> None:
     """dashboard=True gives the pool a dask dashboard on 127.0.0.1, and its own pool."""
     pytest.importorskip("bokeh", reason="the dask dashboard needs bokeh")
-    plain = taskcloud.function(n_workers=[0, 1], keepalive="5 s")(_pid)
-    shown = taskcloud.function(n_workers=[0, 1], keepalive="5 s", dashboard=True)(_pid)
+    plain = taskcloud.function(n_workers=[0, 1], keepalive="5 s")(helpers.pid)
+    shown = taskcloud.function(n_workers=[0, 1], keepalive="5 s", dashboard=True)(helpers.pid)
     shown()
     assert shown.pool is not plain.pool
     link = shown.pool.dashboard_link
@@ -256,9 +247,12 @@ def test_configuration_sets_the_dashboard() -> None:
     """A saved configuration carries dashboard=, as a decorator default."""
     assert create_cluster_configuration("shown", dashboard=True) == {"dashboard": True}
     assert function_defaults("shown") == {"dashboard": True}
-    remote = taskcloud.function(configuration="shown")(_pid)
+    remote = taskcloud.function(configuration="shown")(helpers.pid)
     assert remote.spec.dashboard is True
-    assert taskcloud.function(configuration="shown", dashboard=False)(_pid).spec.dashboard is False
+    assert (
+        taskcloud.function(configuration="shown", dashboard=False)(helpers.pid).spec.dashboard
+        is False
+    )
 
 
 def test_config_create_takes_the_dashboard_flag(runner) -> None:

@@ -14,11 +14,7 @@ from tests.conftest import run_cli
 from tests.test_environments import PACKAGE
 from tests.test_environments import make_wheel
 
-
-@pytest.fixture(autouse=True)
-def _close_pools():
-    yield
-    pools.close_all()
+pytestmark = pytest.mark.usefixtures("close_pools")
 
 
 ENVIRON = """

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import cloudpickle
+import dask
 import pytest
+from distributed import Client
 from pytask import ExitCode
 from pytask import build
 
@@ -26,7 +25,6 @@ from taskcloud.capacity import Shape
 from taskcloud.errors import HostUnreachableError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
-from taskcloud.errors import TaskTimeoutError
 from taskcloud.errors import WorkerLostError
 from taskcloud.providers import kinds
 from taskcloud.providers.cluster import start_pool
@@ -36,6 +34,8 @@ from taskcloud.providers.ssh import HostInfo
 from taskcloud.providers.ssh import SSHCapacity
 from taskcloud.providers.ssh import SSHProvider
 from taskcloud.providers.ssh import parse_options
+from tests.helpers import gone
+from tests.helpers import profile_toml
 
 # The hosts' workers cannot import this module: its functions travel by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -45,19 +45,9 @@ def _host(address: str) -> str:
     return address.split("://")[-1].rsplit(":", 1)[0]
 
 
-def _toml(value: object) -> str:
-    return (
-        json.dumps(value)
-        if not isinstance(value, list)
-        else "[" + ", ".join(map(_toml, value)) + "]"
-    )
-
-
 def _pyproject(path: Path, profile: dict, default: bool = False) -> None:
-    lines = ["[tool.taskcloud]", 'provider = "lab"' if default else "", ""]
-    lines.append("[tool.taskcloud.providers.lab]")
-    lines += [f"{key} = {_toml(value)}" for key, value in profile.items()]
-    (path / "pyproject.toml").write_text("\n".join(lines) + "\n")
+    header = '[tool.taskcloud]\nprovider = "lab"\n\n' if default else ""
+    (path / "pyproject.toml").write_text(header + profile_toml("lab", profile))
 
 
 @pytest.fixture
@@ -346,25 +336,6 @@ def test_a_shape_no_host_holds_names_every_host(sshd) -> None:
 
 
 @pytest.mark.ssh
-@pytest.mark.slow
-def test_a_killed_remote_worker_reruns_then_names_the_host(lab, tmp_path) -> None:
-    """A call that kills its worker runs again, then fails naming the worker's host."""
-    attempts = tmp_path / "attempts.txt"
-
-    @taskcloud.function(provider="lab", n_workers=[0, 2], retries=1)
-    def die(path: str) -> None:
-        with open(path, "a") as file:
-            file.write("attempt\n")
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    with pytest.raises(
-        WorkerLostError, match=r"'die'.* 2 attempts \(last on tls://127\.0\.0\.[12]:"
-    ):
-        die(str(attempts))
-    assert attempts.read_text().count("attempt") == 2
-
-
-@pytest.mark.ssh
 def test_check_prints_the_host_key_fix_whole_at_80_columns(sshd, tmp_path, monkeypatch) -> None:
     """``provider check`` at 80 columns wraps the reason in its table and prints the
     ``ssh-keyscan`` command that adds the host key whole, on a line of its own."""
@@ -447,40 +418,6 @@ def test_secrets_never_reach_the_hosts_command_lines(sshd) -> None:
 
 @pytest.mark.ssh
 @pytest.mark.slow
-def test_sigkilled_owner_leaves_nothing_on_the_hosts(sshd, tmp_path) -> None:
-    """A script that started a pool and is SIGKILLed leaves no process on the hosts."""
-    _pyproject(tmp_path, sshd.profile())
-    script = tmp_path / "owner.py"
-    script.write_text(
-        textwrap.dedent(
-            """
-            import sys, time
-            import taskcloud
-
-            @taskcloud.function(provider="lab", n_workers=[2, 2])
-            def square(x):
-                return x * x
-
-            print(square(3), flush=True)
-            time.sleep(300)
-            """
-        )
-    )
-    owner = subprocess.Popen(
-        [sys.executable, str(script)], cwd=tmp_path, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert owner.stdout is not None
-        assert owner.stdout.readline().strip() == "9"
-        wait_for(lambda: len(sshd.processes()) >= 2, 30, "the pool's workers starting")
-    finally:
-        owner.kill()
-        owner.wait()
-    _no_processes_left(sshd, timeout=30)
-
-
-@pytest.mark.ssh
-@pytest.mark.slow
 def test_a_pool_whose_workers_never_came_leaves_nothing(sshd) -> None:
     """A pool connects to a host for its first worker there, not before; closing a pool
     whose workers never came leaves nothing on the hosts."""
@@ -509,43 +446,6 @@ def test_check_reports_each_host(sshd) -> None:
         assert report.memory > 0
     assert not reports["127.0.0.3"].reachable
     assert "refused" in reports["127.0.0.3"].reason
-
-
-@pytest.mark.ssh
-@pytest.mark.slow
-def test_a_call_past_its_timeout_frees_its_remote_worker(lab) -> None:
-    """A timed-out call on a host fails with its timeout; its worker is replaced."""
-
-    @taskcloud.function(provider="lab", n_workers=[1, 1], timeout=1)
-    def nap(seconds: float) -> str:
-        import distributed
-
-        time.sleep(seconds)
-        return distributed.get_worker().address
-
-    with pytest.raises(TaskTimeoutError, match="nap"):
-        nap(60)
-    assert _host(nap(0)) in lab.hosts
-
-
-@pytest.mark.ssh
-@pytest.mark.slow
-def test_a_remote_call_beyond_its_memory_loses_its_worker(lab) -> None:
-    """The nanny that the host's agent forks still enforces memory=: a call beyond it
-    fails with its limit, and a replacement worker takes the next call."""
-    from taskcloud import MemoryLimitError
-
-    @taskcloud.function(provider="lab", memory="300 MiB", n_workers=[0, 1], retries=0)
-    def allocate(megabytes: int, hold: float) -> int:
-        block = bytearray(megabytes * 2**20)
-        for i in range(0, len(block), 4096):
-            block[i] = 1
-        time.sleep(hold)
-        return len(block)
-
-    with pytest.raises(MemoryLimitError, match=r"exceeded its memory limit of 300 MiB"):
-        allocate(600, 30)
-    assert allocate(1, 0) == 2**20
 
 
 @pytest.mark.ssh
@@ -672,16 +572,6 @@ def agent():
         credentials.discard(directory)
 
 
-def _gone(pids: list[int]) -> bool:
-    import psutil
-
-    for pid in pids:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                return False
-    return True
-
-
 def test_hostside_agent_ends_its_workers_with_its_input_even_while_they_start(agent) -> None:
     """The agent and every process it forked end when its input does, even while
     their nannies still look for a scheduler that is not there."""
@@ -689,7 +579,7 @@ def test_hostside_agent_ends_its_workers_with_its_input_even_while_they_start(ag
     process.stdin.close()
     # Well within the 60 s a start may take: they end because the input did.
     assert process.wait(20) == 0
-    wait_for(lambda: _gone(pids), 20, f"the agent's children {pids} ending")
+    wait_for(lambda: gone(*pids), 20, f"the agent's children {pids} ending")
 
 
 def test_a_sigkilled_agents_workers_end_too(agent) -> None:
@@ -698,7 +588,7 @@ def test_a_sigkilled_agents_workers_end_too(agent) -> None:
     process, pids = agent
     process.kill()
     process.wait()
-    wait_for(lambda: _gone(pids), 20, f"the agent's children {pids} ending")
+    wait_for(lambda: gone(*pids), 20, f"the agent's children {pids} ending")
 
 
 def test_the_agent_answers_each_request_by_its_worker_id(agent) -> None:
@@ -712,3 +602,48 @@ def test_the_agent_answers_each_request_by_its_worker_id(agent) -> None:
     assert [reply["id"] for reply in replies if "exit" in reply] == ["0"]
     (bad,) = [reply for reply in replies if reply["id"] == "7"]
     assert re.search(r"the spec lacks scheduler, listen", bad["error"])
+
+
+def _visible_gpus_here() -> str:
+    return os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+
+
+@pytest.mark.ssh
+@pytest.mark.slow
+def test_each_worker_sees_only_the_gpu_ids_it_was_given_on_its_host(sshd) -> None:
+    """On hosts with GPUs (made-up ids: the test sshd's hosts have none for nvidia-smi
+    to list), each gpu=1 worker sees one id of its own host in CUDA_VISIBLE_DEVICES,
+    two workers on one host see different ids, and a worker of a shape without GPUs
+    sees none."""
+    provider = SSHProvider("lab", sshd.options())
+    read = provider.capacity()
+    infos = [HostInfo(info.host, info.cores, info.memory, gpus=("0", "1")) for info in read.infos]
+    provider._capacity = SSHCapacity("lab", infos, ledger=None)  # the made-up GPU ids
+    gpu = start_pool(
+        provider, _request(shape=Shape(cpu=1, memory=2**30, gpu=1), minimum=3, maximum=3)
+    )
+    cpu = start_pool(provider, _request(name="taskcloud-ssh-cpu", minimum=1, maximum=1))
+    try:
+        with (
+            dask.config.set({"distributed.diagnostics.nvml": False}),
+            Client(gpu, set_as_default=False) as client,
+            Client(cpu, set_as_default=False) as other,
+        ):
+            client.wait_for_workers(3, timeout=120)
+            by_host: dict[str, list[str]] = {}
+            for address, ids in client.run(_visible_gpus_here).items():
+                by_host.setdefault(address.split("//")[1].rsplit(":", 1)[0], []).append(ids)
+            # Fewest-first over both hosts; on each, every worker has an id of its own.
+            assert set(by_host) == set(sshd.hosts)
+            assert sorted(len(ids) for ids in by_host.values()) == [1, 2]
+            for ids in by_host.values():
+                assert set(ids) <= {"0", "1"}
+                assert len(set(ids)) == len(ids)
+            # Travels by value: the hosts cannot import this module.
+            seen = other.submit(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"), pure=False)
+            assert seen.result(timeout=120) == ""
+    finally:
+        gpu.close()
+        cpu.close()
+        provider.close()
+    _no_processes_left(sshd)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import psutil
 import pytest
 from pytask import ExitCode
 from pytask import TaskOutcome
 from pytask import build
 
 from tests.conftest import wait_for
+from tests.helpers import gone
 
 TASKS = """
 import os
@@ -36,13 +36,6 @@ for i in range(6):
 """
 
 
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.mark.parametrize(
     "backend", ["loky", "processes", pytest.param("dask", marks=pytest.mark.slow)]
 )
@@ -63,7 +56,7 @@ def test_stop_cancels_what_runs_and_starts_nothing(backend, option, tmp_path, wr
     assert len(started) <= 2
     for marker in started:
         pid = int(marker.read_text())
-        wait_for(lambda pid=pid: _gone(pid), 10, f"the worker {pid} of a stopped task ending")
+        wait_for(lambda pid=pid: gone(pid), 10, f"the worker {pid} of a stopped task ending")
 
 
 def test_stop_on_threads_starts_nothing_more(tmp_path, write) -> None:
