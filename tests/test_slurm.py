@@ -17,6 +17,7 @@ from pytask import ExitCode
 from pytask import build
 
 import taskcloud
+from taskcloud.errors import ClusterStartError
 from taskcloud.errors import JobFailedError
 from taskcloud.errors import JobPendingError
 from taskcloud.errors import ResourceUnavailableError
@@ -538,3 +539,19 @@ def test_ctrl_c_of_a_pytask_run_cancels_its_jobs(slurm, profile, tmp_path) -> No
         run.wait()
 
     wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
+
+
+def test_a_named_clusters_worker_options_are_refused_not_dropped(slurm, profile) -> None:
+    """dask-jobqueue starts the jobs' workers, so worker_options cannot reach them: the
+    cluster does not start, and the error names the option and where job options go."""
+    profile("hpc")
+    with pytest.raises(ClusterStartError, match=r"worker_options=.*job_extra_directives"):
+        taskcloud.Cluster(
+            name="opts-slurm",
+            provider="hpc",
+            n_workers=1,
+            worker_memory="500 MiB",
+            worker_options={"nthreads": 2},
+        )
+    assert "opts-slurm" not in taskcloud.list_clusters()
+    assert not slurm.jobs()

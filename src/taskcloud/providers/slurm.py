@@ -755,6 +755,21 @@ class SlurmProvider:
         return cluster
 
     async def start_cluster(self, request: ClusterRequest) -> SlurmPoolCluster:
+        # dask-jobqueue starts its own workers from the job script: a named cluster's
+        # worker class and options have nowhere to go, so they are refused, not dropped.
+        if request.worker_class not in ("", "distributed.Nanny"):
+            raise InvalidOptionError(
+                "worker_class",
+                request.worker_class,
+                "'distributed.Nanny' on the slurm provider: its jobs start dask-jobqueue's workers",
+            )
+        if request.worker_options:
+            raise InvalidOptionError(
+                "worker_options",
+                request.worker_options,
+                "{} on the slurm provider: set the jobs' options in its profile "
+                "(job_extra_directives, job_script_prologue)",
+            )
         cluster = self._build(
             request.shape,
             request.threads_per_worker,
