@@ -22,6 +22,7 @@ import taskcloud
 from conftest import wait_for
 from taskcloud import pools
 from taskcloud.capacity import Shape
+from taskcloud.errors import ClusterStartError
 from taskcloud.errors import HostUnreachableError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
@@ -454,14 +455,29 @@ def test_a_named_cluster_runs_its_workers_on_the_hosts(sshd, taskcloud_home) -> 
     """``Cluster(provider="ssh", provider_options=...)`` starts its workers on the hosts;
     closing it leaves nothing there."""
     with taskcloud.Cluster(
-        n_workers=2, worker_memory="1 GiB", provider="ssh", provider_options=sshd.options()
+        n_workers=2,
+        worker_memory="1 GiB",
+        provider="ssh",
+        provider_options=sshd.options(),
+        worker_options={"resources": {"licence": 1}},
     ) as cluster:
         client = cluster.get_client()
         client.wait_for_workers(2, timeout=60)
-        hosts = {_host(address) for address in client.scheduler_info()["workers"]}
-        assert hosts == set(sshd.hosts)
+        workers = client.scheduler_info()["workers"].values()
+        assert {worker["host"] for worker in workers} == set(sshd.hosts)
+        # worker_options reach the hosts' nannies.
+        assert all(worker["resources"] == {"licence": 1} for worker in workers)
         assert client.submit(lambda x: x * 2, 21).result(timeout=60) == 42
         client.close()
+    _no_processes_left(sshd)
+    with pytest.raises(ClusterStartError, match=r"worker_class='distributed.Worker'.*Nanny"):
+        taskcloud.Cluster(
+            n_workers=1,
+            worker_memory="1 GiB",
+            provider="ssh",
+            provider_options=sshd.options(),
+            worker_class="distributed.Worker",
+        )
     _no_processes_left(sshd)
 
 
