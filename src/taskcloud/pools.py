@@ -583,6 +583,11 @@ class Pool:
         """Where the pool's workers run, for the summary."""
         return str(self.cluster.where)
 
+    @property
+    def alive(self) -> bool:
+        """Whether the pool can take calls: a pool of its own always can, while open."""
+        return True
+
     def close(self, *, kill: bool = False) -> None:
         """Stop the pool's workers and scheduler; with ``kill``, kill busy workers at once."""
         from distributed.utils import silence_logging_cmgr
@@ -641,7 +646,7 @@ class PoolManager:
         ``start()``'s; a pool whose ``alive`` is False is replaced."""
         with self._lock:
             pool = self._pools.get(key)
-            if pool is not None and not getattr(pool, "alive", True):
+            if pool is not None and not pool.alive:
                 del self._pools[key]
                 with contextlib.suppress(Exception):
                     pool.close()
