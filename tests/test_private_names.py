@@ -33,6 +33,19 @@ def test_spec_cluster_correct_state_is_what_scaling_awaits():
     assert "self._correct_state" in inspect.getsource(SpecCluster.scale)
 
 
+def test_a_scheduler_registers_plugins_on_request():
+    """The scheduler's ``register_scheduler_plugin`` request, as ``Client.register_plugin``
+    sends it (providers.events.install sends it through a cluster's rpc): a pickled
+    plugin, its name and ``idempotent``."""
+    from distributed import Scheduler
+
+    parameters = inspect.signature(Scheduler.register_scheduler_plugin).parameters
+    assert list(parameters) == ["self", "plugin", "name", "idempotent"]
+    assert '"register_scheduler_plugin": self.register_scheduler_plugin' in inspect.getsource(
+        Scheduler.__init__
+    )
+
+
 def test_a_spec_clusters_adaptive_is_kept_on_it():
     """``Cluster._adaptive`` (Pool.close stops a pool's adaptive scaling before closing)."""
     from distributed.deploy.cluster import Cluster

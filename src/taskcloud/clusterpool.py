@@ -8,93 +8,28 @@ the decorator's ``configuration=``, else from the saved configuration named like
 cluster, else with the cluster's defaults. Closing the pool detaches; the cluster
 runs on until its ``idle_timeout``.
 
-The cluster's scheduler runs in another process, so calls learn that they started
-from an event: :class:`StartNotices` runs in that scheduler and logs each call's key
-as it starts; the pool's client subscribes to them.
+The cluster's scheduler runs in another process; the pool watches it as every pool
+does, over the wire: :class:`~taskcloud.providers.events.PoolWatch` registers its
+scheduler plugin through the pool's client and follows its events.
 """
 
 from __future__ import annotations
 
 import contextlib
-import re
-import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from attrs import define
-from distributed.diagnostics.plugin import SchedulerPlugin
 
 from taskcloud.capacity import HostCapacity
 from taskcloud.capacity import Shape
 from taskcloud.pools import Pool
 from taskcloud.pools import PoolStats
+from taskcloud.providers.events import PoolWatch
 from taskcloud.providers.starts import CallStarts
 from taskcloud.specs import PoolSpec
 
-__all__ = ["ClusterPool", "ClusterWatch", "StartNotices"]
-
-#: The topic of the events that say a call started on a worker.
-TOPIC = "taskcloud-call-started"
-
-#: The keys a pool gives its calls: the function's name and 12 hex digits.
-_CALL_KEY = re.compile(r"-[0-9a-f]{12}$")
-
-
-class StartNotices(SchedulerPlugin):
-    """In a named cluster's scheduler: logs a :data:`TOPIC` event as a call starts."""
-
-    name = TOPIC
-
-    async def start(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
-
-    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish == "processing" and isinstance(key, str) and _CALL_KEY.search(key):
-            self.scheduler.log_event(TOPIC, key)
-
-
-class ClusterWatch:
-    """What a pool's calls ask of its watch, from the events of :class:`StartNotices`.
-
-    A named cluster's nannies do not report memory kills to this process: a worker
-    killed for memory is a lost worker here, retried as such.
-    """
-
-    def __init__(self) -> None:
-        self._on_start: dict[str, Callable[[str], None]] = {}
-        self._on_executing: dict[str, Callable[[str, float], None]] = {}
-        self._lock = threading.Lock()
-
-    def on_start(self, key: str, callback: Callable[[str], None]) -> None:
-        """Call ``callback(key)`` when the task ``key`` starts on a worker."""
-        with self._lock:
-            self._on_start[key] = callback
-
-    def on_executing(self, key: str, callback: Callable[[str, float], None]) -> None:
-        """Call ``callback(key, since)`` when a worker's thread takes the timed call."""
-        with self._lock:
-            self._on_executing[key] = callback
-
-    def notice(self, event: tuple[float, Any]) -> None:
-        """Handle one :data:`TOPIC` event: a key from :class:`StartNotices`, or from a
-        worker's :class:`~taskcloud.providers.CallStarts` the key and its start."""
-        message = event[1]
-        if isinstance(message, dict):
-            key = str(message.get("key"))
-            with self._lock:
-                executing = self._on_executing.pop(key, None)
-            if executing is not None:
-                executing(key, float(message.get("since", 0.0)))
-            return
-        with self._lock:
-            callback = self._on_start.pop(str(message), None)
-        if callback is not None:
-            callback(str(message))
-
-    def memory_kill(self, worker: str, wait: float) -> int | None:
-        """Never known for a named cluster's workers."""
-        return None
+__all__ = ["ClusterPool"]
 
 
 @define(eq=False)
@@ -111,13 +46,12 @@ class ClusterPool(Pool):
         if configuration is None and name in list_cluster_configurations():
             configuration = name
         cluster = Cluster(name=name, configuration=configuration, shutdown_on_close=False)
+        stats = PoolStats(started=_workers(cluster), peak=_workers(cluster))
         try:
             client = ClusterClient(cluster, set_as_default=False)
-            client.register_plugin(StartNotices(), name=StartNotices.name)
-            # Its workers say when a timed call starts, on the same topic.
+            # Its workers say when a timed call starts.
             client.register_plugin(CallStarts())
-            watch = ClusterWatch()
-            client.subscribe_topic(TOPIC, watch.notice)
+            watch = PoolWatch.attach(client, stats)
         except BaseException:
             cluster.close()
             raise
@@ -125,7 +59,6 @@ class ClusterPool(Pool):
         memory = spec.worker_memory or HostCapacity().default_memory(spec.worker_cpu)
         shape = Shape(cpu=spec.worker_cpu, memory=memory, gpu=spec.worker_gpu)
         pool_spec = PoolSpec(cpu=spec.worker_cpu, memory=memory, gpu=spec.worker_gpu)
-        stats = PoolStats(started=_workers(cluster), peak=_workers(cluster))
         return cls(pool_spec, shape, cluster, client, watch, stats, f"cluster {name!r}")
 
     @property
@@ -174,12 +107,7 @@ class ClusterPool(Pool):
     def stop_running(self, dask_future: Any) -> None:
         """Take a timed-out call back: cancel it, and replace its worker through the
         cluster's scheduler (in the cluster's process, so asked over the client)."""
-        key = dask_future.key
-        try:
-            processing = self.client.processing()
-        except Exception:  # the cluster is gone
-            processing = {}
-        worker = next((name for name, keys in processing.items() if key in keys), None)
+        worker = self.watch.running_on(dask_future.key)
         dask_future.cancel()
         if worker is None:
             return

@@ -217,6 +217,7 @@ class _Call:
         # leave as soon as it is idle.
         if self._dask is dask_future:
             self._dask = None
+        self.pool.watch.forget(dask_future.key)
         with contextlib.suppress(Exception):
             dask_future.release()
 
@@ -420,9 +421,9 @@ class Pool:
         stats = PoolStats()
         workers = start_pool(provider, request)
         try:
-            watch = workers.watch(stats)
             client = Client(workers, set_as_default=False)
             client.register_plugin(CallStarts())
+            watch = workers.watch(client, stats)
         except BaseException:
             workers.close()
             raise
@@ -549,7 +550,7 @@ class Pool:
         then it is killed and its nanny starts a new one. This takes milliseconds,
         where asking the worker to close waits seconds for the busy thread.
         """
-        worker = self.cluster.running_on(dask_future.key)
+        worker = self.watch.running_on(dask_future.key)
         dask_future.cancel()
         if worker is not None:
             self.cluster.replace_worker(worker)

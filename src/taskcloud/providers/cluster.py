@@ -11,9 +11,11 @@ a pool or a named cluster needs of its workers is written here, once:
 * quiet starts: a failed worker start is retried quietly, a run of them logged once;
 * replacing one worker at once, killing them all, adaptive scaling within the
   capacity (:class:`CapacityAdaptive`), and a close that leaves nothing behind;
-* what pools and a named cluster's daemon ask of the scheduler, which runs in this
-  process: the pool's watch (a scheduler plugin), the worker that runs a task, when
-  the cluster went idle.
+* what pools ask of the scheduler, over the wire wherever it runs (in this process, or
+  in a process of its own): through the events and requests of
+  :class:`~taskcloud.providers.events.SchedulerEvents`, registered as the cluster
+  starts, and dask's own ``scheduler_info``; what a named cluster's daemon asks of
+  the scheduler it owns (when it went idle, its handlers), in this process.
 """
 
 from __future__ import annotations
@@ -22,9 +24,6 @@ import asyncio
 import collections
 import itertools
 import logging
-import signal
-import threading
-import time
 from collections.abc import Callable
 from inspect import isawaitable
 from typing import Any
@@ -41,9 +40,9 @@ from distributed.utils import import_term
 from taskcloud import credentials
 from taskcloud.capacity import Shape
 from taskcloud.errors import WorkerStartError
-from taskcloud.providers import CALL_STARTED
-from taskcloud.providers import WORKER_EXIT
+from taskcloud.providers import events
 from taskcloud.providers import main_module_hidden
+from taskcloud.providers.events import PoolWatch
 from taskcloud.providers.protocol import THIS_HOST
 from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import PoolRequest
@@ -57,6 +56,7 @@ __all__ = [
     "PoolAdaptive",
     "PoolWatch",
     "ProviderCluster",
+    "SchedulerOverTheWire",
     "adapt",
     "http_config",
     "quiet_logs",
@@ -82,32 +82,27 @@ FAILED_STARTS = 3
 HEALTH_ONLY = ["distributed.http.health"]
 
 
-class InProcessScheduler:
-    """What a cluster answers when its scheduler runs in this process: the members of
-    :class:`~taskcloud.providers.protocol.Workers` that read the scheduler (pools'
-    and a named cluster's daemon's). The cluster base and the Slurm cluster share it.
-    """
+class SchedulerOverTheWire:
+    """What a cluster answers of :class:`~taskcloud.providers.protocol.Workers` for
+    pools, wherever its scheduler runs: from dask's ``scheduler_info`` (kept current
+    over the wire) and through :class:`~taskcloud.providers.events.SchedulerEvents`.
+    The cluster base and the Slurm cluster share it."""
 
-    scheduler: Any
+    scheduler_info: dict[str, Any]
     sync: Any
 
     @property
     def n_workers(self) -> int:
-        return len(self.scheduler.workers)
+        return len(self.scheduler_info.get("workers", {}))
 
-    def watch(self, stats: Any) -> PoolWatch:
-        """Watch the workers from the scheduler, through a plugin."""
-        watch = PoolWatch(stats)
-        self.scheduler.add_plugin(watch, name=watch.name)
-        return watch
+    def watch(self, client: Any, stats: Any) -> PoolWatch:
+        """Watch the workers through ``client``, from the scheduler's events."""
+        return PoolWatch.attach(client, stats)
 
-    def running_on(self, key: str) -> str | None:
-        return self.sync(self._running_on, key)
-
-    async def _running_on(self, key: str) -> str | None:
-        state = self.scheduler.tasks.get(key)
-        where = getattr(state, "processing_on", None)
-        return getattr(where, "address", None)
+    def worker_name(self, address: str) -> Any:
+        """The name of the worker at ``address``, None when it is gone."""
+        info = self.scheduler_info.get("workers", {}).get(address)
+        return None if info is None else info.get("name")
 
     def stop_adapting(self) -> None:
         """Stop adaptive scaling, before the cluster closes."""
@@ -115,11 +110,16 @@ class InProcessScheduler:
         if adaptive is not None:
             adaptive.stop(reason="pool-closed")
 
-    # -- what a named cluster's daemon asks ---------------------------------------------
 
-    @property
-    def scheduler_address(self) -> str:
-        return str(self.scheduler.address)
+class InProcessScheduler(SchedulerOverTheWire):
+    """What a named cluster's daemon asks of the scheduler it owns, which runs in its
+    process: the members of :class:`~taskcloud.providers.protocol.Workers` that only
+    the daemon uses. Pools use none of them.
+    """
+
+    scheduler: Any
+
+    # -- what a named cluster's daemon asks ---------------------------------------------
 
     @property
     def dashboard_port(self) -> int | None:
@@ -147,7 +147,13 @@ class InProcessScheduler:
 
 def start_pool(provider: Any, request: PoolRequest) -> Workers:
     """Start an empty pool on ``provider`` that adapts between the request's bounds:
-    on the cluster base for the workers form, by the provider for the clusters form."""
+    on the cluster base for the workers form, by the provider for the clusters form.
+
+    The scheduler runs in this process, or where the provider's optional
+    ``scheduler_class`` runs it (a ``ProcessInterface`` class called with the
+    scheduler's options: :class:`~taskcloud.providers.scheduler.SchedulerProcess`
+    runs it in a process of its own).
+    """
     if provider.form == "clusters":
         return provider.start_pool(request)
     # A worker that dies fails its call at once; the pool decides about retries.
@@ -160,11 +166,14 @@ def start_pool(provider: Any, request: PoolRequest) -> Workers:
             capacity=provider.capacity(),
             name=request.name,
             label=request.label,
-            scheduler=scheduler_spec(dashboard=request.dashboard),
+            scheduler=scheduler_spec(
+                dashboard=request.dashboard, cls=getattr(provider, "scheduler_class", Scheduler)
+            ),
             python=request.python,
             environ=dict(request.environ),
         )
     try:
+        cluster.sync(events.install, cluster.scheduler_comm)
         cluster.scale_between(request.minimum, request.maximum, request.keepalive, PoolAdaptive)
     except BaseException:
         cluster.close()
@@ -195,6 +204,7 @@ async def start_cluster(provider: Any, request: ClusterRequest) -> Workers:
             silence_logs=logging.ERROR,
         )
     await cluster
+    await events.install(cluster.scheduler_comm)
     return cluster
 
 
@@ -355,7 +365,7 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
             if self._start_errors:
                 raise
             self._failed_starts += 1
-            if self._failed_starts < FAILED_STARTS or self.scheduler.workers:
+            if self._failed_starts < FAILED_STARTS or self.n_workers:
                 logger.debug("%s: a worker start failed: %r", self.label, exc)
                 return
             error = WorkerStartError(
@@ -409,8 +419,8 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
         return collections.Counter(self._host_of.get(name, "") for name in self.worker_spec)
 
     def describe_worker(self, address: str) -> str:
-        state = self.scheduler.workers.get(address)
-        host = None if state is None else self._host_of.get(state.name)
+        name = self.worker_name(address)
+        host = None if name is None else self._host_of.get(name)
         return address if host in (None, THIS_HOST) else f"{address} on {host}"
 
     def on_failure(self, callback: Callable[[BaseException], None]) -> None:
@@ -424,13 +434,10 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
         self.sync(self._replace, address)
 
     async def _replace(self, address: str) -> None:
-        state = self.scheduler.workers.get(address)
-        if state is None:
-            return
-        await self.scheduler.remove_worker(
-            address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
-        )
-        worker = self.workers.get(state.name)
+        # The scheduler lets it go first, so that its other calls run again elsewhere
+        # without counting as failures; then its process is killed.
+        name = await self.scheduler_comm.taskcloud_replace(address=address)
+        worker = None if name is None else self.workers.get(name)
         if worker is not None:
             worker.kill_worker()
 
@@ -480,87 +487,6 @@ class _WorkersChanged(SchedulerPlugin):
 
     def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         self.callback(len(scheduler.workers))
-
-
-class PoolWatch(SchedulerPlugin):
-    """Counts a pool's workers, notes memory kills and when calls start running.
-
-    It runs in the scheduler's event loop; the pool reads it from other threads.
-    """
-
-    name = "taskcloud-watch"
-
-    def __init__(self, stats: Any) -> None:
-        self.stats = stats
-        self.memory_kills: dict[str, int] = {}
-        self.exit_codes: dict[str, int] = {}
-        self._latest_of_nanny: dict[str, str] = {}
-        self.changed = threading.Condition()
-        self._on_start: dict[str, Callable[[str], None]] = {}
-        self._on_executing: dict[str, Callable[[str, float], None]] = {}
-
-    def on_start(self, key: str, callback: Callable[[str], None]) -> None:
-        """Call ``callback(key)`` when the task ``key`` goes to a worker."""
-        self._on_start[key] = callback
-
-    def on_executing(self, key: str, callback: Callable[[str, float], None]) -> None:
-        """Call ``callback(key, since)`` when a worker's thread starts the timed ``key``."""
-        self._on_executing[key] = callback
-
-    def add_worker(self, scheduler: Any, worker: str) -> None:
-        self.stats.started += 1
-        self.stats.peak = max(self.stats.peak, len(scheduler.workers))
-        state = scheduler.workers.get(worker)
-        if state is not None and state.nanny:
-            self._latest_of_nanny[state.nanny] = worker
-
-    def log_event(self, topic: str, msg: Any) -> None:
-        if topic == CALL_STARTED and isinstance(msg, dict):
-            callback = self._on_executing.pop(str(msg.get("key")), None)
-            if callback is not None:
-                callback(str(msg["key"]), float(msg["since"]))
-            return
-        if topic not in ("worker-restart-memory", WORKER_EXIT) or not isinstance(msg, dict):
-            return
-        with self.changed:
-            if topic == WORKER_EXIT:
-                # A worker that died while it started is known here, not to its nanny.
-                worker = msg.get("worker") or self._latest_of_nanny.get(msg.get("nanny", ""), "")
-                self.exit_codes[worker] = int(msg.get("exitcode", 0))
-            else:
-                self.memory_kills[msg.get("worker", "")] = int(msg.get("rss", 0))
-            self.changed.notify_all()
-
-    def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish == "processing":
-            callback = self._on_start.pop(str(key), None)
-            if callback is not None:
-                callback(str(key))
-        elif finish in ("memory", "erred", "released", "forgotten"):
-            self._on_start.pop(str(key), None)
-            if finish != "released":  # released: it may go to another worker
-                self._on_executing.pop(str(key), None)
-
-    def memory_kill(self, worker: str, wait: float) -> int | None:
-        """The RSS the nanny saw when it killed ``worker`` for memory, if it did.
-
-        The nanny's events and the worker's death reach the scheduler separately, so
-        this waits for the nanny to say how the worker ended: at most ``wait``
-        seconds, and only until the exit of a worker it did not terminate.
-        """
-        deadline = time.monotonic() + wait
-        with self.changed:
-            while worker not in self.memory_kills and not self._exited_unterminated(worker):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self.changed.wait(left)
-            return self.memory_kills.get(worker)
-
-    def _exited_unterminated(self, worker: str) -> bool:
-        # A nanny ends a worker over its memory limit with SIGTERM, after its event.
-        code = self.exit_codes.get(worker)
-        return code is not None and code != -signal.SIGTERM
 
 
 class CapacityAdaptive(Adaptive):
@@ -613,8 +539,8 @@ class CapacityAdaptive(Adaptive):
         moment later, once the caller has released the result.
         """
         idle = await self.workers_to_close(target=target)
-        scheduler = self.cluster.scheduler  # type: ignore[attr-defined]  # in-process
-        holding = {state.name for state in scheduler.workers.values() if state.has_what}
+        activity = await self.scheduler.taskcloud_activity()
+        holding = set(activity["holding"])
         return [name for name in idle if name not in holding]
 
 
@@ -629,13 +555,8 @@ class PoolAdaptive(CapacityAdaptive):
 
     async def target(self) -> int:
         wanted = int(await super().target())
-        scheduler = self.cluster.scheduler  # type: ignore[attr-defined]  # in-process
-        busy = (
-            scheduler.queued
-            or scheduler.unrunnable
-            or any(worker.processing for worker in scheduler.workers.values())
-        )
-        return wanted if busy else min(wanted, self.minimum)
+        activity = await self.scheduler.taskcloud_activity()
+        return wanted if activity["busy"] else min(wanted, self.minimum)
 
 
 def adapt(

@@ -28,7 +28,7 @@ class PoolNanny(Nanny):
       :func:`~taskcloud.providers.main_module_hidden`, whenever the nanny starts
       or replaces it, so a script without a main guard is not run again in it.
     * When the worker process exits, the nanny logs a :data:`WORKER_EXIT` event
-      with its exit code, so that :class:`~taskcloud.providers.cluster.PoolWatch`
+      with its exit code, so that :class:`~taskcloud.providers.events.PoolWatch`
       need not wait to learn whether the nanny killed it for memory.
     * A worker that dies while it starts (a call that kills its process can run
       before the nanny hears from it) is replaced once, as the nanny replaces a

@@ -93,6 +93,12 @@ class Watch(Protocol):
     def memory_kill(self, worker: str, wait: float) -> int | None:
         """The RSS at which ``worker`` was killed for memory, if it was."""
 
+    def running_on(self, key: str) -> str | None:
+        """The address of the worker that runs the task ``key``, if one does."""
+
+    def forget(self, key: str) -> None:
+        """The task ``key`` ended; nothing more about it is wanted."""
+
 
 class Workers(Protocol):
     """The workers a provider started, for a pool or a named cluster: a dask
@@ -121,11 +127,10 @@ class Workers(Protocol):
     def capacity(self) -> Capacity:
         """The capacity the workers grow within."""
 
-    def watch(self, stats: Any) -> Watch:
-        """Start watching the workers' tasks; ``stats`` counts workers as they come."""
-
-    def running_on(self, key: str) -> str | None:
-        """The address of the worker that runs the task ``key``, if one does."""
+    def watch(self, client: Any, stats: Any) -> Watch:
+        """Start watching the workers' tasks through ``client`` (the pool's, connected
+        to the scheduler, which may run anywhere); ``stats`` counts workers as they come.
+        :class:`taskcloud.providers.events.PoolWatch` does it from events."""
 
     def describe_worker(self, address: str) -> str:
         """The worker at ``address`` as errors name it (its host, its batch job)."""

@@ -61,6 +61,7 @@ from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import SlurmUnreachableError
 from taskcloud.processes import end
 from taskcloud.processes import kill
+from taskcloud.providers import events
 from taskcloud.providers.cluster import InProcessScheduler
 from taskcloud.providers.cluster import PoolAdaptive
 from taskcloud.providers.cluster import adapt
@@ -520,7 +521,7 @@ class SlurmPoolCluster(InProcessScheduler, SLURMCluster):
         Called in the event loop; the pool cancels its calls' dask futures, which
         blocks, so the callbacks run in a thread.
         """
-        if self.scheduler.workers:
+        if self.n_workers:
             logger.warning("%s: %s", self.label, exc)
             return
         loop = asyncio.get_running_loop()
@@ -562,13 +563,10 @@ class SlurmPoolCluster(InProcessScheduler, SLURMCluster):
 
     async def _replace_worker(self, address: str) -> None:
         # The worker runs on another host: its job goes, and the spec starts another.
-        state = self.scheduler.workers.get(address)
-        if state is None:
+        worker = await self.scheduler_comm.taskcloud_replace(address=address)
+        if worker is None:
             return
-        await self.scheduler.remove_worker(
-            address, stimulus_id=f"taskcloud-replace-{time.time()}", expected=True, close=False
-        )
-        name = _job_name(str(state.name), self.worker_spec)
+        name = _job_name(str(worker), self.worker_spec)
         job = self.workers.pop(name, None)
         if job is not None:
             await job.close()
@@ -782,6 +780,7 @@ class SlurmProvider:
             scheduler_options=request.scheduler_options,
         )
         await cluster
+        await events.install(cluster.scheduler_comm)
         cluster.begin()
         return cluster
 
@@ -958,6 +957,7 @@ class SlurmProvider:
 
 
 async def _begin(cluster: SlurmPoolCluster) -> None:
+    await events.install(cluster.scheduler_comm)
     cluster.begin()
 
 
