@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -29,14 +30,27 @@ from taskcloud.providers import kinds
 from taskcloud.providers.local import LocalProvider
 from taskcloud.providers.scheduler import SchedulerProcess
 from tests.conftest import wait_for
-from tests.test_pools import _allocate
+from tests.helpers import pid as _pid
 from tests.test_pools import _kill_own_worker
 from tests.test_pools import _mark_and_sleep
 from tests.test_pools import _nap
-from tests.test_pools import _pid
-from tests.test_pools import _sleep_and_record
 
 pytestmark = pytest.mark.slow
+
+
+def _sleep_and_record(path: str, seconds: float) -> int:
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _allocate(megabytes: int, hold: float) -> int:
+    block = bytearray(megabytes * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(hold)
+    return len(block)
+
 
 KIND = "remote_scheduler"
 
