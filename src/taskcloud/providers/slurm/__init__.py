@@ -35,7 +35,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from importlib.metadata import version
 from inspect import isawaitable
@@ -43,11 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
-from attrs import fields_dict
-from attrs import frozen
 from dask_jobqueue import SLURMCluster
-from dask_jobqueue.slurm import SLURMJob
-from distributed.deploy.spec import ProcessInterface
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from taskcloud import credentials
@@ -55,11 +50,8 @@ from taskcloud.capacity import Capacity
 from taskcloud.capacity import Host
 from taskcloud.capacity import Shape
 from taskcloud.errors import InvalidOptionError
-from taskcloud.errors import JobFailedError
-from taskcloud.errors import JobPendingError
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import SlurmUnreachableError
-from taskcloud.processes import end
 from taskcloud.processes import kill
 from taskcloud.providers import events
 from taskcloud.providers.cluster import InProcessScheduler
@@ -69,204 +61,25 @@ from taskcloud.providers.cluster import http_config
 from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import PoolRequest
+from taskcloud.providers.slurm.jobs import TaskcloudSlurmJob
+from taskcloud.providers.slurm.jobs import _gpus
+from taskcloud.providers.slurm.jobs import _private_directory
+from taskcloud.providers.slurm.jobs import _step_job
+from taskcloud.providers.slurm.jobs import _write_env
+from taskcloud.providers.slurm.jobs import slurm_command
+from taskcloud.providers.slurm.monitor import JobMonitor
+from taskcloud.providers.slurm.monitor import _job_name
+from taskcloud.providers.slurm.monitor import submission_error
+from taskcloud.providers.slurm.options import COMMAND_TIMEOUT
+from taskcloud.providers.slurm.options import REPORT_TIMEOUT
+from taskcloud.providers.slurm.options import WALLTIME_MARGIN
+from taskcloud.providers.slurm.options import SlurmOptions
+from taskcloud.providers.slurm.options import _walltime_seconds
 from taskcloud.units import format_bytes
-from taskcloud.units import parse_duration
 
 __all__ = ["JobMonitor", "SlurmCapacity", "SlurmOptions", "SlurmPoolCluster", "SlurmProvider"]
 
 logger = logging.getLogger("taskcloud")
-
-#: How often the job monitor asks ``squeue`` about a pool's jobs.
-POLL_INTERVAL = 0.5
-
-#: How long a Slurm command may take before Slurm counts as unreachable.
-COMMAND_TIMEOUT = 15.0
-
-#: How long ``taskcloud provider check`` waits for its report from a node.
-REPORT_TIMEOUT = 60.0
-
-#: How long a worker waits for a lost scheduler before it exits, and its job ends.
-DEATH_TIMEOUT = 10
-
-#: Workers retire this long before their job's walltime, staggered by up to as much
-#: again, so that they do not all leave at once.
-WALLTIME_MARGIN = 60.0
-
-#: Job states after which a job runs nothing.
-ENDED = {
-    "BOOT_FAIL",
-    "CANCELLED",
-    "COMPLETED",
-    "DEADLINE",
-    "FAILED",
-    "NODE_FAIL",
-    "OUT_OF_MEMORY",
-    "PREEMPTED",
-    "REVOKED",
-    "SPECIAL_EXIT",
-    "TIMEOUT",
-}
-
-
-# -- options ----------------------------------------------------------------------------
-
-
-def _strings(parameter: str, value: Any) -> tuple[str, ...]:
-    # A lone string is refused, not taken as a list of one: the TOML asks for a list.
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        raise InvalidOptionError(parameter, value, "a list of strings")
-    return tuple(value)
-
-
-def _text(parameter: str, value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value.strip():
-        raise InvalidOptionError(parameter, value, "a non-empty string")
-    return value
-
-
-def _walltime(value: Any) -> str | None:
-    if value is None:
-        return None
-    if not isinstance(value, str) or _walltime_seconds(value) is None:
-        raise InvalidOptionError(
-            "walltime", value, "a Slurm time limit such as '30:00', '02:00:00' or '1-12:00:00'"
-        )
-    return value
-
-
-def _walltime_seconds(value: str) -> float | None:
-    """Seconds of a Slurm time limit: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``."""
-    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", value.strip())
-    if match is None:
-        return None
-    days, first, second, third = match.groups()
-    parts = [int(p) for p in (first, second, third) if p is not None]
-    if days is not None:
-        hours, minutes, seconds = ([*parts, 0, 0])[:3]
-    elif len(parts) == 3:
-        hours, minutes, seconds = parts
-    else:
-        hours, (minutes, seconds) = 0, ([*parts, 0])[:2]
-    return ((int(days or 0) * 24 + hours) * 60 + minutes) * 60.0 + seconds
-
-
-def _positive(parameter: str, value: Any, default: int | None) -> int | None:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidOptionError(parameter, value, "a positive integer")
-    return value
-
-
-def _timeout(value: Any) -> float:
-    seconds = parse_duration(value, "pending_timeout")
-    if seconds <= 0:
-        raise InvalidOptionError(
-            "pending_timeout", value, "a positive duration: seconds, or '10 min', '30 s'"
-        )
-    return float(seconds)
-
-
-def _allocation(value: Any) -> str | None:
-    if value in (None, "current"):
-        return value
-    raise InvalidOptionError("allocation", value, "'current' (the job SLURM_JOB_ID names), or none")
-
-
-@frozen(kw_only=True)
-class SlurmOptions:
-    """A Slurm profile's options, validated: see ``docs/slurm.md``."""
-
-    queue: str | None = None
-    account: str | None = None
-    walltime: str | None = None
-    job_extra_directives: tuple[str, ...] = ()
-    job_script_prologue: tuple[str, ...] = ()
-    python: str | None = None
-    processes: int = 1
-    interface: str | None = None
-    scheduler_host: str | None = None
-    pending_timeout: float = 600.0
-    max_jobs: int | None = None
-    allocation: str | None = None
-    #: How long a worker waits for a lost scheduler (its owner killed) before exiting.
-    death_timeout: int = DEATH_TIMEOUT
-
-    @classmethod
-    def parse(cls, options: dict[str, Any]) -> SlurmOptions:
-        """Check each option; an unknown key is an error that lists the known ones."""
-        known = set(fields_dict(cls))
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise InvalidOptionError(
-                "provider_options",
-                {key: options[key] for key in unknown},
-                f"Slurm options among {', '.join(sorted(known))}",
-            )
-        get = options.get
-        return cls(
-            queue=_text("queue", get("queue")),
-            account=_text("account", get("account")),
-            walltime=_walltime(get("walltime")),
-            job_extra_directives=_strings("job_extra_directives", get("job_extra_directives", [])),
-            job_script_prologue=_strings("job_script_prologue", get("job_script_prologue", [])),
-            python=_text("python", get("python")),
-            processes=_positive("processes", get("processes"), 1) or 1,
-            interface=_text("interface", get("interface")),
-            scheduler_host=_text("scheduler_host", get("scheduler_host")),
-            pending_timeout=_timeout(get("pending_timeout", 600)),
-            max_jobs=_positive("max_jobs", get("max_jobs"), None),
-            allocation=_allocation(get("allocation")),
-            death_timeout=_positive("death_timeout", get("death_timeout"), DEATH_TIMEOUT)
-            or DEATH_TIMEOUT,
-        )
-
-
-# -- Slurm commands ---------------------------------------------------------------------
-
-
-def slurm_command(provider: str, *command: str, timeout: float = COMMAND_TIMEOUT) -> str:
-    """Run a Slurm command; its stdout. Not reaching the controller is an error that
-    says so, within ``timeout`` seconds."""
-    if shutil.which(command[0]) is None:
-        raise SlurmUnreachableError(provider, command[0], "no such command on this host's PATH")
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise SlurmUnreachableError(
-            provider, shlex.join(command), f"no answer within {timeout:g} s"
-        ) from None
-    if done.returncode != 0:
-        raise SlurmUnreachableError(provider, shlex.join(command), done.stderr or done.stdout)
-    return done.stdout
-
-
-async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -> str | None:
-    """A Slurm command's stdout from the event loop; None when it failed."""
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
-        kill(process.pid)
-        await process.wait()
-        return None
-    return out.decode() if process.returncode == 0 else None
-
-
-def _gpus(gres: str) -> tuple[str, ...]:
-    """The GPU ids of a ``sinfo`` GRES field: ``gpu:2``, ``gpu:a100:4(S:0-1)``,
-    ``(null)``; Slurm gives each job its own, so they are counted: ``"0"``, ``"1"``, ..."""
-    total = 0
-    for item in gres.split(","):
-        parts = item.split("(")[0].split(":")
-        if parts[0] == "gpu" and parts[-1].isdigit():
-            total += int(parts[-1])
-    return tuple(str(i) for i in range(total))
-
 
 # -- capacity ---------------------------------------------------------------------------
 
@@ -351,98 +164,6 @@ def _mebibytes(value: str) -> int:
     if match is None:
         return 0
     return int(float(match.group(1)) * units.get(match.group(2) or "M", 1))
-
-
-# -- jobs -------------------------------------------------------------------------------
-
-
-class TaskcloudSlurmJob(SLURMJob):
-    """dask-jobqueue's Slurm job, with GPUs, the pool's environment from a private
-    file, and its stderr where the monitor can read it."""
-
-    def __init__(
-        self, *args: Any, gpus: int = 0, env_file: str | None = None, **kwargs: Any
-    ) -> None:
-        if gpus:
-            kwargs["job_extra_directives"] = [
-                *kwargs.get("job_extra_directives", []),
-                f"--gres=gpu:{gpus}",
-            ]
-        if env_file is not None:
-            # The values stay in the file (0600); the script names only its path.
-            kwargs["job_script_prologue"] = [
-                f"set -a; . {shlex.quote(env_file)}; set +a",
-                *kwargs.get("job_script_prologue", []),
-            ]
-        super().__init__(*args, **kwargs)
-
-    async def close(self) -> None:
-        # dask-jobqueue's close cancels the job but leaves the status running, which
-        # fails the cluster's own close once the job was cancelled before it.
-        await super().close()
-        await ProcessInterface.close(self)
-
-    @property
-    def stderr_path(self) -> Path | None:
-        if self.log_directory is None or not getattr(self, "job_id", None):
-            return None
-        return Path(self.log_directory) / f"{self.job_name or 'worker'}-{self.job_id}.err"
-
-
-class StepWorker(ProcessInterface):
-    """Workers as an ``srun`` step of the allocation ``job``, not as a job of their own."""
-
-    def __init__(
-        self,
-        scheduler: str,
-        name: Any = None,
-        *,
-        job: str,
-        command: list[str],
-        cpus: int,
-        memory: int,
-        gpus: int,
-        env: dict[str, str],
-        log: Path,
-        **ignored: Any,
-    ) -> None:
-        super().__init__(scheduler, name)
-        self.name = name
-        self.step = [
-            "srun",
-            f"--jobid={job}",
-            "-N1",
-            "-n1",
-            f"--cpus-per-task={cpus}",
-            f"--mem={max(1, memory // 2**20)}M",
-            "--exact",
-            "--kill-on-bad-exit=1",
-            *([f"--gres=gpu:{gpus}"] if gpus else []),
-            *[
-                part.replace("{scheduler}", scheduler).replace("{name}", str(name))
-                for part in command
-            ],
-        ]
-        self.env = {**os.environ, **env}
-        self.log = log
-        self.process: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.process = await asyncio.create_subprocess_exec(
-                *self.step,
-                env=self.env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        await super().start()
-
-    async def close(self) -> None:
-        if self.process is not None:
-            await end(self.process, 10)  # srun passes SIGTERM on to the step
-        await super().close()
 
 
 # -- the cluster ------------------------------------------------------------------------
@@ -605,107 +326,6 @@ class SlurmPoolCluster(InProcessScheduler, SLURMCluster):
                 shutil.rmtree(self.directory, ignore_errors=True)
 
         return closing()
-
-
-def submission_error(provider: str, exc: BaseException) -> BaseException:
-    """What a failed ``sbatch`` means: Slurm out of reach, or the job refused."""
-    text = str(exc)
-    stderr = text.partition("stderr:")[2].strip() or text
-    if "Unable to contact slurm controller" in text:
-        return SlurmUnreachableError(provider, "sbatch", stderr)
-    return JobFailedError("(not submitted)", "REJECTED", stderr)
-
-
-def _job_name(worker_name: str, spec: dict[str, Any]) -> str:
-    """The spec name of the job a worker belongs to (``taskcloud-3-0-1`` of group ``-1``)."""
-    if worker_name in spec:
-        return worker_name
-    base, _, _ = worker_name.rpartition("-")
-    return base if base in spec else worker_name
-
-
-class JobMonitor:
-    """Polls ``squeue`` for a cluster's jobs: what pends too long is cancelled, what
-    ends before its worker connects fails the pool's calls, what ends later is replaced."""
-
-    def __init__(self, cluster: SlurmPoolCluster) -> None:
-        self.cluster = cluster
-        self.since: dict[str, float] = {}
-        self._stopped = False
-        self._failed: set[str] = set()
-
-    def stop(self) -> None:
-        self._stopped = True
-
-    async def run(self) -> None:
-        while not self._stopped:
-            await asyncio.sleep(POLL_INTERVAL)
-            with contextlib.suppress(Exception):
-                await self.check()
-
-    async def check(self) -> None:
-        jobs = {
-            str(job.job_id): (name, job)
-            for name, job in list(self.cluster.workers.items())
-            if getattr(job, "job_id", None) and str(job.job_id).isdigit()
-        }
-        if not jobs:
-            return
-        for job in jobs:
-            if job not in self.cluster.jobs_seen:
-                self.cluster.jobs_seen.append(job)
-        out = await slurm_command_async(
-            "squeue", "-h", "--states=all", "-j", ",".join(jobs), "-o", "%i|%T|%r"
-        )
-        if out is None:
-            return  # the controller did not answer this time: ask again
-        states = {}
-        for line in out.splitlines():
-            job, _, rest = line.partition("|")
-            state, _, reason = rest.partition("|")
-            states[job.strip()] = (state.strip(), reason.strip())
-        for job, (name, handle) in jobs.items():
-            state, reason = states.get(job, ("COMPLETED", "None"))
-            await self._judge(job, name, handle, state, reason)
-
-    async def _judge(self, job: str, name: str, handle: Any, state: str, reason: str) -> None:
-        now = time.monotonic()
-        if state == "PENDING":
-            started = self.since.setdefault(job, now)
-            if now - started > self.cluster.pending_timeout:
-                await self._drop(name, handle)
-                self.cluster.fail(JobPendingError(job, state, reason, self.cluster.pending_timeout))
-            return
-        self.since.pop(job, None)
-        if state.split()[0] in ENDED:
-            arrived = name in self.cluster._arrived_names
-            await self._drop(name, handle, keep_spec=arrived)
-            if not arrived and job not in self._failed:
-                self._failed.add(job)
-                self.cluster.fail(JobFailedError(job, state, _stderr(handle)))
-
-    async def _drop(self, name: str, handle: Any, keep_spec: bool = False) -> None:
-        """Forget a job; with ``keep_spec`` the cluster starts another in its place."""
-        self.cluster.workers.pop(name, None)
-        if not keep_spec:
-            self.cluster.worker_spec.pop(name, None)
-        with contextlib.suppress(Exception):
-            await handle.close()
-        if keep_spec:
-            await self.cluster._correct_state()
-
-
-def _stderr(handle: Any, lines: int = 30) -> str:
-    path = getattr(handle, "stderr_path", None)
-    if path is None:
-        return ""
-    deadline = time.monotonic() + 2.0
-    while not path.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)  # a shared filesystem may show the file late
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 # -- the provider -----------------------------------------------------------------------
@@ -959,64 +579,3 @@ class SlurmProvider:
 async def _begin(cluster: SlurmPoolCluster) -> None:
     await events.install(cluster.scheduler_comm)
     cluster.begin()
-
-
-def _private_directory(name: str) -> Path:
-    """A new 0700 directory under ``$TASKCLOUD_HOME/slurm`` for one pool's files."""
-    from taskcloud.store import home
-
-    base = home() / "slurm"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory = base / f"{name}-{os.getpid()}-{os.urandom(4).hex()}"
-    directory.mkdir(mode=0o700)
-    (directory / "logs").mkdir(mode=0o700)
-    return directory
-
-
-def _write_env(directory: Path, env: dict[str, str]) -> Path | None:
-    """The pool's environment as a 0600 shell file that the job sources."""
-    if not env:
-        return None
-    path = directory / "environ.sh"
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        for key, value in env.items():
-            file.write(f"{key}={shlex.quote(value)}\n")
-    return path
-
-
-def _step_job(job: str, shape: Shape, processes: int, env_file: Path | None) -> type:
-    """A job class whose ``start`` runs the worker command as an ``srun`` step."""
-
-    class AllocationStep(TaskcloudSlurmJob):
-        async def start(self) -> None:
-            command = self._command_template
-            if env_file is not None:
-                command = f"set -a; . {shlex.quote(str(env_file))}; set +a; {command}"
-            log = Path(self.log_directory or ".") / f"{self.name}-step.err"
-            self.step = StepWorker(
-                self.scheduler,
-                self.name,
-                job=job,
-                command=["bash", "-c", command],
-                cpus=shape.cpu * processes,
-                memory=shape.memory * processes,
-                gpus=shape.gpu * processes,
-                env={},
-                log=log,
-            )
-            await self.step.start()
-            self.job_id = f"{job}.step"
-            self.status = self.step.status
-
-        async def close(self) -> None:
-            step = getattr(self, "step", None)
-            if step is not None:
-                await step.close()
-            await ProcessInterface.close(self)
-
-        @property
-        def stderr_path(self) -> Path | None:
-            return Path(self.log_directory or ".") / f"{self.name}-step.err"
-
-    return AllocationStep

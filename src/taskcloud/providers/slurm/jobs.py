@@ -1,0 +1,215 @@
+"""Slurm itself: its commands, a pool's jobs (dask-jobqueue's, with GPUs and a
+private environment file) and steps of an allocation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from dask_jobqueue.slurm import SLURMJob
+from distributed.deploy.spec import ProcessInterface
+
+from taskcloud.capacity import Shape
+from taskcloud.errors import SlurmUnreachableError
+from taskcloud.processes import end
+from taskcloud.processes import kill
+from taskcloud.providers.slurm.options import COMMAND_TIMEOUT
+
+logger = logging.getLogger("taskcloud")
+
+
+def slurm_command(provider: str, *command: str, timeout: float = COMMAND_TIMEOUT) -> str:
+    """Run a Slurm command; its stdout. Not reaching the controller is an error that
+    says so, within ``timeout`` seconds."""
+    if shutil.which(command[0]) is None:
+        raise SlurmUnreachableError(provider, command[0], "no such command on this host's PATH")
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SlurmUnreachableError(
+            provider, shlex.join(command), f"no answer within {timeout:g} s"
+        ) from None
+    if done.returncode != 0:
+        raise SlurmUnreachableError(provider, shlex.join(command), done.stderr or done.stdout)
+    return done.stdout
+
+
+async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -> str | None:
+    """A Slurm command's stdout from the event loop; None when it failed."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        kill(process.pid)
+        await process.wait()
+        return None
+    return out.decode() if process.returncode == 0 else None
+
+
+def _gpus(gres: str) -> tuple[str, ...]:
+    """The GPU ids of a ``sinfo`` GRES field: ``gpu:2``, ``gpu:a100:4(S:0-1)``,
+    ``(null)``; Slurm gives each job its own, so they are counted: ``"0"``, ``"1"``, ..."""
+    total = 0
+    for item in gres.split(","):
+        parts = item.split("(")[0].split(":")
+        if parts[0] == "gpu" and parts[-1].isdigit():
+            total += int(parts[-1])
+    return tuple(str(i) for i in range(total))
+
+
+class TaskcloudSlurmJob(SLURMJob):
+    """dask-jobqueue's Slurm job, with GPUs, the pool's environment from a private
+    file, and its stderr where the monitor can read it."""
+
+    def __init__(
+        self, *args: Any, gpus: int = 0, env_file: str | None = None, **kwargs: Any
+    ) -> None:
+        if gpus:
+            kwargs["job_extra_directives"] = [
+                *kwargs.get("job_extra_directives", []),
+                f"--gres=gpu:{gpus}",
+            ]
+        if env_file is not None:
+            # The values stay in the file (0600); the script names only its path.
+            kwargs["job_script_prologue"] = [
+                f"set -a; . {shlex.quote(env_file)}; set +a",
+                *kwargs.get("job_script_prologue", []),
+            ]
+        super().__init__(*args, **kwargs)
+
+    async def close(self) -> None:
+        # dask-jobqueue's close cancels the job but leaves the status running, which
+        # fails the cluster's own close once the job was cancelled before it.
+        await super().close()
+        await ProcessInterface.close(self)
+
+    @property
+    def stderr_path(self) -> Path | None:
+        if self.log_directory is None or not getattr(self, "job_id", None):
+            return None
+        return Path(self.log_directory) / f"{self.job_name or 'worker'}-{self.job_id}.err"
+
+
+class StepWorker(ProcessInterface):
+    """Workers as an ``srun`` step of the allocation ``job``, not as a job of their own."""
+
+    def __init__(
+        self,
+        scheduler: str,
+        name: Any = None,
+        *,
+        job: str,
+        command: list[str],
+        cpus: int,
+        memory: int,
+        gpus: int,
+        env: dict[str, str],
+        log: Path,
+        **ignored: Any,
+    ) -> None:
+        super().__init__(scheduler, name)
+        self.name = name
+        self.step = [
+            "srun",
+            f"--jobid={job}",
+            "-N1",
+            "-n1",
+            f"--cpus-per-task={cpus}",
+            f"--mem={max(1, memory // 2**20)}M",
+            "--exact",
+            "--kill-on-bad-exit=1",
+            *([f"--gres=gpu:{gpus}"] if gpus else []),
+            *[
+                part.replace("{scheduler}", scheduler).replace("{name}", str(name))
+                for part in command
+            ],
+        ]
+        self.env = {**os.environ, **env}
+        self.log = log
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                *self.step,
+                env=self.env,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        await super().start()
+
+    async def close(self) -> None:
+        if self.process is not None:
+            await end(self.process, 10)  # srun passes SIGTERM on to the step
+        await super().close()
+
+
+def _private_directory(name: str) -> Path:
+    """A new 0700 directory under ``$TASKCLOUD_HOME/slurm`` for one pool's files."""
+    from taskcloud.store import home
+
+    base = home() / "slurm"
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = base / f"{name}-{os.getpid()}-{os.urandom(4).hex()}"
+    directory.mkdir(mode=0o700)
+    (directory / "logs").mkdir(mode=0o700)
+    return directory
+
+
+def _write_env(directory: Path, env: dict[str, str]) -> Path | None:
+    """The pool's environment as a 0600 shell file that the job sources."""
+    if not env:
+        return None
+    path = directory / "environ.sh"
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        for key, value in env.items():
+            file.write(f"{key}={shlex.quote(value)}\n")
+    return path
+
+
+def _step_job(job: str, shape: Shape, processes: int, env_file: Path | None) -> type:
+    """A job class whose ``start`` runs the worker command as an ``srun`` step."""
+
+    class AllocationStep(TaskcloudSlurmJob):
+        async def start(self) -> None:
+            command = self._command_template
+            if env_file is not None:
+                command = f"set -a; . {shlex.quote(str(env_file))}; set +a; {command}"
+            log = Path(self.log_directory or ".") / f"{self.name}-step.err"
+            self.step = StepWorker(
+                self.scheduler,
+                self.name,
+                job=job,
+                command=["bash", "-c", command],
+                cpus=shape.cpu * processes,
+                memory=shape.memory * processes,
+                gpus=shape.gpu * processes,
+                env={},
+                log=log,
+            )
+            await self.step.start()
+            self.job_id = f"{job}.step"
+            self.status = self.step.status
+
+        async def close(self) -> None:
+            step = getattr(self, "step", None)
+            if step is not None:
+                await step.close()
+            await ProcessInterface.close(self)
+
+        @property
+        def stderr_path(self) -> Path | None:
+            return Path(self.log_directory or ".") / f"{self.name}-step.err"
+
+    return AllocationStep
