@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +21,22 @@ import psutil
 def pid() -> int:
     """The id of the process this runs in: a worker's, called through a pool."""
     return os.getpid()
+
+
+def sleep_and_record(path: str, seconds: float) -> int:
+    """Write this worker's pid to ``path``, then sleep: a call to kill its worker."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def allocate(megabytes: int, hold: float) -> int:
+    """Touch ``megabytes`` of memory and hold it: a call beyond its memory limit."""
+    block = bytearray(megabytes * 2**20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(hold)
+    return len(block)
 
 
 def toml_value(value: object) -> str:

@@ -27,6 +27,8 @@ from taskcloud.pools import pools
 from taskcloud.providers import kinds
 from tests.command_provider import CommandProvider
 from tests.conftest import wait_for
+from tests.helpers import allocate
+from tests.helpers import sleep_and_record
 
 pytestmark = pytest.mark.slow
 
@@ -95,18 +97,12 @@ def test_a_shape_too_big_is_named() -> None:
         remote()
 
 
-def _sleep_and_record(path: str, seconds: float) -> int:
-    Path(path).write_text(str(os.getpid()))
-    time.sleep(seconds)
-    return os.getpid()
-
-
 def test_a_killed_worker_reruns_then_fails_with_worker_lost(tmp_path) -> None:
     """A SIGKILLed worker's call reruns up to retries, then raises WorkerLostError;
     what finished before stays finished."""
     marker = tmp_path / "pid"
     fragile = taskcloud.function(memory="300 MiB", provider="cmd", retries=1, keepalive="5 s")(
-        _sleep_and_record
+        sleep_and_record
     )
     done = fragile.submit(str(tmp_path / "other"), 0)
     assert done.result(timeout=120)
@@ -115,23 +111,15 @@ def test_a_killed_worker_reruns_then_fails_with_worker_lost(tmp_path) -> None:
         pid = int(wait_for(lambda: marker.exists() and marker.read_text(), 120, "the call"))
         marker.unlink()
         os.kill(pid, signal.SIGKILL)
-    with pytest.raises(WorkerLostError, match=r"'_sleep_and_record' died in each of 2 attempts"):
+    with pytest.raises(WorkerLostError, match=r"'sleep_and_record' died in each of 2 attempts"):
         future.result(timeout=120)
     assert done.result() > 0
-
-
-def _allocate(megabytes: int, hold: float) -> int:
-    block = bytearray(megabytes * 2**20)
-    for i in range(0, len(block), 4096):
-        block[i] = 1
-    time.sleep(hold)
-    return len(block)
 
 
 def test_memory_is_enforced() -> None:
     """A call beyond memory= loses its worker and says it exceeded its limit; the next
     call runs on a new worker."""
-    small = taskcloud.function(memory="300 MiB", provider="cmd", retries=0)(_allocate)
+    small = taskcloud.function(memory="300 MiB", provider="cmd", retries=0)(allocate)
     with pytest.raises(MemoryLimitError, match=r"exceeded its memory limit of 300 MiB"):
         small(600, 30)
     assert small(1, 0) == 2**20

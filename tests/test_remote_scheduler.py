@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -30,26 +29,14 @@ from taskcloud.providers import kinds
 from taskcloud.providers.local import LocalProvider
 from taskcloud.providers.scheduler import SchedulerProcess
 from tests.conftest import wait_for
+from tests.helpers import allocate
 from tests.helpers import pid as _pid
+from tests.helpers import sleep_and_record
 from tests.test_pools import _kill_own_worker
 from tests.test_pools import _mark_and_sleep
 from tests.test_pools import _nap
 
 pytestmark = pytest.mark.slow
-
-
-def _sleep_and_record(path: str, seconds: float) -> int:
-    Path(path).write_text(str(os.getpid()))
-    time.sleep(seconds)
-    return os.getpid()
-
-
-def _allocate(megabytes: int, hold: float) -> int:
-    block = bytearray(megabytes * 2**20)
-    for i in range(0, len(block), 4096):
-        block[i] = 1
-    time.sleep(hold)
-    return len(block)
 
 
 KIND = "remote_scheduler"
@@ -121,7 +108,7 @@ def test_a_call_is_running_once_on_a_worker(tmp_path: Path) -> None:
 
 def test_timeout_raises_and_frees_the_worker(tmp_path: Path) -> None:
     """timeout= raises; the worker that ran the call is replaced, and the pool goes on."""
-    limited = remote(timeout=1, n_workers=[1, 1], keepalive="10 s")(_sleep_and_record)
+    limited = remote(timeout=1, n_workers=[1, 1], keepalive="10 s")(sleep_and_record)
     marker = tmp_path / "pid"
     future = limited.submit(str(marker), 60)
     pid = int(wait_for(lambda: marker.exists() and marker.read_text(), 60, "the call starting"))
@@ -143,7 +130,7 @@ def _alive(pid: int) -> bool:
 def test_killed_worker_reruns_then_fails_with_worker_lost(tmp_path: Path) -> None:
     """A SIGKILLed worker's call reruns up to retries, then raises WorkerLostError."""
     marker = tmp_path / "pid"
-    fragile = remote(retries=1, keepalive="5 s")(_sleep_and_record)
+    fragile = remote(retries=1, keepalive="5 s")(sleep_and_record)
     done = fragile.submit(str(tmp_path / "other"), 0)
     assert done.result(timeout=60)
     future = fragile.submit(str(marker), 60)
@@ -151,7 +138,7 @@ def test_killed_worker_reruns_then_fails_with_worker_lost(tmp_path: Path) -> Non
         pid = int(wait_for(lambda: marker.exists() and marker.read_text(), 60, "the call starting"))
         marker.unlink()
         os.kill(pid, signal.SIGKILL)
-    with pytest.raises(WorkerLostError, match=r"'_sleep_and_record' died in each of 2 attempts"):
+    with pytest.raises(WorkerLostError, match=r"'sleep_and_record' died in each of 2 attempts"):
         future.result(timeout=60)
     assert done.result() > 0
 
@@ -166,7 +153,7 @@ def test_lost_worker_is_told_by_its_exit_code() -> None:
 
 def test_memory_limit_exceeded_is_reported() -> None:
     """A call beyond memory= says it exceeded its limit; the next call runs."""
-    small = remote(memory="300 MiB", retries=0, keepalive="5 s")(_allocate)
+    small = remote(memory="300 MiB", retries=0, keepalive="5 s")(allocate)
     with pytest.raises(MemoryLimitError, match=r"exceeded its memory limit of 300 MiB"):
         small(600, 30)
     assert small(1, 0) == 2**20

@@ -40,6 +40,7 @@ from distributed.utils import import_term
 from taskcloud import credentials
 from taskcloud.capacity import Shape
 from taskcloud.errors import WorkerStartError
+from taskcloud.processes import kill
 from taskcloud.providers import events
 from taskcloud.providers import main_module_hidden
 from taskcloud.providers.events import PoolWatch
@@ -439,7 +440,7 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
         name = await self.scheduler_comm.taskcloud_replace(address=address)
         worker = None if name is None else self.workers.get(name)
         if worker is not None:
-            worker.kill_worker()
+            kill_worker(worker)
 
     def kill(self) -> None:
         """Kill every worker at once, busy or not; none starts again."""
@@ -447,7 +448,7 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
 
     async def _kill(self) -> None:
         for worker in list(self.workers.values()):
-            worker.kill_worker(for_good=True)
+            kill_worker(worker, for_good=True)
 
     def scale_between(
         self, minimum: int, maximum: int, keepalive: float, adaptive: type[Adaptive] | None = None
@@ -465,6 +466,18 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
             # Closed by now; else the exit of this process removes them.
             credentials.discard(self.credentials)
         return closed
+
+
+def kill_worker(worker: Any, for_good: bool = False) -> None:
+    """End a cluster's worker process at once: a nanny's (dask's own included) by its
+    pid, after telling the nanny not to start another when ``for_good``; any other
+    worker class through its ``kill_worker``."""
+    if isinstance(worker, Nanny):
+        if for_good:
+            worker.close_gracefully(reason="taskcloud-killed")
+        kill(worker.pid)
+    else:
+        worker.kill_worker(for_good=for_good)
 
 
 def _own_process(worker_class: str) -> bool:

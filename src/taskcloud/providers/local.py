@@ -208,11 +208,15 @@ class LocalProvider:
             )
         self.name = name
         self._capacity = capacity
+        self._given = capacity is not None
+        self._read_with: str | None = None
 
     def capacity(self) -> HostCapacity:
-        """The capacity given, else the host's, read once (GPUs included)."""
-        if self._capacity is None:
-            self._capacity = HostCapacity()
+        """The capacity given, else the host's: read once, and again when the GPUs
+        this process may use (``CUDA_VISIBLE_DEVICES``) have changed since."""
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if self._capacity is None or (not self._given and visible != self._read_with):
+            self._capacity, self._read_with = HostCapacity(), visible
         return self._capacity
 
     def worker(self, request: WorkerRequest) -> dict[str, Any]:

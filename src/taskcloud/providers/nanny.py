@@ -1,8 +1,8 @@
 """A pool's nanny, on this host and on an SSH host alike.
 
-It imports only dask's ``Nanny``, :mod:`taskcloud.providers` and
-:mod:`taskcloud.processes`, so that an SSH host's agent (:mod:`taskcloud.hostside`)
-runs it without importing the local provider.
+It imports only dask's ``Nanny`` and :mod:`taskcloud.providers`, so that an SSH
+host's agent (:mod:`taskcloud.hostside`) runs it without importing the local
+provider. The cluster base kills its worker by its pid, as any nanny's.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from __future__ import annotations
 from distributed import Nanny
 from distributed.core import Status
 
-from taskcloud.processes import kill
 from taskcloud.providers import WORKER_EXIT
 from taskcloud.providers import main_module_hidden
 
@@ -42,13 +41,6 @@ class PoolNanny(Nanny):
             with main_module_hidden():
                 status = await super().instantiate()
         return status
-
-    def kill_worker(self, for_good: bool = False) -> None:
-        """Kill the worker process at once; the nanny starts another, unless
-        ``for_good``."""
-        if for_good:
-            self.close_gracefully(reason="taskcloud-killed")
-        kill(self.pid)
 
     async def _on_worker_exit(self, exitcode: int) -> None:
         if self.status in _NANNY_UP:

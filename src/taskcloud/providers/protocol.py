@@ -290,7 +290,8 @@ class Provider(Protocol):
     def worker(self, request: WorkerRequest) -> dict[str, Any]:
         """One worker of ``request.shape`` on ``request.host``: ``{"cls": ..., "options":
         {...}}``, where ``cls`` is a ``distributed.deploy.spec.ProcessInterface``
-        subclass, called as ``cls(scheduler_address, name=request.name, **options)``.
+        subclass (or a distributed ``Nanny``), called as
+        ``cls(scheduler_address, name=request.name, **options)``.
         Its ``start`` returns once the worker process runs (or raises why it did not);
         its ``close`` ends it; its ``kill_worker(for_good=False)`` ends the worker
         process at once (``for_good``: nothing may start it again)."""
