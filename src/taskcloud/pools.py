@@ -639,8 +639,20 @@ class PoolManager:
 
     def _close_at_exit(self) -> None:
         if not self._exit_hook:
-            atexit.register(self.close_all)
+            atexit.register(self._close_exiting)
             self._exit_hook = True
+
+    def _close_exiting(self) -> None:
+        """Close every pool as the interpreter exits. A nanny still replacing a
+        worker killed a moment ago (a timeout's) logs its cancelled restart as an
+        error, and the scheduler its event for a client already gone as critical;
+        nothing of the run is left to say, so distributed's logs go silent first,
+        unless dask's logging configuration names levels."""
+        from taskcloud.providers.cluster import quiet_logs
+
+        if quiet_logs():
+            logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+        self.close_all()
 
     def get_or_start(self, key: Any, start: Callable[[], Pool]) -> Pool:
         """The pool kept under ``key`` (not a spec: a named cluster's, say), or
