@@ -1,8 +1,8 @@
 """A pool whose scheduler runs in another process has every pool feature.
 
-The provider here is the local one, but with ``scheduler_class = SchedulerProcess``
-(docs/providers.md): the cluster base runs each pool's scheduler in a process of its
-own, so nothing of the pool may read the scheduler in this process. Calls learn that
+The provider here is the local one, under the dask config
+``taskcloud.scheduler-process`` (docs/providers.md): the cluster base runs each pool's
+scheduler in a process of its own, so nothing of the pool may read the scheduler in this process. Calls learn that
 they started, timeouts find and replace their worker, lost workers and memory kills
 are told apart, and scaling decides, all from the scheduler's events and requests
 over the wire.
@@ -15,6 +15,7 @@ import signal
 from collections import Counter
 from pathlib import Path
 
+import dask
 import pytest
 from rich.console import Console
 
@@ -43,17 +44,17 @@ KIND = "remote_scheduler"
 
 
 class RemoteSchedulerProvider(LocalProvider):
-    """Local workers; each pool's scheduler in a process of its own."""
+    """Local workers, under a kind of its own (its pools are this module's alone)."""
 
     kind = KIND
-    scheduler_class = SchedulerProcess
 
 
 @pytest.fixture(autouse=True)
 def _provider():
     kinds.register(KIND, RemoteSchedulerProvider)
-    yield
-    pools.close_all()
+    with dask.config.set({"taskcloud.scheduler-process": True}):
+        yield
+        pools.close_all()
     kinds.close_all()
 
 

@@ -417,6 +417,7 @@ class Pool:
             python=python,
             environ=dict(spec.environ),
             dashboard=spec.dashboard,
+            scheduler_process=_scheduler_process(),
         )
         stats = PoolStats()
         workers = start_pool(provider, request)
@@ -683,3 +684,11 @@ class PoolManager:
 
 #: The pools of this process.
 pools = PoolManager()
+
+
+def _scheduler_process() -> bool:
+    """Whether pools run their schedulers in processes of their own (dask config
+    ``taskcloud.scheduler-process``, false by default)."""
+    import dask
+
+    return bool(dask.config.get("taskcloud.scheduler-process", False))

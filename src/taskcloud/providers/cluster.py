@@ -49,6 +49,7 @@ from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import PoolRequest
 from taskcloud.providers.protocol import WorkerRequest
 from taskcloud.providers.protocol import Workers
+from taskcloud.providers.scheduler import SchedulerProcess
 from taskcloud.units import format_bytes
 
 __all__ = [
@@ -150,10 +151,9 @@ def start_pool(provider: Any, request: PoolRequest) -> Workers:
     """Start an empty pool on ``provider`` that adapts between the request's bounds:
     on the cluster base for the workers form, by the provider for the clusters form.
 
-    The scheduler runs in this process, or where the provider's optional
-    ``scheduler_class`` runs it (a ``ProcessInterface`` class called with the
-    scheduler's options: :class:`~taskcloud.providers.scheduler.SchedulerProcess`
-    runs it in a process of its own).
+    The scheduler runs in this process, or in a process of its own
+    (:class:`~taskcloud.providers.scheduler.SchedulerProcess`) when the request says
+    ``scheduler_process``.
     """
     if provider.form == "clusters":
         return provider.start_pool(request)
@@ -168,7 +168,8 @@ def start_pool(provider: Any, request: PoolRequest) -> Workers:
             name=request.name,
             label=request.label,
             scheduler=scheduler_spec(
-                dashboard=request.dashboard, cls=getattr(provider, "scheduler_class", Scheduler)
+                dashboard=request.dashboard,
+                cls=SchedulerProcess if request.scheduler_process else Scheduler,
             ),
             python=request.python,
             environ=dict(request.environ),

@@ -13,6 +13,7 @@ workers' (:data:`CALL_STARTED`).
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import threading
@@ -27,7 +28,9 @@ from taskcloud.providers import WORKER_EXIT
 
 __all__ = ["ARRIVED", "PROCESSING", "PoolWatch", "SchedulerEvents", "install"]
 
-#: The event of a call going to a worker: ``[key, worker address]``.
+#: The event of calls going to workers: ``[[key, worker address], ...]``, gathered
+#: over one turn of the scheduler's event loop (a map's thousand calls make a few
+#: events, not a thousand).
 PROCESSING = "taskcloud-processing"
 
 #: The event of a worker arriving: its address, its nanny's, how many there are now,
@@ -59,6 +62,8 @@ class SchedulerEvents(SchedulerPlugin):
         self.scheduler: Any = None
         self.added = 0
         self.peak = 0
+        #: Calls that went to workers in this turn of the event loop, not yet logged.
+        self._processing: list[list[Any]] = []
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -75,7 +80,13 @@ class SchedulerEvents(SchedulerPlugin):
             return
         state = self.scheduler.tasks.get(key)
         where = getattr(getattr(state, "processing_on", None), "address", None)
-        self.scheduler.log_event(PROCESSING, [key, where])
+        if not self._processing:
+            asyncio.get_running_loop().call_soon(self._log_processing)
+        self._processing.append([key, where])
+
+    def _log_processing(self) -> None:
+        gathered, self._processing = self._processing, []
+        self.scheduler.log_event(PROCESSING, gathered)
 
     def add_worker(self, scheduler: Any, worker: str) -> None:
         self.added += 1
@@ -216,14 +227,15 @@ class PoolWatch:
     # -- events, in the client's event loop -----------------------------------------------
 
     def _processing(self, event: tuple[float, Any]) -> None:
-        key, where = event[1]
+        started = []
         with self._lock:
-            if key not in self._where:
-                return
-            self._where[key] = where
-            callback = self._on_start.pop(key, None)
-        if callback is not None:
-            callback(key)
+            for key, where in event[1]:
+                if key in self._where:
+                    self._where[key] = where
+                    started.append((key, self._on_start.pop(key, None)))
+        for key, callback in started:
+            if callback is not None:
+                callback(key)
 
     def _call_started(self, event: tuple[float, Any]) -> None:
         message = event[1]

@@ -223,6 +223,10 @@ class PoolRequest:
     #: Set in each worker's process as it starts, and nowhere else.
     environ: dict[str, str] = field(factory=dict)
     dashboard: bool = False
+    #: Run the scheduler in a process of its own rather than in the pool's owner
+    #: (dask config ``taskcloud.scheduler-process``); a provider of the clusters form,
+    #: whose service runs the scheduler, ignores it.
+    scheduler_process: bool = False
 
 
 @frozen(kw_only=True)
