@@ -81,6 +81,56 @@ def test_decorated_tasks_run_on_their_pool(tmp_path, write, runner) -> None:
     assert int(peak) >= 1
 
 
+CALLS_A_HELPER = """
+from pathlib import Path
+from typing import Annotated
+
+from pytask import Product
+
+import taskcloud
+
+
+@taskcloud.function(n_workers=[0, 1], keepalive="5 s")
+def helper(x):
+    from distributed import get_worker
+
+    return f"{x} on dask {get_worker().address}"
+
+
+def task_calls_a_helper(path: Annotated[Path, Product] = Path("helper.txt")) -> None:
+    print("the task's own output")
+    path.write_text(helper(1))
+"""
+
+
+@pytest.mark.parametrize("backend", ["loky", "processes", "threads"])
+def test_a_task_that_calls_a_decorated_function_runs(tmp_path, write, runner, backend) -> None:
+    """An ordinary task that calls a decorated function cannot travel to a worker
+    process (the function's pool is pytask's): it runs on a thread of pytask's process,
+    its calls on the pool, and reports like any task."""
+    write("task_helper.py", CALLS_A_HELPER)
+    result = run_cli(runner, tmp_path, "-n", "2", "--parallel-backend", backend, "-s")
+
+    assert result.exit_code == ExitCode.OK, result.output
+    assert (tmp_path / "helper.txt").read_text().startswith("1 on dask tls://127.0.0.1:")
+    assert "the task's own output" in result.output
+
+
+def test_a_decorated_function_says_why_it_cannot_be_pickled() -> None:
+    """Pickled to go to another process, a decorated function names itself and why."""
+    import pickle
+
+    import taskcloud
+    from taskcloud.functions import StaysInProcess
+
+    def heavy(x):
+        return x
+
+    fn = taskcloud.function(n_workers=[0, 1])(heavy)
+    with pytest.raises(StaysInProcess, match=r"taskcloud.function 'heavy' cannot be pickled"):
+        pickle.dumps(fn)
+
+
 def test_without_parallelism_everything_runs_in_process(tmp_path, write) -> None:
     """Without -n, decorated tasks run in pytask's process, where a debugger works."""
     write("task_mixed.py", TASKS)

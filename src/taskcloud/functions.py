@@ -27,7 +27,7 @@ from taskcloud.providers import kinds
 from taskcloud.specs import FunctionSpec
 from taskcloud.specs import unknown_option
 
-__all__ = ["Function", "decorated", "function"]
+__all__ = ["Function", "StaysInProcess", "decorated", "function"]
 
 R = TypeVar("R")
 
@@ -47,6 +47,10 @@ def decorated(function: Callable[..., Any]) -> Function[Any] | None:
         return None
 
 
+class StaysInProcess(TypeError):
+    """A decorated function was to be pickled, to run in another process."""
+
+
 class Function(Generic[R]):
     """A function whose calls run on a pool of workers shaped by its spec.
 
@@ -64,6 +68,13 @@ class Function(Generic[R]):
         self._manager = manager
         with contextlib.suppress(TypeError):
             _DECORATED[function] = self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        raise StaysInProcess(
+            f"taskcloud.function {self._name!r} cannot be pickled: its pool belongs to "
+            "the process that decorated it. Call it from that process (under pytask, a "
+            "task that calls it runs in pytask's process, on a thread of its own)."
+        )
 
     def __repr__(self) -> str:
         if self.spec.cluster is not None:

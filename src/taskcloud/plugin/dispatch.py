@@ -19,6 +19,7 @@ from collections import deque
 from concurrent.futures import CancelledError
 from concurrent.futures import Executor
 from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Any
 
@@ -44,6 +45,7 @@ from taskcloud.call import TaskCall
 from taskcloud.errors import TaskcloudError
 from taskcloud.frames import visible
 from taskcloud.functions import Function
+from taskcloud.functions import StaysInProcess
 from taskcloud.pickling import dumps
 from taskcloud.pickling import ship
 from taskcloud.plugin.batches import Batches
@@ -72,6 +74,9 @@ class _Running:
     local: bool
     #: The call as it travels: pickled, except to a thread of this process.
     payload: Any = None
+    #: Whether it runs on a thread of this process whatever the backend: a call that
+    #: uses a decorated function, whose pool is this process's, cannot travel.
+    in_thread: bool = False
 
 
 @define
@@ -98,6 +103,8 @@ class Dispatch:
     unshown: deque[Future[Any]] = field(factory=deque)
     next_shown: list[_Running] = field(factory=list)
     batches: Batches = field(factory=Batches)
+    #: Threads for calls that cannot leave this process (see ``_Running.in_thread``).
+    threads: ThreadPoolExecutor | None = None
     #: pytask's ``--capture``, read once per build rather than once per task.
     capture: str = field(init=False, default="fd")
 
@@ -115,13 +122,17 @@ class Dispatch:
         Either way the caller kills what still runs: :meth:`stopped` says which tasks
         those were.
         """
-        while True:
-            finished_here = self._start_ready()
-            if self.session.should_stop or not (self.running or finished_here):
-                return
-            if finished_here:
-                continue
-            self._handle(self.events.get())
+        try:
+            while True:
+                finished_here = self._start_ready()
+                if self.session.should_stop or not (self.running or finished_here):
+                    return
+                if finished_here:
+                    continue
+                self._handle(self.events.get())
+        finally:
+            if self.threads is not None:
+                self.threads.shutdown(wait=False, cancel_futures=True)
 
     def _handle(self, event: tuple[str, Any]) -> None:
         """Act on ``event`` and on every other event already queued."""
@@ -189,6 +200,8 @@ class Dispatch:
             prepared = self._prepare(task, where=f"{self.backend.name} backend")
             if prepared is None:
                 finished = True
+            elif prepared.in_thread:
+                finished |= self._submit_batch([prepared])
             else:
                 batch.append(prepared)
             if not tiny:
@@ -215,7 +228,12 @@ class Dispatch:
             else:
                 running, call = self._call(task, where)
                 threads = self.backend.worker_type is WorkerType.THREADS
-                running.payload = call if running.local and threads else dumps(call)
+                try:
+                    running.payload = call if running.local and threads else dumps(call)
+                except StaysInProcess:
+                    if not running.local:
+                        raise
+                    running.payload, running.in_thread = call, True
                 return running
         except KeyboardInterrupt:
             raise
@@ -286,7 +304,9 @@ class Dispatch:
         payloads = [running.payload for running in batch]
         future: Future[Any]
         try:
-            if self.backend.worker_type is WorkerType.THREADS:
+            if batch[0].in_thread:
+                future = self._threads().submit(worker.run_call, *payloads)
+            elif self.backend.worker_type is WorkerType.THREADS:
                 future = self.executor.submit(worker.run_call, *payloads)
             elif len(payloads) == 1:
                 future = self.executor.submit(worker.run_serialized, *payloads)
@@ -309,6 +329,12 @@ class Dispatch:
             self.unshown.append(future)
         self._follow(future, batch)
         return False
+
+    def _threads(self) -> ThreadPoolExecutor:
+        """Threads of this process for calls that cannot travel, one per worker."""
+        if self.threads is None:
+            self.threads = ThreadPoolExecutor(self.n_workers, thread_name_prefix="taskcloud")
+        return self.threads
 
     def _follow(self, future: Future[Any], runnings: list[_Running]) -> None:
         self.running[future] = runnings
