@@ -140,6 +140,16 @@ def test_idle_timeout_stops_a_cluster_whose_creator_was_killed(tmp_path):
     assert record["reason"] == "idle"
 
 
+def test_a_client_that_shuts_the_scheduler_down_stops_the_cluster():
+    """The scheduler's end, which no one told the daemon of, ends the daemon."""
+    cluster = taskcloud.Cluster(name="terminated", n_workers=1)
+    Client(cluster.scheduler_address, security=cluster.security).shutdown()
+    wait_for(lambda: gone(cluster.pid), 60, "the daemon noticing its scheduler's end")
+    assert Store().get("clusters", "terminated")["reason"] == "scheduler closed"
+    cluster.shutdown_on_close = False
+    cluster.close()
+
+
 def test_list_drops_clusters_whose_process_died():
     cluster = taskcloud.Cluster(name="crashing", n_workers=0)
     os.killpg(cluster.pid, signal.SIGKILL)

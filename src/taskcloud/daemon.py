@@ -2,12 +2,14 @@
 
 ``python -m taskcloud.daemon`` reads one JSON line on stdin (the cluster's name, spec,
 directory and the token of the claim on its name), takes the claim over from the
-process that started it, writes the cluster's TLS credentials, starts a scheduler on
-127.0.0.1 and the spec's workers (see :mod:`taskcloud.providers.local`), waits for the
-first workers (a worker's start error is the answer), records itself in the store and
-answers with one JSON line on stdout. It then runs until its scheduler closes: after
-``idle_timeout`` without work, on a client's ``terminate``, or on SIGTERM. Then it stops
-its workers and marks its record stopped.
+process that started it, writes the cluster's TLS credentials, starts a scheduler and
+the spec's workers through the provider (:func:`~taskcloud.providers.cluster.start_cluster`;
+the scheduler runs in this process, or in a process of its own under the dask config
+``taskcloud.scheduler-process``), waits for the first workers (a worker's start error
+is the answer), records itself in the store and answers with one JSON line on stdout.
+It then runs until ``idle_timeout`` without work, a client's ``taskcloud_stop``,
+SIGTERM, or its scheduler's end (a client's ``terminate``). Then it stops its workers
+and marks its record stopped.
 
 The claim holds the name while the cluster starts. Once the daemon has taken it over,
 the half-started cluster lives with the daemon, not with its creator: a creator
@@ -15,8 +17,11 @@ SIGKILLed meanwhile leaves a cluster that finishes starting and is listed. A dae
 whose claim was dropped or taken by another process (its creator died before the
 take-over) exits at once instead of running unlisted.
 
-Clients change the cluster's size through two scheduler handlers:
-``taskcloud_scale(n)`` and ``taskcloud_adapt(minimum, maximum)``.
+Clients change the cluster's size through requests of its scheduler:
+``taskcloud_scale(n)`` and ``taskcloud_adapt(minimum, maximum)``. The daemon asks the
+scheduler for nothing but over the wire, wherever it runs: the scheduler relays those
+requests to it (:meth:`~taskcloud.providers.protocol.Workers.serve`), says since when
+it has been idle, and its worker count comes with dask's ``scheduler_info``.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from taskcloud import credentials
 from taskcloud.capacity import Shape
 from taskcloud.errors import ClusterStartError
 from taskcloud.providers import kinds
+from taskcloud.providers import scheduler_process
 from taskcloud.providers import start_forkserver
 from taskcloud.providers.cluster import start_cluster
 from taskcloud.providers.protocol import ClusterRequest
@@ -51,6 +57,14 @@ TABLE = "clusters"
 
 #: How long an idle worker of an adaptive cluster stays.
 _KEEPALIVE = 5.0
+
+#: How often the daemon asks whether its scheduler is idle, and looks at its workers.
+_LOOK = 0.25
+
+#: How long a scheduler may take to say whether it is idle; one busier is not idle.
+_ASK_TIMEOUT = 10.0
+
+logger = logging.getLogger("taskcloud")
 
 
 class _Daemon:
@@ -112,17 +126,21 @@ class _Daemon:
                 worker_options=self.spec.worker_options,
                 scheduler_options=options,
                 dashboard=with_dashboard,
+                scheduler_process=scheduler_process(),
             ),
         )
         self.cluster = cluster
-        cluster.serve(
-            {
-                "taskcloud_scale": self.scale,
-                "taskcloud_adapt": self.adapt,
-                "taskcloud_stop": self.stop,
-            }
-        )
-        cluster.on_workers_changed(lambda n: self.record(workers=n))
+        try:
+            served = await cluster.serve(
+                {
+                    "taskcloud_scale": self.scale,
+                    "taskcloud_adapt": self.adapt,
+                    "taskcloud_stop": self.stop,
+                }
+            )
+        except BaseException:
+            await cluster.close()
+            raise
         low, high = self.spec.n_workers or (self.capacity.fit(self.shape),) * 2
         try:
             if low == high:
@@ -133,7 +151,7 @@ class _Daemon:
             else:
                 await self.adapt(low, high)
         except BaseException:
-            await cluster.close()
+            await _close(cluster, served)
             raise
 
         loop = asyncio.get_running_loop()
@@ -158,13 +176,13 @@ class _Daemon:
             },
         )
         if not owned:
-            await cluster.close()
+            await _close(cluster, served)
             raise ClusterStartError(self.name, "another process claimed the name as it started")
         answer = {"address": cluster.scheduler_address, "pid": self.pid}
         _answer({**answer, "waits": self.waits} if self.waits else answer)
 
-        reason = await self.until_stopped(cluster)
-        await cluster.close()
+        reason = await self.until_stopped(cluster, served)
+        await _close(cluster, served)
         self.provider.close()
         await loop.run_in_executor(
             self.writer,
@@ -172,20 +190,31 @@ class _Daemon:
             {"status": "stopped", "stopped": time.time(), "workers": 0, "reason": reason},
         )
 
-    async def until_stopped(self, cluster: Any) -> str:
-        """Wait for a stop request, the scheduler's end or ``idle_timeout`` without work."""
+    async def until_stopped(self, cluster: Any, served: asyncio.Future[None]) -> str:
+        """Wait for a stop request, the scheduler's end (``served`` is done then) or
+        ``idle_timeout`` without work; meanwhile keep the record's worker count current."""
         timeout = self.spec.idle_timeout
+        workers = None
         while not self.stopping.is_set():
-            if cluster.scheduler_closed:
+            if served.done():
+                error = served.exception()
+                if error is not None:  # not the scheduler's end: a bug, said in the log
+                    logger.error("cluster %s: its requests failed", self.name, exc_info=error)
                 return "scheduler closed"
-            since = cluster.idle_since
+            if cluster.n_workers != workers:
+                workers = cluster.n_workers
+                self.record(workers=workers)
+            try:
+                since = await asyncio.wait_for(cluster.idle_since(), _ASK_TIMEOUT)
+            except asyncio.TimeoutError:
+                continue
+            except OSError:
+                return "scheduler closed"
             if timeout and since and time.time() > since + timeout:
-                logging.getLogger("taskcloud").warning(
-                    "cluster %s idle for %s s: shutting down", self.name, timeout
-                )
+                logger.warning("cluster %s idle for %s s: shutting down", self.name, timeout)
                 return "idle"
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), 0.25)
+                await asyncio.wait_for(self.stopping.wait(), _LOOK)
         return "stopped"
 
     async def stop(self) -> None:
@@ -233,6 +262,14 @@ class _Daemon:
             return {**record, **changes} if self._owns(record) else record  # type: ignore[dict-item]
 
         return self._owns(self.store.update(TABLE, self.name, change))
+
+
+async def _close(cluster: Any, served: asyncio.Future[None]) -> None:
+    """Stop answering requests, then close the cluster: its workers, its scheduler."""
+    served.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await served
+    await cluster.close()
 
 
 def _has_dashboard() -> bool:

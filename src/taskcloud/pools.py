@@ -36,6 +36,7 @@ from taskcloud.pickling import dumps_function
 from taskcloud.providers import DONE
 from taskcloud.providers import TIMED
 from taskcloud.providers import kinds
+from taskcloud.providers import scheduler_process
 from taskcloud.providers import until_done
 from taskcloud.providers.protocol import PoolRequest
 from taskcloud.providers.protocol import Provider
@@ -417,7 +418,7 @@ class Pool:
             python=python,
             environ=dict(spec.environ),
             dashboard=spec.dashboard,
-            scheduler_process=_scheduler_process(),
+            scheduler_process=scheduler_process(),
         )
         stats = PoolStats()
         workers = start_pool(provider, request)
@@ -684,11 +685,3 @@ class PoolManager:
 
 #: The pools of this process.
 pools = PoolManager()
-
-
-def _scheduler_process() -> bool:
-    """Whether pools run their schedulers in processes of their own (dask config
-    ``taskcloud.scheduler-process``, false by default)."""
-    import dask
-
-    return bool(dask.config.get("taskcloud.scheduler-process", False))

@@ -17,6 +17,7 @@ __all__ = [
     "WORKER_EXIT",
     "forking_workers",
     "main_module_hidden",
+    "scheduler_process",
     "start_forkserver",
     "until_done",
 ]
@@ -143,6 +144,14 @@ def start_forkserver() -> bool:
     with main_module_hidden():
         multiprocessing.forkserver.ensure_running()
     return True
+
+
+def scheduler_process() -> bool:
+    """Whether the schedulers of pools and named clusters run in processes of their own
+    (dask config ``taskcloud.scheduler-process``, false by default)."""
+    import dask
+
+    return bool(dask.config.get("taskcloud.scheduler-process", False))
 
 
 @contextmanager

@@ -14,8 +14,8 @@ a pool or a named cluster needs of its workers is written here, once:
 * what pools ask of the scheduler, over the wire wherever it runs (in this process, or
   in a process of its own): through the events and requests of
   :class:`~taskcloud.providers.events.SchedulerEvents`, registered as the cluster
-  starts, and dask's own ``scheduler_info``; what a named cluster's daemon asks of
-  the scheduler it owns (when it went idle, its handlers), in this process.
+  starts, and dask's own ``scheduler_info``; so does what a named cluster's daemon
+  asks (when the scheduler went idle, the clients' requests it relays to the daemon).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from distributed import Nanny
 from distributed import Scheduler
 from distributed import SpecCluster
 from distributed import Worker
+from distributed.core import Status
 from distributed.deploy.adaptive import Adaptive
-from distributed.diagnostics.plugin import SchedulerPlugin
 from distributed.utils import import_term
 
 from taskcloud import credentials
@@ -54,7 +54,6 @@ from taskcloud.units import format_bytes
 
 __all__ = [
     "CapacityAdaptive",
-    "InProcessScheduler",
     "PoolAdaptive",
     "PoolWatch",
     "ProviderCluster",
@@ -86,11 +85,13 @@ HEALTH_ONLY = ["distributed.http.health"]
 
 class SchedulerOverTheWire:
     """What a cluster answers of :class:`~taskcloud.providers.protocol.Workers` for
-    pools, wherever its scheduler runs: from dask's ``scheduler_info`` (kept current
-    over the wire) and through :class:`~taskcloud.providers.events.SchedulerEvents`.
-    The cluster base and the Slurm cluster share it."""
+    pools and for a named cluster's daemon, wherever its scheduler runs: from dask's
+    ``scheduler_info`` (kept current over the wire) and through
+    :class:`~taskcloud.providers.events.SchedulerEvents`. The cluster base and the
+    Slurm cluster share it."""
 
     scheduler_info: dict[str, Any]
+    scheduler_comm: Any
     sync: Any
 
     @property
@@ -112,39 +113,22 @@ class SchedulerOverTheWire:
         if adaptive is not None:
             adaptive.stop(reason="pool-closed")
 
-
-class InProcessScheduler(SchedulerOverTheWire):
-    """What a named cluster's daemon asks of the scheduler it owns, which runs in its
-    process: the members of :class:`~taskcloud.providers.protocol.Workers` that only
-    the daemon uses. Pools use none of them.
-    """
-
-    scheduler: Any
-
     # -- what a named cluster's daemon asks ---------------------------------------------
 
     @property
     def dashboard_port(self) -> int | None:
         """The port of the scheduler's dashboard, None without one."""
-        dashboard = self.scheduler.services.get("dashboard")
-        return None if dashboard is None else int(dashboard.port)
+        port = self.scheduler_info.get("services", {}).get("dashboard")
+        return None if port is None else int(port)
 
-    @property
-    def idle_since(self) -> float | None:
+    async def idle_since(self) -> float | None:
         """Since when (``time.time()``) nothing ran or waited; None while busy."""
-        return self.scheduler.idle_since
+        return await self.scheduler_comm.taskcloud_idle()
 
-    @property
-    def scheduler_closed(self) -> bool:
-        return self.scheduler.status.name in ("closing", "closed")
-
-    def serve(self, handlers: dict[str, Callable[..., Any]]) -> None:
-        """Answer clients' requests of these names with these coroutines."""
-        self.scheduler.handlers.update(handlers)
-
-    def on_workers_changed(self, callback: Callable[[int], None]) -> None:
-        """Call ``callback(n_workers)`` whenever a worker comes or goes."""
-        self.scheduler.add_plugin(_WorkersChanged(callback))
+    async def serve(self, handlers: dict[str, Callable[..., Any]]) -> asyncio.Future[None]:
+        """Answer clients' requests of these names with these coroutines, relayed by the
+        scheduler, until it closes: then the future this returns is done."""
+        return await events.serve(self.scheduler_comm, handlers)
 
 
 def start_pool(provider: Any, request: PoolRequest) -> Workers:
@@ -185,7 +169,8 @@ def start_pool(provider: Any, request: PoolRequest) -> Workers:
 
 async def start_cluster(provider: Any, request: ClusterRequest) -> Workers:
     """Start a named cluster's scheduler on ``provider``, in this event loop, without
-    workers; its daemon scales it."""
+    workers; its daemon scales it. The scheduler runs in this process, or in a process
+    of its own when the request says ``scheduler_process``."""
     if provider.form == "clusters":
         return await provider.start_cluster(request)
     with main_module_hidden():
@@ -196,7 +181,9 @@ async def start_cluster(provider: Any, request: ClusterRequest) -> Workers:
             capacity=provider.capacity(),
             name=request.name,
             scheduler=scheduler_spec(
-                dashboard=request.dashboard, options=request.scheduler_options
+                dashboard=request.dashboard,
+                options=request.scheduler_options,
+                cls=SchedulerProcess if request.scheduler_process else Scheduler,
             ),
             security=request.security,
             worker_class=request.worker_class,
@@ -210,7 +197,7 @@ async def start_cluster(provider: Any, request: ClusterRequest) -> Workers:
     return cluster
 
 
-class ProviderCluster(InProcessScheduler, SpecCluster):
+class ProviderCluster(SchedulerOverTheWire, SpecCluster):
     """Workers of one shape from ``provider``, a pool's or a named cluster's.
 
     ``capacity`` is what the workers grow within (None: a fixed number of workers
@@ -458,10 +445,24 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
         capacity; an idle worker goes after ``keepalive`` seconds."""
         return adapt(self, self.capacity, self._shape, minimum, maximum, keepalive, adaptive)
 
+    async def serve(self, handlers: dict[str, Callable[..., Any]]) -> asyncio.Future[None]:
+        """As :meth:`SchedulerOverTheWire.serve`; once the scheduler closed by itself,
+        the future is done when it has finished (its process, if it has one, exited)."""
+        relayed = await super().serve(handlers)
+
+        async def until_finished() -> None:
+            await relayed
+            await self.scheduler.finished()
+
+        return asyncio.ensure_future(until_finished())
+
     def close(self, timeout: float | None = None) -> Any:
         self.stop_adapting()
         if self._capacity is not None:
             self._capacity.release(self)
+        if self.scheduler.status == Status.closed:
+            # It closed by itself: there is no one to retire workers or to stop.
+            self.shutdown_scheduler = False
         closed = super().close(timeout)
         if self.credentials is not None and not isawaitable(closed):
             # Closed by now; else the exit of this process removes them.
@@ -488,19 +489,6 @@ def _own_process(worker_class: str) -> bool:
         return True
     cls = import_term(worker_class)
     return not (isinstance(cls, type) and issubclass(cls, Worker) and not issubclass(cls, Nanny))
-
-
-class _WorkersChanged(SchedulerPlugin):
-    name = "taskcloud-workers-changed"
-
-    def __init__(self, callback: Callable[[int], None]) -> None:
-        self.callback = callback
-
-    def add_worker(self, scheduler: Any, worker: str) -> None:
-        self.callback(len(scheduler.workers))
-
-    def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
-        self.callback(len(scheduler.workers))
 
 
 class CapacityAdaptive(Adaptive):

@@ -1,19 +1,22 @@
-"""A pool's watch over the wire: a scheduler plugin that logs events, and the client's
-side that follows them.
+"""The scheduler over the wire: a scheduler plugin that logs events and answers
+requests, a pool's watch that follows the events, and a named cluster's daemon's side
+of the requests relayed to it.
 
 Nothing here assumes that the scheduler runs in this process. :class:`SchedulerEvents`
-runs in the scheduler, wherever that is (this process, a process of its own, a named
-cluster's daemon, a server): it is registered over the wire, logs an event as a call
-goes to a worker and as a worker arrives, and answers the requests a cluster makes of
-the scheduler (``taskcloud_replace``, ``taskcloud_activity``). :class:`PoolWatch` runs
-beside the pool's client and learns everything from events the client subscribed to:
-the plugin's, the nannies' (``worker-restart-memory``, :data:`WORKER_EXIT`) and the
-workers' (:data:`CALL_STARTED`).
+runs in the scheduler, wherever that is (this process, a process of its own, a server):
+it is registered over the wire, logs an event as a call goes to a worker and as a worker
+arrives, answers the requests a cluster makes of the scheduler (``taskcloud_replace``,
+``taskcloud_activity``, ``taskcloud_idle``), and relays clients' requests of a named
+cluster (``taskcloud_scale``, ...) to its daemon, which takes them with :func:`serve`.
+:class:`PoolWatch` runs beside the pool's client and learns everything from events the
+client subscribed to: the plugin's, the nannies' (``worker-restart-memory``,
+:data:`WORKER_EXIT`) and the workers' (:data:`CALL_STARTED`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import signal
 import threading
@@ -22,11 +25,13 @@ from collections.abc import Callable
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
+from distributed.protocol.pickle import dumps
+from distributed.protocol.pickle import loads
 
 from taskcloud.providers import CALL_STARTED
 from taskcloud.providers import WORKER_EXIT
 
-__all__ = ["ARRIVED", "PROCESSING", "PoolWatch", "SchedulerEvents", "install"]
+__all__ = ["ARRIVED", "PROCESSING", "PoolWatch", "SchedulerEvents", "install", "serve"]
 
 #: The event of calls going to workers: ``[[key, worker address], ...]``, gathered
 #: over one turn of the scheduler's event loop (a map's thousand calls make a few
@@ -52,7 +57,15 @@ class SchedulerEvents(SchedulerPlugin):
     * ``taskcloud_activity()``: whether anything runs or waits, and the names of the
       workers that hold data (which may not retire yet);
     * ``taskcloud_arrivals()``: what :data:`ARRIVED` says, for a watch that starts
-      after workers arrived.
+      after workers arrived;
+    * ``taskcloud_idle()``: since when (``time.time()``) nothing ran or waited, None
+      while busy;
+
+    and relays to a named cluster's daemon, wherever it runs, the requests of the names
+    it asked for (``taskcloud_serve(names)``): each request waits in a queue until the
+    daemon takes it (``taskcloud_request()``, which returns None once the scheduler
+    closes), and its caller gets what the daemon answers (``taskcloud_answer``), its
+    error raised.
     """
 
     name = "taskcloud-events"
@@ -67,13 +80,25 @@ class SchedulerEvents(SchedulerPlugin):
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        #: Requests for the daemon, until it takes them; None once the scheduler closes.
+        self._requests: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        #: What each relayed request's caller waits for, by the request's number.
+        self._answers: dict[int, asyncio.Future[Any]] = {}
+        self._numbers = 0
         scheduler.handlers.update(
             {
                 "taskcloud_replace": self.replace,
                 "taskcloud_activity": self.activity,
                 "taskcloud_arrivals": self.arrivals,
+                "taskcloud_idle": self.idle_since,
+                "taskcloud_serve": self.serve,
+                "taskcloud_request": self.request,
+                "taskcloud_answer": self.answer,
             }
         )
+
+    async def close(self) -> None:
+        self._requests.put_nowait(None)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if finish != "processing" or not isinstance(key, str) or not _CALL_KEY.search(key):
@@ -119,15 +144,100 @@ class SchedulerEvents(SchedulerPlugin):
         busy = bool(scheduler.queued or scheduler.unrunnable or any(w.processing for w in workers))
         return {"busy": busy, "holding": [w.name for w in workers if w.has_what]}
 
+    def idle_since(self) -> float | None:
+        return self.scheduler.idle_since
+
+    # -- requests relayed to a named cluster's daemon -------------------------------------
+
+    def serve(self, names: list[str]) -> None:
+        """Relay clients' requests of these names to the daemon."""
+        for name in names:
+            self.scheduler.handlers[name] = self._relay(name)
+
+    def _relay(self, name: str) -> Callable[..., Any]:
+        async def relay(**arguments: Any) -> Any:
+            self._numbers += 1
+            number = self._numbers
+            answer = asyncio.get_running_loop().create_future()
+            self._answers[number] = answer
+            self._requests.put_nowait({"number": number, "name": name, "arguments": arguments})
+            try:
+                return await answer
+            finally:
+                self._answers.pop(number, None)
+
+        return relay
+
+    async def request(self) -> dict[str, Any] | None:
+        """The next request for the daemon, once there is one; None once closing."""
+        return await self._requests.get()
+
+    def answer(self, number: int, result: Any = None, error: bytes | None = None) -> None:
+        """The daemon's answer to the request ``number``: its result, or its error
+        (pickled), for the request's caller."""
+        answer = self._answers.get(number)
+        if answer is None or answer.done():
+            return
+        if error is None:
+            answer.set_result(result)
+        else:
+            answer.set_exception(loads(error))
+
 
 async def install(scheduler_comm: Any) -> None:
     """Register :class:`SchedulerEvents` with the scheduler behind ``scheduler_comm`` (a
     cluster's rpc), once; as ``Client.register_plugin`` does."""
-    from distributed.protocol.pickle import dumps
-
     await scheduler_comm.register_scheduler_plugin(
         plugin=dumps(SchedulerEvents()), name=SchedulerEvents.name, idempotent=True
     )
+
+
+async def serve(
+    scheduler_comm: Any, handlers: dict[str, Callable[..., Any]]
+) -> asyncio.Future[None]:
+    """Answer clients' requests of these names with these coroutines: the scheduler
+    behind ``scheduler_comm`` (a cluster's rpc; :class:`SchedulerEvents` registered with
+    it) relays them to this process. Requests are answered from when this returns until
+    the scheduler closes or is gone; then the future it returns is done.
+    """
+    await scheduler_comm.taskcloud_serve(names=sorted(handlers))
+    return asyncio.ensure_future(_take_requests(scheduler_comm, handlers))
+
+
+async def _take_requests(scheduler_comm: Any, handlers: dict[str, Callable[..., Any]]) -> None:
+    """Take the scheduler's requests one by one, each answered in a task of its own."""
+    answering: set[asyncio.Future[None]] = set()
+    while True:
+        try:
+            request = await scheduler_comm.taskcloud_request()
+        except OSError:  # the scheduler is gone
+            return
+        if request is None:  # the scheduler closes
+            return
+        handler = handlers[request["name"]]
+        task = asyncio.ensure_future(_answer(scheduler_comm, handler, request))
+        answering.add(task)
+        task.add_done_callback(answering.discard)
+
+
+async def _answer(
+    scheduler_comm: Any, handler: Callable[..., Any], request: dict[str, Any]
+) -> None:
+    """Run ``handler`` for ``request``; send the scheduler its result, or its error."""
+    try:
+        answer = {"result": await handler(**request["arguments"])}
+    except Exception as exc:
+        answer = {"error": _pickled(exc)}
+    with contextlib.suppress(OSError):  # the scheduler is gone, and the caller with it
+        await scheduler_comm.taskcloud_answer(number=request["number"], **answer)
+
+
+def _pickled(error: Exception) -> bytes:
+    """``error`` pickled; one that does not pickle, as a RuntimeError in its words."""
+    try:
+        return bytes(dumps(error))
+    except Exception:
+        return bytes(dumps(RuntimeError(f"{type(error).__name__}: {error}")))
 
 
 class PoolWatch:

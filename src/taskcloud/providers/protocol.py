@@ -21,6 +21,7 @@ here.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 from typing import Literal
@@ -156,26 +157,23 @@ class Workers(Protocol):
     def close(self) -> Any:
         """Stop the workers and the scheduler; nothing is left on any host."""
 
-    # -- what a named cluster's daemon asks of the workers it started ----------------------
+    # -- what a named cluster's daemon asks, over the wire wherever the scheduler runs --
 
     @property
     def dashboard_port(self) -> int | None:
-        """The port of the scheduler's dashboard, None without one."""
+        """The port of the scheduler's dashboard, None without one (from dask's
+        ``scheduler_info``)."""
 
-    @property
-    def idle_since(self) -> float | None:
-        """Since when (``time.time()``) nothing ran or waited; None while busy."""
+    async def idle_since(self) -> float | None:
+        """Since when (``time.time()``) nothing ran or waited, None while busy: asked of
+        the scheduler. Raises :class:`OSError` when the scheduler is gone."""
 
-    @property
-    def scheduler_closed(self) -> bool:
-        """Whether the scheduler has closed (or is closing)."""
-
-    def serve(self, handlers: dict[str, Callable[..., Any]]) -> None:
-        """Answer clients' requests of these names (``taskcloud_scale``, ...) with these
-        coroutines."""
-
-    def on_workers_changed(self, callback: Callable[[int], None]) -> None:
-        """Call ``callback(n_workers)`` whenever a worker comes or goes."""
+    async def serve(self, handlers: dict[str, Callable[..., Any]]) -> asyncio.Future[None]:
+        """Answer clients' requests of these names (``taskcloud_scale``, ...), made of the
+        scheduler, with these coroutines, which run in the daemon: an error one raises
+        reaches the caller. The scheduler relays them from when this returns until it
+        closes (or is gone); then the future this returns is done.
+        :func:`taskcloud.providers.events.serve` does it."""
 
 
 @frozen(kw_only=True)
@@ -243,6 +241,10 @@ class ClusterRequest:
     worker_options: dict[str, Any] = field(factory=dict)
     scheduler_options: dict[str, Any] = field(factory=dict)
     dashboard: bool = False
+    #: Run the scheduler in a process of its own rather than in the daemon's (dask
+    #: config ``taskcloud.scheduler-process``); a provider of the clusters form, whose
+    #: service runs the scheduler, ignores it.
+    scheduler_process: bool = False
 
 
 @frozen(kw_only=True)

@@ -29,7 +29,9 @@ class SchedulerProcess(ProcessInterface):
     its own process it runs beside it. The process is a dask ``AsyncProcess``, so it
     forks from the fork server inside :func:`~taskcloud.providers.forking_workers`
     and exits should this process die; it takes this process's dask config as it
-    is when the scheduler starts, as a nanny does for its worker.
+    is when the scheduler starts, as a nanny does for its worker. Once the process
+    has exited (its scheduler closed by itself, say), this closes too: ``finished()``
+    returns, and the cluster asks the scheduler nothing more.
     """
 
     def __init__(self, *, timeout: float = 60.0, **options: Any) -> None:
@@ -50,6 +52,7 @@ class SchedulerProcess(ProcessInterface):
             name="taskcloud scheduler",
             args=(sender, self.options, copy.deepcopy(dask.config.config)),
         )
+        self.process.set_exit_callback(self._exited)
         await self.process.start()
         sender.close()
         loop = asyncio.get_running_loop()
@@ -62,6 +65,9 @@ class SchedulerProcess(ProcessInterface):
             raise RuntimeError(f"the scheduler process did not start: {reply.get('error')}")
         self.address = reply["address"]
         await super().start()
+
+    def _exited(self, process: Any) -> None:
+        self._closing = asyncio.ensure_future(self.close())
 
     async def close(self) -> None:
         process = self.process

@@ -54,8 +54,8 @@ from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import SlurmUnreachableError
 from taskcloud.processes import kill
 from taskcloud.providers import events
-from taskcloud.providers.cluster import InProcessScheduler
 from taskcloud.providers.cluster import PoolAdaptive
+from taskcloud.providers.cluster import SchedulerOverTheWire
 from taskcloud.providers.cluster import adapt
 from taskcloud.providers.cluster import http_config
 from taskcloud.providers.protocol import ClusterRequest
@@ -183,7 +183,7 @@ class _Arrivals(SchedulerPlugin):
             self.cluster.arrived(worker, str(state.name))
 
 
-class SlurmPoolCluster(InProcessScheduler, SLURMCluster):
+class SlurmPoolCluster(SchedulerOverTheWire, SLURMCluster):
     """One shape's workers as Slurm jobs (or steps), with the scheduler in this process.
 
     Answers :class:`~taskcloud.providers.protocol.Workers`, plus ``on_failure`` (the
