@@ -150,6 +150,19 @@ def test_a_client_that_shuts_the_scheduler_down_stops_the_cluster():
     cluster.close()
 
 
+def test_shutdown_through_the_clusters_own_client_stops_the_cluster():
+    """dask's ``client.shutdown()`` on ``cluster.get_client()`` closes the cluster (it
+    awaits ``cluster.close()`` in the event loop) and the cluster stops."""
+    cluster = taskcloud.Cluster(name="shut-down", n_workers=1)
+    client = cluster.get_client()
+    assert client.submit(lambda x: x + 1, 1).result(timeout=60) == 2
+    pid = cluster.pid
+    client.shutdown()
+    assert gone(pid)
+    assert Store().get("clusters", "shut-down")["status"] == "stopped"
+    assert "shut-down" not in taskcloud.list_clusters()
+
+
 def test_list_drops_clusters_whose_process_died():
     cluster = taskcloud.Cluster(name="crashing", n_workers=0)
     os.killpg(cluster.pid, signal.SIGKILL)

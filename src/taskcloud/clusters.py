@@ -8,6 +8,7 @@ attaches to it instead of starting a second one. The cluster shuts itself down a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,6 +24,8 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Awaitable
+from inspect import isawaitable
 from pathlib import Path
 from typing import Any
 
@@ -452,14 +455,30 @@ class Cluster(_DaskCluster):
         await self.scheduler_comm.close_rpc()
         self.status = Status.closed
 
-    def close(self, timeout: float | None = None) -> None:
-        """Detach; also stop the cluster when ``shutdown_on_close`` (the creator's default)."""
+    def close(self, timeout: float | None = None) -> Any:
+        """Detach; also stop the cluster when ``shutdown_on_close`` (the creator's default).
+
+        Called in the cluster's event loop (dask's ``Client.shutdown`` does), it returns
+        an awaitable, as dask's own clusters do.
+        """
         if self.status == Status.closed:
-            return
-        super().close(timeout)
+            return None
+        closing = super().close(timeout)
+        if isawaitable(closing):
+            return self._closed_in_loop(closing)
         if self.shutdown_on_close:
             _wait_stopped(self.pid, STOP_TIMEOUT)
         self._loop_thread.stop()
+        return None
+
+    async def _closed_in_loop(self, closing: Awaitable[Any]) -> None:
+        await closing
+        if self.shutdown_on_close:
+            await asyncio.get_running_loop().run_in_executor(
+                None, _wait_stopped, self.pid, STOP_TIMEOUT
+            )
+        # The loop's thread cannot end itself from inside the loop.
+        threading.Thread(target=self._loop_thread.stop, daemon=True).start()
 
     def __repr__(self) -> str:
         workers = len(self.scheduler_info.get("workers", {}))
