@@ -79,6 +79,9 @@ TARGET_DURATION = 1.0
 #: After this many failed worker starts in a row, a pool logs an error.
 FAILED_STARTS = 3
 
+#: How many workers that left a cluster it still names (for describe_worker).
+GONE_KEPT = 1000
+
 #: What the HTTP server of a scheduler or worker without a dashboard serves. dask
 #: starts one in any case; its other pages (logs, call stacks) are any local user's.
 HEALTH_ONLY = ["distributed.http.health"]
@@ -87,8 +90,7 @@ HEALTH_ONLY = ["distributed.http.health"]
 class SchedulerOverTheWire:
     """What a cluster answers of :class:`~taskcloud.providers.protocol.Workers` for
     pools, wherever its scheduler runs: from dask's ``scheduler_info`` (kept current
-    over the wire) and through :class:`~taskcloud.providers.events.SchedulerEvents`.
-    The cluster base and the Slurm cluster share it."""
+    over the wire) and through :class:`~taskcloud.providers.events.SchedulerEvents`."""
 
     scheduler_info: dict[str, Any]
     sync: Any
@@ -169,6 +171,7 @@ def start_pool(provider: Any, request: PoolRequest) -> Workers:
             label=request.label,
             scheduler=scheduler_spec(
                 dashboard=request.dashboard,
+                options=_listen(provider),
                 cls=SchedulerProcess if request.scheduler_process else Scheduler,
             ),
             python=request.python,
@@ -196,7 +199,8 @@ async def start_cluster(provider: Any, request: ClusterRequest) -> Workers:
             capacity=provider.capacity(),
             name=request.name,
             scheduler=scheduler_spec(
-                dashboard=request.dashboard, options=request.scheduler_options
+                dashboard=request.dashboard,
+                options={**_listen(provider), **request.scheduler_options},
             ),
             security=request.security,
             worker_class=request.worker_class,
@@ -259,10 +263,16 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
         self._numbers = itertools.count()
         #: The host each worker (by name) was placed on.
         self._host_of: dict[Any, str] = {}
+        #: What each worker (by name) says of itself (its ``describe()``: its batch job).
+        self._about: dict[Any, str] = {}
+        #: The names of the workers that connected, and the names of those that left.
+        self._connected: set[Any] = set()
+        self._gone: dict[str, Any] = {}
         self._own_process = _own_process(worker_class)
         self.credentials = None
         if security is None:
-            security, self.credentials = credentials.ephemeral(name)
+            shared = getattr(provider, "shared_directory", None)
+            security, self.credentials = credentials.ephemeral(name, under=shared)
         self.security = security
         scheduler = {
             **scheduler,
@@ -388,6 +398,9 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
         """Follow each started worker: one that ends by itself (its process gone for
         good, its host's connection dropped) is forgotten, and scaling replaces it."""
         for name, worker in list(self.workers.items()):
+            describe = getattr(worker, "describe", None)
+            if callable(describe) and worker.status.name == "running":
+                self._about[name] = describe()
             if id(worker) not in self._followed:
                 self._followed[id(worker)] = asyncio.ensure_future(
                     self._forget_when_finished(name, worker)
@@ -402,13 +415,44 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
             logger.debug("%s: worker %s ended by itself", self.label, name)
             self.workers.pop(name, None)
             self.worker_spec.pop(name, None)
+            error = None if name in self._connected else getattr(worker, "error", None)
+            if error is not None:
+                self._start_failed(error)
             await self._correct_state()
+
+    def _start_failed(self, error: BaseException) -> None:
+        """A worker ended before it connected and said why: the pool's waiting calls
+        fail with ``error`` at once, unless a worker is there to run them."""
+        if self.n_workers:
+            logger.warning("%s: %s", self.label, error)
+            return
+        # The callbacks cancel dask futures, which blocks: they run in a thread.
+        loop = asyncio.get_running_loop()
+        for callback in list(self._failure_callbacks):
+            loop.run_in_executor(None, callback, error)
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        # Which workers connected, and the names of those gone, for describe_worker and
+        # for a worker that ends by itself (a start that failed, or not).
+        if op == "add":
+            self._connected.update(info.get("name") for info in msg.get("workers", {}).values())
+        elif op == "remove":
+            info = self.scheduler_info.get("workers", {}).get(msg)
+            if info is not None:
+                self._gone[msg] = info.get("name")
+                while len(self._gone) > GONE_KEPT:
+                    self._gone.pop(next(iter(self._gone)))
+        super()._update_worker_status(op, msg)
 
     # -- what pools ask (protocol.Workers) ----------------------------------------------
 
     @property
     def where(self) -> str:
-        """Where the workers run: ``this host``, or the provider and its hosts."""
+        """Where the workers run: ``this host``, or the provider and its hosts; a
+        provider's own ``where(workers)`` says it from the started worker interfaces."""
+        where = getattr(self.provider, "where", None)
+        if callable(where):
+            return str(where(list(self.workers.values())))
         hosts = sorted({self._host_of[n] for n in self.worker_spec if n in self._host_of})
         if not hosts and self._capacity is not None:
             hosts = [host.name for host in self._capacity.hosts]
@@ -422,6 +466,10 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
 
     def describe_worker(self, address: str) -> str:
         name = self.worker_name(address)
+        if name is None:
+            name = self._gone.get(address)
+        if name in self._about:
+            return f"{address}, {self._about[name]}"
         host = None if name is None else self._host_of.get(name)
         return address if host in (None, THIS_HOST) else f"{address} on {host}"
 
@@ -479,6 +527,12 @@ def kill_worker(worker: Any, for_good: bool = False) -> None:
         kill(worker.pid)
     else:
         worker.kill_worker(for_good=for_good)
+
+
+def _listen(provider: Any) -> dict[str, Any]:
+    """Where the scheduler listens, if the provider says (``scheduler_options``: a
+    ``host`` or ``interface`` its workers reach); else on 127.0.0.1."""
+    return dict(getattr(provider, "scheduler_options", None) or {})
 
 
 def _own_process(worker_class: str) -> bool:

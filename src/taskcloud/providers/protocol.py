@@ -8,11 +8,11 @@ A provider takes one of two forms (its ``form`` attribute says which):
   one of them (:meth:`~Provider.worker`: a distributed ``ProcessInterface`` spec, as
   dask-jobqueue's ``Job`` and distributed's ``SSHCluster`` use). taskcloud runs the
   scheduler and everything else, once, in :mod:`taskcloud.providers.cluster`. The
-  local and SSH providers take this form.
+  local, SSH and Slurm providers take this form.
 * **clusters** (:class:`ClusterProvider`): the provider's service hands out whole
   clusters that scale themselves (:meth:`~ClusterProvider.start_pool`,
-  :meth:`~ClusterProvider.start_cluster` return :class:`Workers`). The Slurm
-  provider takes this form, on dask-jobqueue's ``SLURMCluster``.
+  :meth:`~ClusterProvider.start_cluster` return :class:`Workers`). No built-in
+  provider takes this form.
 
 Both answer :meth:`~Provider.check` and :meth:`~Provider.close`. ``docs/providers.md``
 says how to write one. Pools, named clusters and the daemon use only what is declared
@@ -298,7 +298,14 @@ class Provider(Protocol):
         ``cls(scheduler_address, name=request.name, **options)``.
         Its ``start`` returns once the worker process runs (or raises why it did not);
         its ``close`` ends it; its ``kill_worker(for_good=False)`` ends the worker
-        process at once (``for_good``: nothing may start it again)."""
+        process at once (``for_good``: nothing may start it again). It may also have
+        ``error`` (why it ended by itself before its worker connected: the pool's calls
+        fail with it) and ``describe()`` (``Slurm job 12``, for errors).
+
+        A provider may also have ``shared_directory`` (where a pool's credentials are
+        made, for hosts that read them by path), ``scheduler_options`` (where the
+        scheduler listens) and ``where(workers)`` (the summary's where); see
+        ``docs/providers.md``."""
 
     def check(self) -> list[HostReport]:
         """Connect to every host and report what it offers."""
