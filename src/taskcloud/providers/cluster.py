@@ -415,9 +415,11 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
             logger.debug("%s: worker %s ended by itself", self.label, name)
             self.workers.pop(name, None)
             self.worker_spec.pop(name, None)
-            error = None if name in self._connected else getattr(worker, "error", None)
-            if error is not None:
-                self._start_failed(error)
+            if name not in self._connected:
+                self._about.pop(name, None)
+                error = getattr(worker, "error", None)
+                if error is not None:
+                    self._start_failed(error)
             await self._correct_state()
 
     def _start_failed(self, error: BaseException) -> None:
@@ -441,7 +443,9 @@ class ProviderCluster(InProcessScheduler, SpecCluster):
             if info is not None:
                 self._gone[msg] = info.get("name")
                 while len(self._gone) > GONE_KEPT:
-                    self._gone.pop(next(iter(self._gone)))
+                    name = self._gone.pop(next(iter(self._gone)))
+                    self._about.pop(name, None)
+                    self._connected.discard(name)
         super()._update_worker_status(op, msg)
 
     # -- what pools ask (protocol.Workers) ----------------------------------------------

@@ -16,9 +16,14 @@ from dask_jobqueue.slurm import SLURMJob
 from distributed.deploy.spec import ProcessInterface
 
 from taskcloud.capacity import Shape
+from taskcloud.errors import JobFailedError
 from taskcloud.errors import SlurmUnreachableError
 from taskcloud.processes import end
 from taskcloud.processes import kill
+from taskcloud.providers.slurm.monitor import JobMonitor
+from taskcloud.providers.slurm.monitor import _stderr
+from taskcloud.providers.slurm.monitor import slurm_command_async
+from taskcloud.providers.slurm.monitor import submission_error
 from taskcloud.providers.slurm.options import COMMAND_TIMEOUT
 
 logger = logging.getLogger("taskcloud")
@@ -38,20 +43,6 @@ def slurm_command(provider: str, *command: str, timeout: float = COMMAND_TIMEOUT
     if done.returncode != 0:
         raise SlurmUnreachableError(provider, shlex.join(command), done.stderr or done.stdout)
     return done.stdout
-
-
-async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -> str | None:
-    """A Slurm command's stdout from the event loop; None when it failed."""
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
-        kill(process.pid)
-        await process.wait()
-        return None
-    return out.decode() if process.returncode == 0 else None
 
 
 def _gpus(gres: str) -> tuple[str, ...]:
@@ -103,9 +94,6 @@ class TaskcloudSlurmJob(SLURMJob):
         super().__init__(*args, **kwargs)
 
     async def start(self) -> None:
-        from taskcloud.providers.slurm.monitor import JobMonitor
-        from taskcloud.providers.slurm.monitor import submission_error
-
         try:
             await super().start()
         except Exception as exc:
@@ -113,8 +101,6 @@ class TaskcloudSlurmJob(SLURMJob):
         JobMonitor.of_loop().watch(self)
 
     async def close(self) -> None:
-        from taskcloud.providers.slurm.monitor import JobMonitor
-
         JobMonitor.of_loop().forget(self)
         # dask-jobqueue's close cancels the job but leaves the status running, which
         # fails the cluster's own close once the job was cancelled before it.
@@ -134,9 +120,6 @@ class TaskcloudSlurmJob(SLURMJob):
     def error(self) -> BaseException | None:
         """Why the job ended by itself; the cluster base fails the pool's waiting calls
         with it when the job's worker never connected."""
-        from taskcloud.errors import JobFailedError
-        from taskcloud.providers.slurm.monitor import _stderr
-
         why = self._ended
         if why is None or isinstance(why, BaseException):
             return why
@@ -231,8 +214,8 @@ def _write_env(directory: Path, name: Any, env: dict[str, str]) -> Path | None:
 
 
 def _step_job(job: str, shape: Shape, processes: int, env_file: Path | None) -> type:
-    # A class per worker: the step's resources and environment file are its own.
-    """A job class whose ``start`` runs the worker command as an ``srun`` step."""
+    """A job class whose ``start`` runs the worker command as an ``srun`` step (a
+    class per worker: the step's resources and environment file are its own)."""
 
     class AllocationStep(TaskcloudSlurmJob):
         async def start(self) -> None:

@@ -13,11 +13,26 @@ from typing import Any
 from taskcloud.errors import JobFailedError
 from taskcloud.errors import JobPendingError
 from taskcloud.errors import SlurmUnreachableError
-from taskcloud.providers.slurm.jobs import slurm_command_async
+from taskcloud.processes import kill
+from taskcloud.providers.slurm.options import COMMAND_TIMEOUT
 from taskcloud.providers.slurm.options import ENDED
 from taskcloud.providers.slurm.options import POLL_INTERVAL
 
 logger = logging.getLogger("taskcloud")
+
+
+async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -> str | None:
+    """A Slurm command's stdout from the event loop; None when it failed."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        kill(process.pid)
+        await process.wait()
+        return None
+    return out.decode() if process.returncode == 0 else None
 
 
 def submission_error(provider: str, exc: BaseException) -> BaseException:
