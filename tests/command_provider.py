@@ -18,6 +18,7 @@ from taskcloud.capacity import Host
 from taskcloud.errors import InvalidOptionError
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import WorkerRequest
+from taskcloud.providers.protocol import on_hosts
 
 TEMPLATE = (
     "{python} -m distributed.cli.dask_worker {scheduler} --nanny --name {name} "
@@ -84,6 +85,8 @@ class CommandProvider:
             )
         self.name = name
         self.command = options.get("command", TEMPLATE)
+        self.scheduler_options = {}  # the scheduler on 127.0.0.1: workers are local
+        self.shared_directory = None  # TLS files in this host's temporary directory
         self._capacity = Capacity(
             name,
             [
@@ -95,6 +98,9 @@ class CommandProvider:
                 )
             ],
         )
+
+    def where(self, hosts: list, workers: list) -> str:
+        return on_hosts(self.name, hosts)
 
     def capacity(self) -> Capacity:
         return self._capacity

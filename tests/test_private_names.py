@@ -33,6 +33,21 @@ def test_spec_cluster_correct_state_is_what_scaling_awaits():
     assert "self._correct_state" in inspect.getsource(SpecCluster.scale)
 
 
+def test_a_cluster_learns_of_workers_through_update_worker_status():
+    """``Cluster._update_worker_status`` (the cluster base records which workers
+    connected and the names of those gone): ``add`` with the workers, ``remove`` with
+    an address."""
+    from distributed.deploy.cluster import Cluster
+
+    source = inspect.getsource(Cluster._watch_worker_status)
+    assert "self._update_worker_status(op, msg)" in source
+    assert list(inspect.signature(Cluster._update_worker_status).parameters) == [
+        "self",
+        "op",
+        "msg",
+    ]
+
+
 def test_a_scheduler_registers_plugins_on_request():
     """The scheduler's ``register_scheduler_plugin`` request, as ``Client.register_plugin``
     sends it (providers.events.install sends it through a cluster's rpc): a pickled

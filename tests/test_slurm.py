@@ -128,11 +128,11 @@ def test_decorator_outside_pytask_keeps_credentials_private(slurm, profile, task
 
     job = seen["SLURM_JOB_ID"]
     assert job in slurm.jobs()
-    key_files = list((taskcloud_home / "slurm").glob("*/tls/tls-key.pem"))
+    key_files = list((taskcloud_home / "slurm").glob("*/tls-key.pem"))
     assert len(key_files) == 1
     key = key_files[0].read_text()
     assert key_files[0].stat().st_mode & 0o777 == 0o600
-    assert key_files[0].parent.parent.stat().st_mode & 0o777 == 0o700
+    assert key_files[0].parent.stat().st_mode & 0o777 == 0o700
     secret = key.splitlines()[1]
     script = slurm.run("scontrol", "write", "batch_script", job, "-").stdout
     shown = slurm.run("scontrol", "show", "job", job).stdout + slurm.run("squeue", "-l").stdout
@@ -147,7 +147,7 @@ def test_decorator_outside_pytask_keeps_credentials_private(slurm, profile, task
     pools.close_all()
 
     wait_for(lambda: job not in slurm.jobs(), 60, f"job {job} leaving squeue")
-    assert not list((taskcloud_home / "slurm").glob("*/tls"))
+    assert not list((taskcloud_home / "slurm").glob("*/tls-key.pem"))
 
 
 def test_shape_no_node_holds_names_the_largest_node(slurm, profile) -> None:
@@ -467,6 +467,7 @@ def test_named_cluster_from_the_projects_profile_cancels_its_jobs_when_idle(slur
         ({"queues": "short"}, r"provider_options=\{'queues': 'short'\}.*Slurm options among"),
         ({"walltime": "two hours"}, r"walltime='two hours'.*'02:00:00'"),
         ({"processes": 0}, r"processes=0.*a positive integer"),
+        ({"processes": 2}, r"processes=2 is invalid\. Expected 1: one worker per job"),
         ({"pending_timeout": "soon"}, r"pending_timeout='soon'"),
         (
             {"job_extra_directives": "--foo"},

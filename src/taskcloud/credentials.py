@@ -37,16 +37,23 @@ KEY = "tls-key.pem"
 EPHEMERAL_PREFIX = "taskcloud-run-"
 
 
-def ephemeral(name: str) -> tuple[Security, Path]:
+def ephemeral(name: str, under: Path | None = None) -> tuple[Security, Path]:
     """New credentials for ``name`` in a private directory of their own, and that
-    directory; :func:`discard` removes it, and so does this process's exit."""
+    directory; :func:`discard` removes it, and so does this process's exit.
+
+    The directory is made in the system's temporary directory, or in ``under`` (made
+    0700 when missing): a provider's ``shared_directory``, which its workers' hosts
+    read, so that the workers read the key files by path.
+    """
     _reap_orphans()
     pid = os.getpid()
     if _OURS.get(pid) is None:
         _OURS[pid] = set()
         atexit.register(_discard_ours, pid)
     # mkdtemp makes a directory of a new name, mode 0700, that no one else can own.
-    directory = Path(tempfile.mkdtemp(prefix=f"{EPHEMERAL_PREFIX}{pid}-"))
+    if under is not None:
+        under.mkdir(mode=0o700, parents=True, exist_ok=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"{EPHEMERAL_PREFIX}{pid}-", dir=under))
     _OURS[pid].add(directory)
     return create(directory, name), directory
 

@@ -78,6 +78,9 @@ TARGET_DURATION = 1.0
 #: After this many failed worker starts in a row, a pool logs an error.
 FAILED_STARTS = 3
 
+#: How many workers that left a cluster it still names (for describe_worker).
+GONE_KEPT = 1000
+
 #: What the HTTP server of a scheduler or worker without a dashboard serves. dask
 #: starts one in any case; its other pages (logs, call stacks) are any local user's.
 HEALTH_ONLY = ["distributed.http.health"]
@@ -87,8 +90,7 @@ class SchedulerOverTheWire:
     """What a cluster answers of :class:`~taskcloud.providers.protocol.Workers` for
     pools and for a named cluster's daemon, wherever its scheduler runs: from dask's
     ``scheduler_info`` (kept current over the wire) and through
-    :class:`~taskcloud.providers.events.SchedulerEvents`. The cluster base and the
-    Slurm cluster share it."""
+    :class:`~taskcloud.providers.events.SchedulerEvents`."""
 
     scheduler_info: dict[str, Any]
     scheduler_comm: Any
@@ -153,6 +155,7 @@ def start_pool(provider: Any, request: PoolRequest) -> Workers:
             label=request.label,
             scheduler=scheduler_spec(
                 dashboard=request.dashboard,
+                options=provider.scheduler_options,
                 cls=SchedulerProcess if request.scheduler_process else Scheduler,
             ),
             python=request.python,
@@ -182,7 +185,7 @@ async def start_cluster(provider: Any, request: ClusterRequest) -> Workers:
             name=request.name,
             scheduler=scheduler_spec(
                 dashboard=request.dashboard,
-                options=request.scheduler_options,
+                options={**provider.scheduler_options, **request.scheduler_options},
                 cls=SchedulerProcess if request.scheduler_process else Scheduler,
             ),
             security=request.security,
@@ -246,10 +249,17 @@ class ProviderCluster(SchedulerOverTheWire, SpecCluster):
         self._numbers = itertools.count()
         #: The host each worker (by name) was placed on.
         self._host_of: dict[Any, str] = {}
+        #: What each worker (by name) says of itself (its ``describe()``: its batch job).
+        self._about: dict[Any, str] = {}
+        #: The names of the workers that connected, and the names of those that left.
+        self._connected: set[Any] = set()
+        self._gone: dict[str, Any] = {}
         self._own_process = _own_process(worker_class)
         self.credentials = None
         if security is None:
-            security, self.credentials = credentials.ephemeral(name)
+            security, self.credentials = credentials.ephemeral(
+                name, under=provider.shared_directory
+            )
         self.security = security
         scheduler = {
             **scheduler,
@@ -375,6 +385,9 @@ class ProviderCluster(SchedulerOverTheWire, SpecCluster):
         """Follow each started worker: one that ends by itself (its process gone for
         good, its host's connection dropped) is forgotten, and scaling replaces it."""
         for name, worker in list(self.workers.items()):
+            describe = getattr(worker, "describe", None)
+            if callable(describe) and worker.status.name == "running":
+                self._about[name] = describe()
             if id(worker) not in self._followed:
                 self._followed[id(worker)] = asyncio.ensure_future(
                     self._forget_when_finished(name, worker)
@@ -389,19 +402,49 @@ class ProviderCluster(SchedulerOverTheWire, SpecCluster):
             logger.debug("%s: worker %s ended by itself", self.label, name)
             self.workers.pop(name, None)
             self.worker_spec.pop(name, None)
+            if name not in self._connected:
+                self._about.pop(name, None)
+                error = getattr(worker, "error", None)
+                if error is not None:
+                    self._start_failed(error)
             await self._correct_state()
+
+    def _start_failed(self, error: BaseException) -> None:
+        """A worker ended before it connected and said why: the pool's waiting calls
+        fail with ``error`` at once, unless a worker is there to run them."""
+        if self.n_workers:
+            logger.warning("%s: %s", self.label, error)
+            return
+        # The callbacks cancel dask futures, which blocks: they run in a thread.
+        loop = asyncio.get_running_loop()
+        for callback in list(self._failure_callbacks):
+            loop.run_in_executor(None, callback, error)
+
+    def _update_worker_status(self, op: str, msg: Any) -> None:
+        # Which workers connected, and the names of those gone, for describe_worker and
+        # for a worker that ends by itself (a start that failed, or not).
+        if op == "add":
+            self._connected.update(info.get("name") for info in msg.get("workers", {}).values())
+        elif op == "remove":
+            info = self.scheduler_info.get("workers", {}).get(msg)
+            if info is not None:
+                self._gone[msg] = info.get("name")
+                while len(self._gone) > GONE_KEPT:
+                    name = self._gone.pop(next(iter(self._gone)))
+                    self._about.pop(name, None)
+                    self._connected.discard(name)
+        super()._update_worker_status(op, msg)
 
     # -- what pools ask (protocol.Workers) ----------------------------------------------
 
     @property
     def where(self) -> str:
-        """Where the workers run: ``this host``, or the provider and its hosts."""
+        """Where the workers run, as the provider says it from their hosts (all the
+        capacity's before any started) and the started worker interfaces."""
         hosts = sorted({self._host_of[n] for n in self.worker_spec if n in self._host_of})
         if not hosts and self._capacity is not None:
             hosts = [host.name for host in self._capacity.hosts]
-        if not hosts or hosts == [THIS_HOST]:
-            return THIS_HOST
-        return f"{self.provider.name}: {', '.join(hosts)}"
+        return str(self.provider.where(hosts, list(self.workers.values())))
 
     def host_counts(self) -> collections.Counter[str]:
         """How many workers this cluster has (or starts) on each host."""
@@ -409,6 +452,10 @@ class ProviderCluster(SchedulerOverTheWire, SpecCluster):
 
     def describe_worker(self, address: str) -> str:
         name = self.worker_name(address)
+        if name is None:
+            name = self._gone.get(address)
+        if name in self._about:
+            return f"{address}, {self._about[name]}"
         host = None if name is None else self._host_of.get(name)
         return address if host in (None, THIS_HOST) else f"{address} on {host}"
 

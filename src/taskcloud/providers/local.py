@@ -35,6 +35,7 @@ from taskcloud.providers.owned import PRELOAD
 from taskcloud.providers.protocol import THIS_HOST
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import WorkerRequest
+from taskcloud.providers.protocol import on_hosts
 from taskcloud.providers.scheduler import SchedulerProcess
 
 __all__ = ["EnvironmentWorker", "LocalProvider", "build"]
@@ -207,9 +208,15 @@ class LocalProvider:
                 "provider_options", options, "{} for the local provider: it has no options"
             )
         self.name = name
+        #: The scheduler listens on 127.0.0.1; the TLS files are this host's.
+        self.scheduler_options: dict[str, Any] = {}
+        self.shared_directory = None
         self._capacity = capacity
         self._given = capacity is not None
         self._read_with: str | None = None
+
+    def where(self, hosts: list[str], workers: list[Any]) -> str:
+        return on_hosts(self.name, hosts)
 
     def capacity(self) -> HostCapacity:
         """The capacity given, else the host's: read once, and again when the GPUs

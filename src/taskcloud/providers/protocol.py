@@ -8,11 +8,11 @@ A provider takes one of two forms (its ``form`` attribute says which):
   one of them (:meth:`~Provider.worker`: a distributed ``ProcessInterface`` spec, as
   dask-jobqueue's ``Job`` and distributed's ``SSHCluster`` use). taskcloud runs the
   scheduler and everything else, once, in :mod:`taskcloud.providers.cluster`. The
-  local and SSH providers take this form.
+  local, SSH and Slurm providers take this form.
 * **clusters** (:class:`ClusterProvider`): the provider's service hands out whole
   clusters that scale themselves (:meth:`~ClusterProvider.start_pool`,
-  :meth:`~ClusterProvider.start_cluster` return :class:`Workers`). The Slurm
-  provider takes this form, on dask-jobqueue's ``SLURMCluster``.
+  :meth:`~ClusterProvider.start_cluster` return :class:`Workers`). No built-in
+  provider takes this form.
 
 Both answer :meth:`~Provider.check` and :meth:`~Provider.close`. ``docs/providers.md``
 says how to write one. Pools, named clusters and the daemon use only what is declared
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 from typing import Literal
 from typing import Protocol
@@ -44,6 +45,7 @@ __all__ = [
     "Watch",
     "WorkerRequest",
     "Workers",
+    "on_hosts",
 ]
 
 
@@ -287,6 +289,15 @@ class Provider(Protocol):
     kind: str
     #: The profile's name, or the kind when no profile was used.
     name: str
+    #: Where the scheduler listens, as dask ``Scheduler`` options: ``{}`` for
+    #: 127.0.0.1 (the workers run on this host, or reach it through tunnels of the
+    #: provider's own), else ``{"host": ...}`` or ``{"interface": ...}`` that the
+    #: workers' hosts reach.
+    scheduler_options: dict[str, Any]
+    #: A directory the workers' hosts read at the same path (a shared filesystem), in
+    #: which each cluster's TLS files are made (0700, removed as it closes); None for
+    #: this host's temporary directory.
+    shared_directory: Path | None
 
     def capacity(self) -> Capacity:
         """What the hosts hold (read once, cached for the provider's life): a
@@ -300,7 +311,14 @@ class Provider(Protocol):
         ``cls(scheduler_address, name=request.name, **options)``.
         Its ``start`` returns once the worker process runs (or raises why it did not);
         its ``close`` ends it; its ``kill_worker(for_good=False)`` ends the worker
-        process at once (``for_good``: nothing may start it again)."""
+        process at once (``for_good``: nothing may start it again). It may also have
+        ``error`` (why it ended by itself before its worker connected: the pool's calls
+        fail with it) and ``describe()`` (``Slurm job 12``, for errors)."""
+
+    def where(self, hosts: list[str], workers: list[Any]) -> str:
+        """Where the workers run, for summaries and listings: ``hosts`` are the hosts
+        they were placed on (all the capacity's before any was), ``workers`` the started
+        worker interfaces. :func:`on_hosts` says it for most providers."""
 
     def check(self) -> list[HostReport]:
         """Connect to every host and report what it offers."""
@@ -333,3 +351,11 @@ class ClusterProvider(Protocol):
 
     def close(self) -> None:
         """Close what the provider holds; nothing of it is left running."""
+
+
+def on_hosts(provider: str, hosts: list[str]) -> str:
+    """Where workers on ``hosts`` of ``provider`` run, in words: ``this host``, or
+    ``lab: 127.0.0.1, 127.0.0.2``."""
+    if not hosts or list(hosts) == [THIS_HOST]:
+        return THIS_HOST
+    return f"{provider}: {', '.join(hosts)}"

@@ -1,30 +1,32 @@
-"""The Slurm provider: a pool's workers arrive and leave as batch jobs of its shape.
+"""The Slurm provider: each worker of a pool's shape is a Slurm batch job.
 
-dask-jobqueue is the engine: each pool (one shape) is a ``SLURMCluster`` of its own,
-so two shapes in one run get two kinds of jobs (``--cpus-per-task``, ``--mem``,
-``--gres=gpu:N``), each job running ``processes`` workers whose nthreads, memory
-limit and resources (``cpu``, ``memory``, ``gpu``) are those of the local provider's.
-
-What dask-jobqueue leaves out, this module adds:
+The provider takes the workers form: the cluster base
+(:mod:`taskcloud.providers.cluster`) runs the scheduler, TLS, scaling, replacing,
+killing, failure reporting and close; dask-jobqueue's ``Job`` is the engine of one
+worker (:meth:`SlurmProvider.worker`), so two shapes in one run get two kinds of jobs
+(``--cpus-per-task``, ``--mem``, ``--gres=gpu:N``), each running one worker whose
+nthreads, memory limit and resources (``cpu``, ``memory``, ``gpu``) are those of the
+local provider's. What is Slurm's own is here:
 
 * **capacity from the cluster itself**: ``sinfo``'s nodes of the partition, so a
   shape no node can hold fails at the first call instead of pending forever;
 * **job state**: a :class:`JobMonitor` polls ``squeue``. A job pending past
   ``pending_timeout`` is cancelled, and a job that ends before its worker connects
   fails the pool's waiting calls with its stderr; a job that ends after is replaced;
-* **credentials off the command line**: the scheduler (in this process) and the
-  workers speak TLS with the pool's own key, kept in 0600 files of a 0700
-  directory under ``$TASKCLOUD_HOME/slurm`` that the jobs read (same user, shared
-  filesystem) and removed on close; the job scripts name only their paths;
-* **nothing left behind**: jobs are cancelled on close; a worker whose scheduler is
-  gone (its process was killed) exits after ``--death-timeout`` and so does its job;
+* **credentials off the command line**: the scheduler and the workers speak TLS with
+  the pool's own key, made by the cluster base in 0600 files of a 0700 directory
+  under ``$TASKCLOUD_HOME/slurm`` (:attr:`SlurmProvider.shared_directory`) that the
+  jobs read (same user, shared filesystem) and removed on close; the job scripts name
+  only their paths, and the environment is a 0600 file beside them;
+* **nothing left behind**: jobs are cancelled on close (``scancel`` kills at once); a
+  worker whose scheduler is gone (its process was killed) exits after
+  ``--death-timeout`` and so does its job;
 * **inside an allocation** (``allocation = "current"``): workers are ``srun`` steps
   of the job ``SLURM_JOB_ID`` rather than jobs of their own.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -35,17 +37,10 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from importlib.metadata import version
-from inspect import isawaitable
 from pathlib import Path
 from typing import Any
 
-import dask
-from dask_jobqueue import SLURMCluster
-from distributed.diagnostics.plugin import SchedulerPlugin
-
-from taskcloud import credentials
 from taskcloud.capacity import Capacity
 from taskcloud.capacity import Host
 from taskcloud.capacity import Shape
@@ -53,23 +48,14 @@ from taskcloud.errors import InvalidOptionError
 from taskcloud.errors import ResourceUnavailableError
 from taskcloud.errors import SlurmUnreachableError
 from taskcloud.processes import kill
-from taskcloud.providers import events
-from taskcloud.providers.cluster import PoolAdaptive
-from taskcloud.providers.cluster import SchedulerOverTheWire
-from taskcloud.providers.cluster import adapt
-from taskcloud.providers.cluster import http_config
-from taskcloud.providers.protocol import ClusterRequest
 from taskcloud.providers.protocol import HostReport
-from taskcloud.providers.protocol import PoolRequest
+from taskcloud.providers.protocol import WorkerRequest
 from taskcloud.providers.slurm.jobs import TaskcloudSlurmJob
 from taskcloud.providers.slurm.jobs import _gpus
-from taskcloud.providers.slurm.jobs import _private_directory
 from taskcloud.providers.slurm.jobs import _step_job
 from taskcloud.providers.slurm.jobs import _write_env
 from taskcloud.providers.slurm.jobs import slurm_command
 from taskcloud.providers.slurm.monitor import JobMonitor
-from taskcloud.providers.slurm.monitor import _job_name
-from taskcloud.providers.slurm.monitor import submission_error
 from taskcloud.providers.slurm.options import COMMAND_TIMEOUT
 from taskcloud.providers.slurm.options import REPORT_TIMEOUT
 from taskcloud.providers.slurm.options import WALLTIME_MARGIN
@@ -77,7 +63,7 @@ from taskcloud.providers.slurm.options import SlurmOptions
 from taskcloud.providers.slurm.options import _walltime_seconds
 from taskcloud.units import format_bytes
 
-__all__ = ["JobMonitor", "SlurmCapacity", "SlurmOptions", "SlurmPoolCluster", "SlurmProvider"]
+__all__ = ["JobMonitor", "SlurmCapacity", "SlurmOptions", "SlurmProvider"]
 
 logger = logging.getLogger("taskcloud")
 
@@ -166,175 +152,14 @@ def _mebibytes(value: str) -> int:
     return int(float(match.group(1)) * units.get(match.group(2) or "M", 1))
 
 
-# -- the cluster ------------------------------------------------------------------------
-
-
-class _Arrivals(SchedulerPlugin):
-    """Which job each worker that connected came from, by worker address."""
-
-    name = "taskcloud-slurm-arrivals"
-
-    def __init__(self, cluster: SlurmPoolCluster) -> None:
-        self.cluster = cluster
-
-    def add_worker(self, scheduler: Any, worker: str) -> None:
-        state = scheduler.workers.get(worker)
-        if state is not None:
-            self.cluster.arrived(worker, str(state.name))
-
-
-class SlurmPoolCluster(SchedulerOverTheWire, SLURMCluster):
-    """One shape's workers as Slurm jobs (or steps), with the scheduler in this process.
-
-    Answers :class:`~taskcloud.providers.protocol.Workers`, plus ``on_failure`` (the
-    pool's calls fail when no worker can arrive) and ``describe_worker`` (the job a
-    worker ran in).
-    """
-
-    job_cls = TaskcloudSlurmJob
-
-    def __init__(
-        self,
-        *,
-        capacity: SlurmCapacity,
-        shape: Shape,
-        directory: Path,
-        provider: str,
-        pending_timeout: float,
-        **kwargs: Any,
-    ) -> None:
-        self._capacity = capacity
-        self._shape = shape
-        self.directory = directory
-        self.provider = provider
-        self.pending_timeout = pending_timeout
-        self.label = str(kwargs.get("name") or "")
-        self._failure_callbacks: list[Callable[[BaseException], None]] = []
-        self._job_of_address: dict[str, str] = {}
-        self._arrived_names: set[str] = set()
-        self.jobs_seen: list[str] = []
-        self.monitor: JobMonitor | None = None
-        super().__init__(**kwargs)
-
-    def begin(self) -> None:
-        """Watch arrivals and jobs, once the scheduler runs (in its event loop)."""
-        self.scheduler.add_plugin(_Arrivals(self), name=_Arrivals.name)
-        self.monitor = JobMonitor(self)
-        self._monitoring = asyncio.ensure_future(self.monitor.run())
-
-    # -- bookkeeping the monitor and messages use
-
-    def arrived(self, address: str, name: str) -> None:
-        job = self.workers.get(_job_name(name, self.worker_spec))
-        self._arrived_names.add(_job_name(name, self.worker_spec))
-        self._job_of_address[address] = str(getattr(job, "job_id", "") or "?")
-
-    def describe_worker(self, address: str) -> str:
-        job = self._job_of_address.get(address)
-        return f"{address}, Slurm job {job}" if job else address
-
-    def on_failure(self, callback: Callable[[BaseException], None]) -> None:
-        self._failure_callbacks.append(callback)
-
-    def fail(self, exc: BaseException) -> None:
-        """Fail the pool's waiting calls, unless a worker is there to run them.
-
-        Called in the event loop; the pool cancels its calls' dask futures, which
-        blocks, so the callbacks run in a thread.
-        """
-        if self.n_workers:
-            logger.warning("%s: %s", self.label, exc)
-            return
-        loop = asyncio.get_running_loop()
-        for callback in list(self._failure_callbacks):
-            loop.run_in_executor(None, callback, exc)
-
-    def _correct_state(self) -> asyncio.Future[None]:
-        # A job sbatch refused (or could not submit) would stay in ``workers`` with no
-        # job id, blocking its place for good: it goes, and the pool's calls fail.
-        return asyncio.ensure_future(self._correct_state_checked())
-
-    async def _correct_state_checked(self) -> None:
-        try:
-            await super()._correct_state()
-        except Exception as exc:
-            for name, job in list(self.workers.items()):
-                if not getattr(job, "job_id", None):
-                    self.workers.pop(name, None)
-                    self.worker_spec.pop(name, None)
-            self.fail(submission_error(self.provider, exc))
-
-    def job_ids(self) -> list[str]:
-        return [str(job.job_id) for job in self.workers.values() if getattr(job, "job_id", None)]
-
-    # -- protocol.Workers
-
-    @property
-    def capacity(self) -> SlurmCapacity:
-        return self._capacity
-
-    @property
-    def where(self) -> str:
-        jobs = self.job_ids() or self.jobs_seen[-4:]
-        listed = f": jobs {', '.join(jobs)}" if jobs else ""
-        return f"{self.provider} (Slurm {self._capacity.where}){listed}"
-
-    def replace_worker(self, address: str) -> None:
-        self.sync(self._replace_worker, address)
-
-    async def _replace_worker(self, address: str) -> None:
-        # The worker runs on another host: its job goes, and the spec starts another.
-        worker = await self.scheduler_comm.taskcloud_replace(address=address)
-        if worker is None:
-            return
-        name = _job_name(str(worker), self.worker_spec)
-        job = self.workers.pop(name, None)
-        if job is not None:
-            await job.close()
-        await self._correct_state()
-
-    def kill(self) -> None:
-        jobs = self.job_ids()
-        if jobs:
-            with contextlib.suppress(Exception):
-                subprocess.run(["scancel", *jobs], capture_output=True, timeout=COMMAND_TIMEOUT)
-
-    def scale_between(self, minimum: int, maximum: int, keepalive: float) -> Any:
-        return adapt(
-            self,
-            self._capacity,
-            self._shape,
-            minimum,
-            maximum,
-            keepalive,
-            adaptive=PoolAdaptive,
-        )
-
-    def close(self, timeout: float | None = None) -> Any:
-        self.stop_adapting()
-        if self.monitor is not None:
-            self.monitor.stop()
-        closed = super().close(timeout)
-        if not isawaitable(closed):
-            shutil.rmtree(self.directory, ignore_errors=True)
-            return closed
-
-        async def closing() -> None:  # an asynchronous cluster: a named cluster's
-            try:
-                await closed
-            finally:
-                shutil.rmtree(self.directory, ignore_errors=True)
-
-        return closing()
-
-
 # -- the provider -----------------------------------------------------------------------
 
 
 class SlurmProvider:
-    """The ``slurm`` provider: workers of a pool's shape as Slurm batch jobs."""
+    """The ``slurm`` provider: each worker of a pool's shape is a Slurm batch job (or
+    a step of the allocation), on the cluster base."""
 
-    form = "clusters"
+    form = "workers"
     kind = "slurm"
 
     def __init__(self, name: str = "slurm", options: dict[str, Any] | None = None) -> None:
@@ -356,23 +181,32 @@ class SlurmProvider:
             self._capacity = SlurmCapacity(self.name, where, nodes, self.options)
         return self._capacity
 
-    def start_pool(self, request: PoolRequest) -> SlurmPoolCluster:
-        settings = {"distributed.scheduler.allowed-failures": 0, **http_config(request.dashboard)}
-        with dask.config.set(settings):
-            cluster = self._build(
-                request.shape,
-                request.threads_per_worker,
-                name=request.name,
-                python=request.python,
-                env=dict(request.environ),
-                dashboard=request.dashboard,
-            )
-        cluster.label = request.label
-        cluster.sync(_begin, cluster)
-        cluster.scale_between(request.minimum, request.maximum, request.keepalive)
-        return cluster
+    @property
+    def shared_directory(self) -> Path:
+        """Where a pool's credentials are made (the cluster base's): a private
+        directory of its own under ``$TASKCLOUD_HOME/slurm``, which the jobs read."""
+        from taskcloud.store import home
 
-    async def start_cluster(self, request: ClusterRequest) -> SlurmPoolCluster:
+        return home() / "slurm"
+
+    @property
+    def scheduler_options(self) -> dict[str, Any]:
+        """Where the scheduler listens for the jobs' workers."""
+        if self.options.scheduler_host:
+            return {"host": self.options.scheduler_host}
+        if self.options.interface:
+            return {"host": None, "interface": self.options.interface}
+        return {}
+
+    def where(self, hosts: list[str], workers: list[Any]) -> str:
+        """The partition (or allocation) and the jobs running now, for summaries."""
+        jobs = [str(job.job_id) for job in workers if getattr(job, "job_id", None)]
+        listed = f": jobs {', '.join(jobs)}" if jobs else ""
+        return f"{self.name} (Slurm {self.capacity().where}){listed}"
+
+    def worker(self, request: WorkerRequest) -> dict[str, Any]:
+        """One worker of ``request.shape`` as one job: ``--cpus-per-task``, ``--mem``
+        and ``--gres=gpu:N`` of the shape, the TLS files and the environment by path."""
         # dask-jobqueue starts its own workers from the job script: a named cluster's
         # worker class and options have nowhere to go, so they are refused, not dropped.
         if request.worker_class not in ("", "distributed.Nanny"):
@@ -388,81 +222,16 @@ class SlurmProvider:
                 "{} on the slurm provider: set the jobs' options in its profile "
                 "(job_extra_directives, job_script_prologue)",
             )
-        cluster = self._build(
-            request.shape,
-            request.threads_per_worker,
-            name=request.name,
-            python=None,
-            env={},
-            dashboard=request.dashboard,
-            security=request.security,
-            asynchronous=True,
-            scheduler_options=request.scheduler_options,
-        )
-        await cluster
-        await events.install(cluster.scheduler_comm)
-        cluster.begin()
-        return cluster
-
-    def _build(
-        self,
-        shape: Shape,
-        threads: int,
-        *,
-        name: str,
-        python: str | None,
-        env: dict[str, str],
-        dashboard: bool,
-        security: Any = None,
-        asynchronous: bool = False,
-        scheduler_options: dict[str, Any] | None = None,
-    ) -> SlurmPoolCluster:
-        capacity = self.capacity()
-        capacity.check(shape)
-        directory = _private_directory(name)
-        try:
-            if security is None:
-                security = credentials.create(directory / "tls", name)
-            env_file = _write_env(directory, env)
-            options = self._cluster_options(shape, threads, name, python, env_file, directory)
-            return SlurmPoolCluster(
-                capacity=capacity,
-                shape=shape,
-                directory=directory,
-                provider=self.name,
-                pending_timeout=self.options.pending_timeout,
-                security=security,
-                asynchronous=asynchronous,
-                name=name,
-                scheduler_options=self._scheduler_options(dashboard, scheduler_options),
-                **options,
-            )
-        except BaseException:
-            shutil.rmtree(directory, ignore_errors=True)
-            raise
-
-    def _scheduler_options(self, dashboard: bool, given: dict[str, Any] | None) -> dict[str, Any]:
-        settings: dict[str, Any] = {"dashboard": dashboard, "dashboard_address": "127.0.0.1:0"}
-        if self.options.scheduler_host:
-            settings["host"] = self.options.scheduler_host
-        elif self.options.interface:
-            settings["interface"] = self.options.interface
-        else:
-            settings["host"] = "127.0.0.1"
-        settings.update({k: v for k, v in (given or {}).items() if k != "security"})
-        return settings
-
-    def _cluster_options(
-        self,
-        shape: Shape,
-        threads: int,
-        name: str,
-        python: str | None,
-        env_file: Path | None,
-        directory: Path,
-    ) -> dict[str, Any]:
         o = self.options
-        processes = o.processes
+        shape = request.shape
+        # The cluster's private directory (its credentials'): 0700, on the shared
+        # filesystem for a pool (shared_directory), removed when the cluster closes.
+        directory = Path(request.security.tls_worker_key).parent
+        logs = directory / "slurm-logs"
+        logs.mkdir(mode=0o700, exist_ok=True)
+        # Slurm gives a job its GPUs (--gres) and sets CUDA_VISIBLE_DEVICES itself.
+        environ = {k: v for k, v in request.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
+        env_file = _write_env(directory, request.name, environ)
         extra_args = [
             "--resources",
             f"cpu={shape.cpu},memory={shape.memory},gpu={shape.gpu}",
@@ -478,29 +247,33 @@ class SlurmProvider:
                 f"{margin:.0f}s",
             ]
         options: dict[str, Any] = {
-            "cores": threads * processes,
-            "processes": processes,
-            "memory": f"{shape.memory * processes}B",
-            "job_cpu": shape.cpu * processes,
-            "job_mem": f"{max(1, -(-shape.memory * processes // 2**20))}M",
-            "gpus": shape.gpu * processes,
+            "cores": request.threads,
+            "processes": 1,
+            "memory": f"{shape.memory}B",
+            "job_cpu": shape.cpu,
+            "job_mem": f"{max(1, -(-shape.memory // 2**20))}M",
+            "gpus": shape.gpu,
             "queue": o.queue,
             "account": o.account,
             "walltime": o.walltime,
             "job_extra_directives": list(o.job_extra_directives),
             "job_script_prologue": list(o.job_script_prologue),
-            "python": python or o.python or sys.executable,
+            "python": request.python or o.python or sys.executable,
             "interface": o.interface,
             "death_timeout": o.death_timeout,
             "worker_extra_args": extra_args,
-            "log_directory": str(directory / "logs"),
-            "job_name": name,
+            "log_directory": str(logs),
+            "job_name": "taskcloud",
             "env_file": str(env_file) if env_file is not None else None,
-            "shared_temp_directory": str(directory),
+            "security": request.security,
+            "protocol": "tls://",
+            "provider": self.name,
+            "pending_timeout": o.pending_timeout,
         }
+        cls: type = TaskcloudSlurmJob
         if o.allocation == "current":
-            options["job_cls"] = _step_job(os.environ["SLURM_JOB_ID"], shape, processes, env_file)
-        return options
+            cls = _step_job(os.environ["SLURM_JOB_ID"], shape, 1, env_file)
+        return {"cls": cls, "options": options}
 
     def check(self) -> list[HostReport]:
         """Each node of the partition (or the allocation), with the versions that the
@@ -574,8 +347,3 @@ class SlurmProvider:
 
     def close(self) -> None:
         """Nothing to close: each pool cancels its own jobs."""
-
-
-async def _begin(cluster: SlurmPoolCluster) -> None:
-    await events.install(cluster.scheduler_comm)
-    cluster.begin()

@@ -1,5 +1,5 @@
-"""Slurm itself: its commands, a pool's jobs (dask-jobqueue's, with GPUs and a
-private environment file) and steps of an allocation."""
+"""Slurm itself: its commands, one worker's job (dask-jobqueue's, with GPUs and a
+private environment file, watched by the monitor) and steps of an allocation."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ from dask_jobqueue.slurm import SLURMJob
 from distributed.deploy.spec import ProcessInterface
 
 from taskcloud.capacity import Shape
+from taskcloud.errors import JobFailedError
 from taskcloud.errors import SlurmUnreachableError
 from taskcloud.processes import end
 from taskcloud.processes import kill
+from taskcloud.providers.slurm.monitor import JobMonitor
+from taskcloud.providers.slurm.monitor import _stderr
+from taskcloud.providers.slurm.monitor import slurm_command_async
+from taskcloud.providers.slurm.monitor import submission_error
 from taskcloud.providers.slurm.options import COMMAND_TIMEOUT
 
 logger = logging.getLogger("taskcloud")
@@ -40,20 +45,6 @@ def slurm_command(provider: str, *command: str, timeout: float = COMMAND_TIMEOUT
     return done.stdout
 
 
-async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -> str | None:
-    """A Slurm command's stdout from the event loop; None when it failed."""
-    process = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
-    try:
-        out, _ = await asyncio.wait_for(process.communicate(), timeout)
-    except asyncio.TimeoutError:
-        kill(process.pid)
-        await process.wait()
-        return None
-    return out.decode() if process.returncode == 0 else None
-
-
 def _gpus(gres: str) -> tuple[str, ...]:
     """The GPU ids of a ``sinfo`` GRES field: ``gpu:2``, ``gpu:a100:4(S:0-1)``,
     ``(null)``; Slurm gives each job its own, so they are counted: ``"0"``, ``"1"``, ..."""
@@ -66,12 +57,29 @@ def _gpus(gres: str) -> tuple[str, ...]:
 
 
 class TaskcloudSlurmJob(SLURMJob):
-    """dask-jobqueue's Slurm job, with GPUs, the pool's environment from a private
-    file, and its stderr where the monitor can read it."""
+    """One worker as a Slurm job: dask-jobqueue's, with GPUs, the pool's environment
+    from a private file, and its stderr where the monitor can read it.
+
+    The cluster base starts it (``sbatch``), closes it (``scancel``) and kills it
+    (``kill_worker``: ``scancel`` at once). The :class:`JobMonitor` watches it from
+    ``sbatch`` on: a job that pends too long is cancelled, and one that ends by itself
+    finishes, with an ``error`` the base reports when its worker never connected.
+    """
 
     def __init__(
-        self, *args: Any, gpus: int = 0, env_file: str | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        gpus: int = 0,
+        env_file: str | None = None,
+        provider: str = "slurm",
+        pending_timeout: float = 600.0,
+        **kwargs: Any,
     ) -> None:
+        self.provider = provider
+        self.pending_timeout = pending_timeout
+        #: Why the job ended by itself (the monitor says), None while it runs.
+        self._ended: BaseException | tuple[str, str] | None = None
+        self._cancelling: set[asyncio.Future[Any]] = set()
         if gpus:
             kwargs["job_extra_directives"] = [
                 *kwargs.get("job_extra_directives", []),
@@ -85,11 +93,49 @@ class TaskcloudSlurmJob(SLURMJob):
             ]
         super().__init__(*args, **kwargs)
 
+    async def start(self) -> None:
+        try:
+            await super().start()
+        except Exception as exc:
+            raise submission_error(self.provider, exc) from None
+        JobMonitor.of_loop().watch(self)
+
     async def close(self) -> None:
+        JobMonitor.of_loop().forget(self)
         # dask-jobqueue's close cancels the job but leaves the status running, which
         # fails the cluster's own close once the job was cancelled before it.
         await super().close()
         await ProcessInterface.close(self)
+
+    async def ended(self, why: BaseException | tuple[str, str], cancel: bool = False) -> None:
+        """The monitor saw the job end (``(job, state)``) or gave up on it (an error,
+        and ``cancel``): it is finished, and the cluster forgets it."""
+        self._ended = why
+        if cancel:
+            await self.close()
+        else:
+            await ProcessInterface.close(self)
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the job ended by itself; the cluster base fails the pool's waiting calls
+        with it when the job's worker never connected."""
+        why = self._ended
+        if why is None or isinstance(why, BaseException):
+            return why
+        return JobFailedError(why[0], why[1], _stderr(self))
+
+    def describe(self) -> str:
+        """The job, as messages name a worker: ``Slurm job 12``."""
+        return f"Slurm job {self.job_id}"
+
+    def kill_worker(self, for_good: bool = False) -> None:
+        """Cancel the job at once; its worker cannot start again, so ``for_good`` or
+        not, the cluster starts another job in its place as the pool needs."""
+        if self.job_id:
+            cancel = asyncio.ensure_future(slurm_command_async("scancel", str(self.job_id)))
+            self._cancelling.add(cancel)
+            cancel.add_done_callback(self._cancelling.discard)
 
     @property
     def stderr_path(self) -> Path | None:
@@ -154,23 +200,12 @@ class StepWorker(ProcessInterface):
         await super().close()
 
 
-def _private_directory(name: str) -> Path:
-    """A new 0700 directory under ``$TASKCLOUD_HOME/slurm`` for one pool's files."""
-    from taskcloud.store import home
-
-    base = home() / "slurm"
-    base.mkdir(mode=0o700, parents=True, exist_ok=True)
-    directory = base / f"{name}-{os.getpid()}-{os.urandom(4).hex()}"
-    directory.mkdir(mode=0o700)
-    (directory / "logs").mkdir(mode=0o700)
-    return directory
-
-
-def _write_env(directory: Path, env: dict[str, str]) -> Path | None:
-    """The pool's environment as a 0600 shell file that the job sources."""
+def _write_env(directory: Path, name: Any, env: dict[str, str]) -> Path | None:
+    """The worker's environment as a 0600 shell file that the job sources."""
     if not env:
         return None
-    path = directory / "environ.sh"
+    path = directory / f"environ-{name}.sh"
+    path.unlink(missing_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as file:
         for key, value in env.items():
@@ -179,7 +214,8 @@ def _write_env(directory: Path, env: dict[str, str]) -> Path | None:
 
 
 def _step_job(job: str, shape: Shape, processes: int, env_file: Path | None) -> type:
-    """A job class whose ``start`` runs the worker command as an ``srun`` step."""
+    """A job class whose ``start`` runs the worker command as an ``srun`` step (a
+    class per worker: the step's resources and environment file are its own)."""
 
     class AllocationStep(TaskcloudSlurmJob):
         async def start(self) -> None:
@@ -207,6 +243,14 @@ def _step_job(job: str, shape: Shape, processes: int, env_file: Path | None) -> 
             if step is not None:
                 await step.close()
             await ProcessInterface.close(self)
+
+        def describe(self) -> str:
+            return f"a step of Slurm job {job}"
+
+        def kill_worker(self, for_good: bool = False) -> None:
+            step = getattr(self, "step", None)
+            if step is not None and step.process is not None:
+                kill(step.process.pid)
 
         @property
         def stderr_path(self) -> Path | None:

@@ -1,5 +1,5 @@
-"""Watching a pool's jobs: what pends too long is cancelled, what ends before its
-worker connects fails the pool's calls, what ends later is replaced."""
+"""Watching the jobs: what pends too long is cancelled; what ends by itself finishes,
+and fails the pool's calls (with its stderr) when its worker never connected."""
 
 from __future__ import annotations
 
@@ -7,16 +7,32 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from typing import Any
 
 from taskcloud.errors import JobFailedError
 from taskcloud.errors import JobPendingError
 from taskcloud.errors import SlurmUnreachableError
-from taskcloud.providers.slurm.jobs import slurm_command_async
+from taskcloud.processes import kill
+from taskcloud.providers.slurm.options import COMMAND_TIMEOUT
 from taskcloud.providers.slurm.options import ENDED
 from taskcloud.providers.slurm.options import POLL_INTERVAL
 
 logger = logging.getLogger("taskcloud")
+
+
+async def slurm_command_async(*command: str, timeout: float = COMMAND_TIMEOUT) -> str | None:
+    """A Slurm command's stdout from the event loop; None when it failed."""
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        out, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except asyncio.TimeoutError:
+        kill(process.pid)
+        await process.wait()
+        return None
+    return out.decode() if process.returncode == 0 else None
 
 
 def submission_error(provider: str, exc: BaseException) -> BaseException:
@@ -28,44 +44,53 @@ def submission_error(provider: str, exc: BaseException) -> BaseException:
     return JobFailedError("(not submitted)", "REJECTED", stderr)
 
 
-def _job_name(worker_name: str, spec: dict[str, Any]) -> str:
-    """The spec name of the job a worker belongs to (``taskcloud-3-0-1`` of group ``-1``)."""
-    if worker_name in spec:
-        return worker_name
-    base, _, _ = worker_name.rpartition("-")
-    return base if base in spec else worker_name
-
-
 class JobMonitor:
-    """Polls ``squeue`` for a cluster's jobs: what pends too long is cancelled, what
-    ends before its worker connects fails the pool's calls, what ends later is replaced."""
+    """Polls ``squeue`` for the jobs started in one event loop, all in one call: a job
+    pending past its ``pending_timeout`` is cancelled with :class:`JobPendingError`; a
+    job that ended finishes with its state, and its ``error`` (its stderr) is what the
+    cluster reports when its worker never connected. Runs while it has jobs to watch."""
 
-    def __init__(self, cluster: Any) -> None:
-        self.cluster = cluster
+    _monitors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, JobMonitor] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    def __init__(self) -> None:
+        self.jobs: dict[str, Any] = {}
         self.since: dict[str, float] = {}
-        self._stopped = False
-        self._failed: set[str] = set()
+        self._task: asyncio.Future[None] | None = None
 
-    def stop(self) -> None:
-        self._stopped = True
+    @classmethod
+    def of_loop(cls) -> JobMonitor:
+        """The monitor of the running event loop."""
+        loop = asyncio.get_running_loop()
+        monitor = cls._monitors.get(loop)
+        if monitor is None:
+            monitor = cls._monitors[loop] = cls()
+        return monitor
+
+    def watch(self, job: Any) -> None:
+        """Watch ``job`` (submitted: it has a job id) until it ends or is forgotten."""
+        if not str(job.job_id).isdigit():
+            return
+        self.jobs[str(job.job_id)] = job
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self.run())
+
+    def forget(self, job: Any) -> None:
+        """Stop watching ``job``: it is being closed."""
+        self.jobs.pop(str(job.job_id), None)
+        self.since.pop(str(job.job_id), None)
 
     async def run(self) -> None:
-        while not self._stopped:
+        while self.jobs:
             await asyncio.sleep(POLL_INTERVAL)
             with contextlib.suppress(Exception):
                 await self.check()
 
     async def check(self) -> None:
-        jobs = {
-            str(job.job_id): (name, job)
-            for name, job in list(self.cluster.workers.items())
-            if getattr(job, "job_id", None) and str(job.job_id).isdigit()
-        }
+        jobs = dict(self.jobs)
         if not jobs:
             return
-        for job in jobs:
-            if job not in self.cluster.jobs_seen:
-                self.cluster.jobs_seen.append(job)
         out = await slurm_command_async(
             "squeue", "-h", "--states=all", "-j", ",".join(jobs), "-o", "%i|%T|%r"
         )
@@ -76,35 +101,24 @@ class JobMonitor:
             job, _, rest = line.partition("|")
             state, _, reason = rest.partition("|")
             states[job.strip()] = (state.strip(), reason.strip())
-        for job, (name, handle) in jobs.items():
-            state, reason = states.get(job, ("COMPLETED", "None"))
-            await self._judge(job, name, handle, state, reason)
+        for job, handle in jobs.items():
+            if job in self.jobs:  # not closed meanwhile
+                state, reason = states.get(job, ("COMPLETED", "None"))
+                await self._judge(job, handle, state, reason)
 
-    async def _judge(self, job: str, name: str, handle: Any, state: str, reason: str) -> None:
+    async def _judge(self, job: str, handle: Any, state: str, reason: str) -> None:
         now = time.monotonic()
         if state == "PENDING":
             started = self.since.setdefault(job, now)
-            if now - started > self.cluster.pending_timeout:
-                await self._drop(name, handle)
-                self.cluster.fail(JobPendingError(job, state, reason, self.cluster.pending_timeout))
+            if now - started > handle.pending_timeout:
+                self.forget(handle)
+                error = JobPendingError(job, state, reason, handle.pending_timeout)
+                await handle.ended(error, cancel=True)
             return
         self.since.pop(job, None)
         if state.split()[0] in ENDED:
-            arrived = name in self.cluster._arrived_names
-            await self._drop(name, handle, keep_spec=arrived)
-            if not arrived and job not in self._failed:
-                self._failed.add(job)
-                self.cluster.fail(JobFailedError(job, state, _stderr(handle)))
-
-    async def _drop(self, name: str, handle: Any, keep_spec: bool = False) -> None:
-        """Forget a job; with ``keep_spec`` the cluster starts another in its place."""
-        self.cluster.workers.pop(name, None)
-        if not keep_spec:
-            self.cluster.worker_spec.pop(name, None)
-        with contextlib.suppress(Exception):
-            await handle.close()
-        if keep_spec:
-            await self.cluster._correct_state()
+            self.forget(handle)
+            await handle.ended((job, state))
 
 
 def _stderr(handle: Any, lines: int = 30) -> str:

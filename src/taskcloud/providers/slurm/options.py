@@ -95,6 +95,18 @@ def _positive(parameter: str, value: Any, default: int | None) -> int | None:
     return value
 
 
+def _processes(value: Any) -> int:
+    processes = _positive("processes", value, 1) or 1
+    if processes != 1:
+        # The cluster base starts, counts and replaces one worker per job.
+        raise InvalidOptionError(
+            "processes",
+            value,
+            "1: one worker per job (a pool of several workers runs several jobs)",
+        )
+    return processes
+
+
 def _timeout(value: Any) -> float:
     seconds = parse_duration(value, "pending_timeout")
     if seconds <= 0:
@@ -148,7 +160,7 @@ class SlurmOptions:
             job_extra_directives=_strings("job_extra_directives", get("job_extra_directives", [])),
             job_script_prologue=_strings("job_script_prologue", get("job_script_prologue", [])),
             python=_text("python", get("python")),
-            processes=_positive("processes", get("processes"), 1) or 1,
+            processes=_processes(get("processes")),
             interface=_text("interface", get("interface")),
             scheduler_host=_text("scheduler_host", get("scheduler_host")),
             pending_timeout=_timeout(get("pending_timeout", 600)),

@@ -51,6 +51,7 @@ from taskcloud.errors import HostUnreachableError
 from taskcloud.errors import InvalidOptionError
 from taskcloud.providers.protocol import HostReport
 from taskcloud.providers.protocol import WorkerRequest
+from taskcloud.providers.protocol import on_hosts
 from taskcloud.providers.ssh.connections import Links
 from taskcloud.providers.ssh.connections import connect
 from taskcloud.providers.ssh.options import Host
@@ -164,6 +165,10 @@ class SSHProvider:
     def __init__(self, name: str, options: dict[str, Any]) -> None:
         self.name = name
         self.options = parse_options(dict(options))
+        #: The scheduler listens on 127.0.0.1: the workers reach it through the SSH
+        #: connections' tunnels. Each host gets the TLS files over them too.
+        self.scheduler_options: dict[str, Any] = {}
+        self.shared_directory = None
         self._capacity: SSHCapacity | None = None
         self._links: dict[int, Links] = {}
         self._lock = threading.Lock()
@@ -183,6 +188,9 @@ class SSHProvider:
         except (ValueError, IndexError, StopIteration):
             return HostInfo(host, reason=f"could not read its hardware: {result.stderr!s:.200}")
         return HostInfo(host, cores, memory, gpus)
+
+    def where(self, hosts: list[str], workers: list[Any]) -> str:
+        return on_hosts(self.name, hosts)
 
     def capacity(self) -> SSHCapacity:
         """The hosts' capacity, read once; unreachable hosts are left out, with a warning."""
