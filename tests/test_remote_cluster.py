@@ -36,10 +36,17 @@ def where() -> str:
 
 
 def _scheduler_pid(cluster: taskcloud.Cluster) -> int:
-    """The scheduler's process, which must be the daemon's child and not the daemon."""
-    client = cluster.get_client()
-    pid = client.run_on_scheduler(os.getpid)
-    client.close()
+    """The scheduler's process (the one listening on its port, found without a client,
+    which would race an idle cluster's end), which must be the daemon's descendant and
+    not the daemon."""
+    port = int(cluster.scheduler_address.rsplit(":", 1)[1])
+    listening = {
+        c.pid
+        for c in psutil.net_connections("tcp")
+        if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+    }
+    assert len(listening) == 1, listening
+    pid = listening.pop()
     assert pid not in (cluster.pid, os.getpid())
     assert cluster.pid in [p.pid for p in psutil.Process(pid).parents()]
     return int(pid)
@@ -81,7 +88,7 @@ def test_scale_adapt_and_stop_reach_the_daemon_through_the_scheduler():
 def test_idle_timeout_stops_the_cluster():
     """The daemon asks its scheduler since when it has been idle, and stops after
     ``idle_timeout``."""
-    cluster = taskcloud.Cluster(name="idle", n_workers=1, idle_timeout="2 s")
+    cluster = taskcloud.Cluster(name="idle", n_workers=1, idle_timeout="4 s")
     scheduler = _scheduler_pid(cluster)
     wait_for(lambda: gone(cluster.pid, scheduler), 60, "the idle cluster stopping itself")
     record = Store().get("clusters", "idle")
