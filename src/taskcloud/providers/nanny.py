@@ -7,6 +7,9 @@ provider. The cluster base kills its worker by its pid, as any nanny's.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from distributed import Nanny
 from distributed.core import Status
 
@@ -34,6 +37,13 @@ class PoolNanny(Nanny):
       worker that dies later, rather than failing the nanny's start.
     """
 
+    #: The exit reports on their way to the scheduler.
+    _reports: set[asyncio.Future[None]]
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._reports = set()
+
     async def instantiate(self) -> Status:
         with main_module_hidden():
             status = await super().instantiate()
@@ -45,5 +55,13 @@ class PoolNanny(Nanny):
     async def _on_worker_exit(self, exitcode: int) -> None:
         if self.status in _NANNY_UP:
             event = {"nanny": self.address, "worker": self.worker_address, "exitcode": exitcode}
-            self.log_event(WORKER_EXIT, event)
+            task = asyncio.ensure_future(self._report_exit(event))
+            self._reports.add(task)
+            task.add_done_callback(self._reports.discard)
         await super()._on_worker_exit(exitcode)
+
+    async def _report_exit(self, event: dict[str, object]) -> None:
+        # dask's own log_event leaves a failed send's error unretrieved, which asyncio
+        # prints at exit; a scheduler that is gone has no use for the event.
+        with contextlib.suppress(OSError):
+            await self.scheduler.log_event(topic=WORKER_EXIT, msg=event)
